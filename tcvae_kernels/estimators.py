@@ -1,0 +1,80 @@
+"""Log importance weights of the minibatch estimators of q(z).
+
+Every estimator here is *structured*: the weight of component ``j`` for query ``i``
+takes one of three values, so kernels read three scalars instead of an M×K matrix.
+With ``s_i = i + offset`` (the component query ``i`` was sampled from) and
+``n_i = (s_i + 1) mod K``::
+
+    w[i, j] = w_self    if j == s_i                      (only when 0 <= s_i < K)
+            = w_next    if j == n_i and j != s_i          (only when 0 <= s_i < K)
+            = w_other   otherwise
+
+K is the number of components (the minibatch size when K = M), N the dataset size.
+
+* ``"mws"`` (minibatch weighted sampling, Chen et al. 2018, eq. 8 of the appendix):
+  ``w = -log(N·K)`` everywhere.
+* ``"mss"`` (minibatch stratified sampling): ``w_self = log(1/N)``,
+  ``w_next = log((N-K+1) / (N·(K-1)))``, ``w_other = log(1/(K-1))``; each row sums to 1.
+  The authors' public code fills a *column* with the self weight (a strided-index slip);
+  here the self weight sits on the diagonal (``j == s_i``) as the paper intends.
+* ``"uniform"``: ``w = -log K`` everywhere, i.e. ``q(z) = (1/K) Σ_j q(z | x_j)``: the exact
+  mixture over the given components (the aggregate posterior when they are the whole data set).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+ESTIMATORS = ("mss", "mws", "uniform")
+
+
+class LogWeights(NamedTuple):
+    """The three log weights (self, next, other) of a structured estimator, and the offset
+    ``s_i - i`` locating each query's own component (0 for a plain minibatch)."""
+
+    w_self: float
+    w_next: float
+    w_other: float
+    offset: int = 0
+
+
+def log_weights(estimator: str, num_components: int, dataset_size: int | None, offset: int = 0) -> LogWeights:
+    """Return the structured log weights of ``estimator`` for K = ``num_components``.
+
+    Arguments are assumed validated (see ``_validation.check_estimator_args``).
+    """
+    k = num_components
+    if estimator == "mws":
+        w = -math.log(dataset_size) - math.log(k)
+        return LogWeights(w, w, w, offset)
+    if estimator == "mss":
+        n = dataset_size
+        w_self = -math.log(n)
+        w_next = math.log(n - k + 1) - math.log(n) - math.log(k - 1)
+        w_other = -math.log(k - 1)
+        return LogWeights(w_self, w_next, w_other, offset)
+    if estimator == "uniform":
+        w = -math.log(k)
+        return LogWeights(w, w, w, offset)
+    raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+
+
+def weight_matrix(
+    weights: LogWeights, num_queries: int, num_components: int, *, row_start: int = 0, dtype=torch.float64, device=None
+) -> torch.Tensor:
+    """Dense [M, K] log weights of queries ``row_start .. row_start+M-1``, for the reference and
+    tests (kernels never build it)."""
+    m, k = num_queries, num_components
+    w = torch.full((m, k), weights.w_other, dtype=dtype, device=device)
+    if weights.w_self == weights.w_next == weights.w_other:
+        return w
+    rows = torch.arange(m, device=device)
+    s = rows + row_start + weights.offset
+    own = (s >= 0) & (s < k)
+    rows, s = rows[own], s[own]
+    w[rows, (s + 1) % k] = weights.w_next
+    w[rows, s] = weights.w_self  # written last: self wins when K == 1
+    return w

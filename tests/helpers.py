@@ -1,0 +1,60 @@
+"""Shared test helpers: fresh random inputs, a brute-force float64 loop implementation,
+and the tolerance rule for low-precision backends."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+
+import torch
+
+from tcvae_kernels.estimators import log_weights, weight_matrix
+
+
+def fresh_seed() -> int:
+    """A fresh seed per test (printed, so a failure can be replayed with TCVAE_TEST_SEED)."""
+    seed = int(os.environ.get("TCVAE_TEST_SEED", random.SystemRandom().randrange(2**31)))
+    print(f"TCVAE_TEST_SEED={seed}")
+    return seed
+
+
+def make_inputs(m, k, d, *, dtype=torch.float64, seed=None, spread=1.0, logvar_range=(-2.0, 1.0), device="cpu"):
+    """z [M, D] near the components, mu [K, D], logvar [K, D] uniform in ``logvar_range``."""
+    g = torch.Generator().manual_seed(fresh_seed() if seed is None else seed)
+    mu = spread * torch.randn(k, d, generator=g, dtype=torch.float64)
+    lo, hi = logvar_range
+    logvar = lo + (hi - lo) * torch.rand(k, d, generator=g, dtype=torch.float64)
+    src = torch.randint(0, k, (m,), generator=g)
+    src[: min(m, k)] = torch.arange(min(m, k))  # z_i drawn from component i where it exists
+    z = mu[src] + torch.exp(0.5 * logvar[src]) * torch.randn(m, d, generator=g, dtype=torch.float64)
+    return tuple(t.to(dtype=dtype, device=device) for t in (z, mu, logvar))
+
+
+def brute_force(z, mu, logvar, weights):
+    """log_qz [M], log_qz_dims [M, D] by explicit Python loops in float64 (math module only)."""
+    z, mu, logvar = (t.detach().double().cpu().tolist() for t in (z, mu, logvar))
+    m, k, d = len(z), len(mu), len(z[0])
+    w = weight_matrix(weights, m, k).tolist()
+
+    def lse(xs):
+        top = max(xs)
+        if top == -math.inf:
+            return -math.inf
+        return top + math.log(math.fsum(math.exp(x - top) for x in xs))
+
+    def l(i, j, dd):
+        diff = z[i][dd] - mu[j][dd]
+        return -0.5 * (diff * diff * math.exp(-logvar[j][dd]) + logvar[j][dd] + math.log(2 * math.pi))
+
+    log_qz = [lse([math.fsum(l(i, j, dd) for dd in range(d)) + w[i][j] for j in range(k)]) for i in range(m)]
+    log_qz_dims = [[lse([l(i, j, dd) + w[i][j] for j in range(k)]) for dd in range(d)] for i in range(m)]
+    return torch.tensor(log_qz, dtype=torch.float64), torch.tensor(log_qz_dims, dtype=torch.float64)
+
+
+def weights_for(estimator, k, n=None):
+    return log_weights(estimator, k, n if n is not None else 10 * k)
+
+
+def max_abs(a, b):
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0

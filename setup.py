@@ -72,23 +72,21 @@ def _extensions():
         _flag("FORCE_CUDA") or (torch.version.cuda is not None and CUDA_HOME is not None)
     )
     capability = _cpu_capability()
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-DTCVAE_CPU_CAPABILITY_NAME=\"" + capability + "\""]
+    cxx = ["-O3", "-fopenmp", "-ffp-contract=off", "-DTCVAE_CPU_CAPABILITY_NAME=\"" + capability + "\""]
     cxx += CAPABILITY_FLAGS[capability]
-    define_macros = [("Py_LIMITED_API", "0x03090000")]
     kwargs = dict(
         name="tcvae_kernels._C",
         sources=cpp_sources,
         include_dirs=[os.path.join(HERE, "csrc")],
         extra_compile_args={"cxx": cxx},
         extra_link_args=["-fopenmp"],
-        define_macros=define_macros,
         py_limited_api=True,
     )
     if with_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
         kwargs["sources"] = cpp_sources + cuda_sources
-        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-std=c++17", "-DTCVAE_WITH_CUDA", "--use_fast_math",
+        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-DTCVAE_WITH_CUDA", "--use_fast_math",
                                                 "-lineinfo"]
         kwargs["extra_compile_args"]["cxx"] = cxx + ["-DTCVAE_WITH_CUDA"]
         ext = CUDAExtension(**kwargs)

@@ -15,6 +15,7 @@ from .api import Decomposition, LogQz, decompose, log_qz, total_correlation
 from .dispatch import BACKEND_NAMES, BackendNotSupportedError, available_backends
 from .estimators import ESTIMATORS, LogWeights, log_weights
 from .loss import BetaTCVAELoss
+from . import ops as _ops  # noqa: F401  (registers the compiled backends)
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,579 @@
+// Fused CPU kernels of the tcvae ops and the op schemas (TORCH_LIBRARY).
+//
+// Memory: O(M·D + K·D) plus per-thread buffers; the [M, K, D] tensor of log densities is never
+// built. Forward: for a tile of queries, stream over blocks of components and keep, per (query,
+// dimension) and per query, an online logsumexp state held per SIMD lane. Backward: recompute l
+// block by block (FlashAttention style) and accumulate the column gradients (mu, logvar) into one
+// partial buffer per chunk of queries, reduced in a fixed order afterwards (deterministic for a
+// given thread count).
+//
+// SIMD: at::vec::Vectorized<T> (Sleef exp under AVX2/AVX512), vectorized along components j, on
+// components transposed to [D, K_padded]; padding components have c = -inf (l = -inf).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <Python.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#define TCVAE_HAS_MXCSR 1
+#endif
+
+#include "tcvae_math.h"
+
+#ifndef TCVAE_CPU_CAPABILITY_NAME
+#define TCVAE_CPU_CAPABILITY_NAME "default"
+#endif
+
+extern "C" {
+// An empty Python module _C: importing it loads this library, whose static initializers
+// register the ops with the dispatcher (pattern of pytorch/extension-cpp).
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace tcvae {
+namespace {
+
+using at::vec::Vectorized;
+
+// Flush denormals to zero inside a kernel thread: softmax weights times upstream gradients go
+// denormal in the backward and would run on microcode assists. Restored on exit.
+struct DenormalsAreZero {
+#ifdef TCVAE_HAS_MXCSR
+  unsigned int saved = _mm_getcsr();
+  DenormalsAreZero() { _mm_setcsr(saved | 0x8040); }  // FTZ | DAZ
+  ~DenormalsAreZero() { _mm_setcsr(saved); }
+#endif
+};
+
+constexpr int64_t kQueryTile = 8;      // queries sharing one pass over a component block
+constexpr int64_t kBlockFwd = 256;     // components per block in the forward
+constexpr int64_t kBlockBwd = 128;     // components per block in the backward
+constexpr int64_t kPartialBudget = int64_t(256) << 20;  // bytes of column-gradient partials
+
+// 2^x for x <= 0, exactly 0 below Exp2Floor. float: round-to-nearest split x = n + f, a degree-6
+// polynomial for 2^f, and 2^n built in the exponent bits ((n + 127) << 23: +0 at n = -127);
+// NaN propagates (clamp_min keeps it, and NaN·scale is NaN). double: Sleef's exp2.
+inline Vectorized<float> exp2_floor(const Vectorized<float>& x) {
+  using Vec = Vectorized<float>;
+  const Vec xc = at::vec::clamp_min(x, Vec(Exp2Floor<float>::value));  // max(lo, x): keeps NaN
+  const Vec n = xc.round();
+  const Vec f = xc - n;
+  Vec p(kExp2Poly[6]);
+  p = at::vec::fmadd(p, f, Vec(kExp2Poly[5]));
+  p = at::vec::fmadd(p, f, Vec(kExp2Poly[4]));
+  p = at::vec::fmadd(p, f, Vec(kExp2Poly[3]));
+  p = at::vec::fmadd(p, f, Vec(kExp2Poly[2]));
+  p = at::vec::fmadd(p, f, Vec(kExp2Poly[1]));
+  p = at::vec::fmadd(p, f, Vec(kExp2Poly[0]));
+  // bits of 2^n: (n + 127) << 23, formed as an exact float product then converted
+  const Vec biased = at::vec::fmadd(n, Vec(8388608.0f), Vec(127.0f * 8388608.0f));
+  const Vec scale = at::vec::cast<float>(at::vec::convert_to_int_of_same_size(biased));
+  return p * scale;
+}
+
+inline Vectorized<double> exp2_floor(const Vectorized<double>& x) {
+  using Vec = Vectorized<double>;
+  return at::vec::clamp_min(x, Vec(Exp2Floor<double>::value)).exp2();
+}
+
+// Components transposed to [D, Kp] (component-contiguous), in base-2 units:
+//   mu,  h2 = h·log2e,  c2[d, j] = (c[j, d] - cmax[d] + w_other - w_max)·log2e  (<= 0)
+// so that for any query x2 = c2 - (z - mu)^2·h2 is l·log2e + (w_other - w_max - cmax[d])·log2e <= 0:
+// the marginal sums need no running maximum. Padding components have c2 = -inf, h2 = 1.
+template <typename T>
+struct Components {
+  at::Tensor buffer;          // [3, D, Kp]
+  const T* mu;
+  const T* h2;
+  const T* c2;
+  int64_t kp;
+  std::vector<double> shift;  // [D]: log_qz_dims = shift[d] + ln(sum_j 2^x2)
+  double joint_shift;         // log_qz = joint_shift + ln 2 · log2(sum_j 2^(sum_d x2 + dw))
+};
+
+template <typename T>
+Components<T> prepare_components(const at::Tensor& mu, const at::Tensor& logvar, double w_self, double w_next,
+                                 double w_other) {
+  constexpr int64_t V = Vectorized<T>::size();
+  const int64_t k = mu.size(0), d = mu.size(1);
+  const int64_t kp = (k + V - 1) / V * V;
+  const double w_max = std::max({w_self, w_next, w_other});
+  Components<T> cp;
+  cp.buffer = at::empty({3, d, kp}, mu.options());
+  cp.kp = kp;
+  cp.shift.assign(d, 0.0);
+  T* out = cp.buffer.template data_ptr<T>();
+  const T* m = mu.template data_ptr<T>();
+  const T* lv = logvar.template data_ptr<T>();
+  at::parallel_for(0, d, 1, [&](int64_t d0, int64_t d1) {
+    for (int64_t dd = d0; dd < d1; ++dd) {
+      T* mu_t = out + dd * kp;
+      T* h_t = out + (d + dd) * kp;
+      T* c_t = out + (2 * d + dd) * kp;
+      double cmax = -std::numeric_limits<double>::infinity();
+      for (int64_t j = 0; j < k; ++j) {
+        const T c = log_norm_const(lv[j * d + dd]);
+        if (c > cmax) cmax = c;  // NaN is skipped here and propagates through l itself
+      }
+      if (!std::isfinite(cmax)) cmax = 0.0;  // all components degenerate: any shift is exact
+      const double c_off = -cmax + w_other - w_max;
+      for (int64_t j = 0; j < k; ++j) {
+        const T l = lv[j * d + dd];
+        mu_t[j] = m[j * d + dd];
+        h_t[j] = T(half_precision(l) * kLog2E);
+        c_t[j] = T((double(log_norm_const(l)) + c_off) * kLog2E);
+      }
+      for (int64_t j = k; j < kp; ++j) {  // padding: x2 = -inf for any z (h2 > 0 avoids inf·0)
+        mu_t[j] = T(0);
+        h_t[j] = T(1);
+        c_t[j] = -std::numeric_limits<T>::infinity();
+      }
+      cp.shift[dd] = cmax + w_max;
+    }
+  });
+  double sum_cmax = 0.0;
+  for (int64_t dd = 0; dd < d; ++dd) sum_cmax += cp.shift[dd] - w_max;
+  // sum_d x2 = (S - sum_d cmax + D·(w_other - w_max))·log2e; add w_other back for the joint weight
+  cp.joint_shift = sum_cmax - double(d) * (w_other - w_max) + w_other;
+  cp.mu = out;
+  cp.h2 = out + d * kp;
+  cp.c2 = out + 2 * d * kp;
+  return cp;
+}
+
+// The weight corrections of one query within a block: dw (base 2) at the self and next
+// components, as indices of the affected SIMD vectors (-1: none in this block).
+template <typename T>
+struct Specials {
+  int64_t vec_a = -1, vec_b = -1;
+
+  // Writes (w_self - w_other)·log2e / (w_next - w_other)·log2e into the zeroed scratch dw[0, nb).
+  void set(T* dw, int64_t j0, int64_t nb, int64_t self, int64_t next, T d_self, T d_next) {
+    constexpr int64_t V = Vectorized<T>::size();
+    vec_a = vec_b = -1;
+    if (self >= j0 && self < j0 + nb) {
+      dw[self - j0] = d_self;
+      vec_a = (self - j0) / V * V;
+    }
+    if (next >= j0 && next < j0 + nb && next != self) {
+      dw[next - j0] = d_next;
+      vec_b = (next - j0) / V * V;
+    }
+  }
+  bool hit(int64_t v) const { return v == vec_a || v == vec_b; }
+  void clear(T* dw) const {
+    constexpr int64_t V = Vectorized<T>::size();
+    if (vec_a >= 0) std::fill(dw + vec_a, dw + vec_a + V, T(0));
+    if (vec_b >= 0) std::fill(dw + vec_b, dw + vec_b + V, T(0));
+  }
+};
+
+template <typename T>
+inline T hsum(const Vectorized<T>& v) {
+  constexpr int64_t V = Vectorized<T>::size();
+  T lanes[V];
+  v.store(lanes);
+  T sum = T(0);
+  for (int64_t l = 0; l < V; ++l) sum += lanes[l];
+  return sum;
+}
+
+// A group of G latent dimensions of one query, evaluated together so that their contributions to
+// S[j] = sum_d x2[d, j] are added pairwise (fewer roundings, fewer loads/stores of S). Forward and
+// backward use this same code, so S and x2 are bitwise identical in both passes.
+template <typename T, int G>
+struct DimGroup {
+  using Vec = Vectorized<T>;
+  const T* mu[G];
+  const T* h2[G];
+  const T* c2[G];
+  Vec zv[G];
+
+  DimGroup(const Components<T>& cp, const T* z_row, int64_t d0, int64_t j0) {
+    for (int g = 0; g < G; ++g) {
+      mu[g] = cp.mu + (d0 + g) * cp.kp + j0;
+      h2[g] = cp.h2 + (d0 + g) * cp.kp + j0;
+      c2[g] = cp.c2 + (d0 + g) * cp.kp + j0;
+      zv[g] = Vec(z_row[d0 + g]);
+    }
+  }
+  // x[g] = c2 - (z - mu)^2 · h2 at vector offset v; returns their pairwise sum
+  inline Vec values(int64_t v, Vec* x) const {
+    for (int g = 0; g < G; ++g) {
+      const Vec diff = zv[g] - Vec::loadu(mu[g] + v);
+      x[g] = at::vec::fnmadd(diff * diff, Vec::loadu(h2[g] + v), Vec::loadu(c2[g] + v));
+    }
+    if constexpr (G == 1) return x[0];
+    if constexpr (G == 2) return x[0] + x[1];
+    if constexpr (G == 3) return (x[0] + x[1]) + x[2];
+    if constexpr (G == 4) return (x[0] + x[1]) + (x[2] + x[3]);
+  }
+};
+
+constexpr int kGroup = 4;
+
+template <int G>
+using GroupSize = std::integral_constant<int, G>;
+
+// Calls f(GroupSize<G>{}, d0) over groups of kGroup dimensions (the last one smaller).
+template <typename F>
+inline void for_each_group(int64_t d, F&& f) {
+  int64_t d0 = 0;
+  for (; d0 + kGroup <= d; d0 += kGroup) f(GroupSize<kGroup>{}, d0);
+  switch (d - d0) {
+    case 3: f(GroupSize<3>{}, d0); break;
+    case 2: f(GroupSize<2>{}, d0); break;
+    case 1: f(GroupSize<1>{}, d0); break;
+    default: break;
+  }
+}
+
+// Logsumexp state saved for the backward, in base 2: sum_j 2^(x_j) = 2^(m + r), with m an exact
+// value recomputed identically in the backward (or 0), and r = log2 of the rest, so that the
+// backward's softmax weights 2^((x - m) - r) stay exact at any magnitude of x.
+template <typename T>
+struct Lse2 {
+  T m, r;
+};
+
+// Combine lane-wise (max, sum) states: m = max over lanes, r = log2(sum_l s_l · 2^(m_l - m)) in double.
+template <typename T>
+inline Lse2<T> combine_lanes(const Vectorized<T>& mv, const Vectorized<T>& sv) {
+  constexpr int64_t V = Vectorized<T>::size();
+  T ms[V], ss[V];
+  mv.store(ms);
+  sv.store(ss);
+  const T nan = std::numeric_limits<T>::quiet_NaN(), inf = std::numeric_limits<T>::infinity();
+  T top = -inf;
+  for (int64_t l = 0; l < V; ++l) {
+    if (std::isnan(ms[l]) || std::isnan(ss[l])) return {nan, nan};
+    if (ss[l] != T(0)) top = std::max(top, ms[l]);
+  }
+  if (top == -inf) return {-inf, T(0)};
+  double sum = 0.0;
+  for (int64_t l = 0; l < V; ++l)
+    if (ss[l] != T(0) && ms[l] != -inf) sum += double(ss[l]) * std::exp2(double(ms[l]) - double(top));
+  return {top, T(std::log2(sum))};
+}
+
+// Exact two-pass log-sum of one (query, dim) over all components, in base 2, for the rare rows whose
+// best term lies below 2^-60 of the static bound (z far from every component). x2 is computed by the
+// same vector code as everywhere else, so the backward recomputes m bitwise.
+template <typename T>
+Lse2<T> exact_marginal(const T* z_row, const Components<T>& cp, int64_t dd, int64_t k, int64_t self, int64_t next,
+                       T d_self, T d_next, std::vector<T>& buf) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  buf.resize(cp.kp);
+  for (int64_t v = 0; v < cp.kp; v += V) {
+    Vec x[1];
+    DimGroup<T, 1>(cp, z_row, dd, 0).values(v, x);
+    x[0].store(buf.data() + v);
+  }
+  if (self >= 0) buf[self] += d_self;
+  if (next >= 0 && next != self) buf[next] += d_next;
+  const T inf = std::numeric_limits<T>::infinity();
+  T mx = -inf;
+  for (int64_t j = 0; j < k; ++j) {
+    if (std::isnan(buf[j])) return {buf[j], buf[j]};
+    mx = std::max(mx, buf[j]);
+  }
+  if (mx == -inf) return {-inf, T(0)};
+  double sum = 0.0;
+  for (int64_t j = 0; j < k; ++j) sum += std::exp2(double(buf[j]) - double(mx));
+  return {mx, T(std::log2(sum))};
+}
+
+// Forward. Outputs log_qz [M], log_qz_dims [M, D] and the saved states aux_q [M, 2], aux_qd [M, D, 2].
+template <typename T>
+void forward_kernel(const T* z, const Components<T>& cp, int64_t m_rows, int64_t k, int64_t d, T d_self, T d_next,
+                    int64_t offset, T* out_q, T* out_qd, T* aux_q, T* aux_qd) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const int64_t kp = cp.kp;
+  const int64_t n_tiles = (m_rows + kQueryTile - 1) / kQueryTile;
+  const T kTiny = T(std::ldexp(1.0, -60));  // below this the static bound lost too much: go exact
+  at::parallel_for(0, n_tiles, 1, [&](int64_t t0, int64_t t1) {
+    DenormalsAreZero ftz;
+    std::vector<T> S(kBlockFwd), dw(kBlockFwd, T(0)), buf;
+    std::vector<Vec> acc(kQueryTile * d);                 // marginal sums 2^x2 per (query, d)
+    std::vector<Vec> jm(kQueryTile), js(kQueryTile);      // joint lane-wise (max, sum)
+    const Vec neg_inf(-std::numeric_limits<T>::infinity());
+    for (int64_t tile = t0; tile < t1; ++tile) {
+      const int64_t i0 = tile * kQueryTile, ib = std::min(kQueryTile, m_rows - i0);
+      std::fill(acc.begin(), acc.end(), Vec(T(0)));
+      std::fill(jm.begin(), jm.end(), neg_inf);
+      std::fill(js.begin(), js.end(), Vec(T(0)));
+      for (int64_t j0 = 0; j0 < kp; j0 += kBlockFwd) {
+        const int64_t nb = std::min(kBlockFwd, kp - j0);  // a multiple of V
+        for (int64_t ii = 0; ii < ib; ++ii) {
+          const int64_t i = i0 + ii;
+          const int64_t self = self_index(i, offset, k), next = next_index(self, k);
+          Specials<T> sp;
+          sp.set(dw.data(), j0, nb, self, next, d_self, d_next);
+          std::fill(S.begin(), S.begin() + nb, T(0));
+          Vec* acc_row = acc.data() + ii * d;
+          for_each_group(d, [&](auto group, int64_t d0) {
+            constexpr int G = decltype(group)::value;
+            const DimGroup<T, G> grp(cp, z + i * d, d0, j0);
+            Vec a[G];
+            for (int g = 0; g < G; ++g) a[g] = Vec(T(0));
+            for (int64_t v = 0; v < nb; v += V) {
+              Vec x[G];
+              const Vec sum = grp.values(v, x);
+              (Vec::loadu(S.data() + v) + sum).store(S.data() + v);  // S[j] += sum over the group
+              if (sp.hit(v)) {
+                const Vec dwv = Vec::loadu(dw.data() + v);
+                for (int g = 0; g < G; ++g) x[g] = x[g] + dwv;
+              }
+              for (int g = 0; g < G; ++g) a[g] = a[g] + exp2_floor(x[g]);  // x2 + dw <= 0
+            }
+            for (int g = 0; g < G; ++g) acc_row[d0 + g] = acc_row[d0 + g] + a[g];
+          });
+          // joint: L = S + dw; exact block maximum, lane-wise online logsumexp (any magnitude)
+          Vec bmax = neg_inf;
+          for (int64_t v = 0; v < nb; v += V) {
+            Vec x = Vec::loadu(S.data() + v);
+            if (sp.hit(v)) x = x + Vec::loadu(dw.data() + v);
+            x.store(S.data() + v);
+            bmax = at::vec::maximum(bmax, x);
+          }
+          sp.clear(dw.data());
+          const Vec m_new = at::vec::maximum(jm[ii], bmax);
+          const Vec m_safe = Vec::blendv(m_new, Vec(T(0)), m_new == neg_inf);  // all -inf: shift by 0
+          Vec e0(T(0)), e1(T(0));
+          for (int64_t v = 0; v < nb; v += V) {
+            const Vec e = exp2_floor(Vec::loadu(S.data() + v) - m_safe);
+            if ((v / V) & 1) e1 = e1 + e; else e0 = e0 + e;
+          }
+          js[ii] = js[ii] * exp2_floor(jm[ii] - m_safe) + e0 + e1;
+          jm[ii] = m_new;
+        }
+      }
+      for (int64_t ii = 0; ii < ib; ++ii) {
+        const int64_t i = i0 + ii;
+        const int64_t self = self_index(i, offset, k), next = next_index(self, k);
+        for (int64_t dd = 0; dd < d; ++dd) {
+          const T s = hsum(acc[ii * d + dd]);
+          Lse2<T> st{T(0), T(std::log2(s))};
+          if (!(s >= kTiny) && !std::isnan(s)) st = exact_marginal(z + i * d, cp, dd, k, self, next, d_self, d_next, buf);
+          aux_qd[2 * (i * d + dd)] = st.m;
+          aux_qd[2 * (i * d + dd) + 1] = st.r;
+          out_qd[i * d + dd] = T(cp.shift[dd] + kLn2 * (double(st.m) + double(st.r)));
+        }
+        const Lse2<T> st = combine_lanes(jm[ii], js[ii]);
+        aux_q[2 * i] = st.m;
+        aux_q[2 * i + 1] = st.r;
+        out_q[i] = T(cp.joint_shift + kLn2 * (double(st.m) + double(st.r)));
+      }
+    }
+  });
+}
+
+// Backward, in base 2 with the saved states (m, r):
+//   Q = 2^((x2 + dw - m_id) - r_id),  P = a_i·2^((S + dw - m_i) - r_i),  G = P + b_id·Q
+//   U = G·diff·h2  (h = h2·ln2):  dz = -2ln2·sum_j U,  dmu = 2ln2·sum_i U,
+//   dlogvar = ln2·sum_i (U·diff - 0.5·log2e·G)
+template <typename T>
+void backward_kernel(const T* z, const Components<T>& cp, int64_t m_rows, int64_t k, int64_t d, T d_self, T d_next,
+                     int64_t offset, const T* aux_q, const T* aux_qd, const T* a, const T* b, T* grad_z, T* partial,
+                     int64_t n_chunks) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const int64_t kp = cp.kp;
+  const int64_t n_tiles = (m_rows + kQueryTile - 1) / kQueryTile;
+  const int64_t tiles_per_chunk = (n_tiles + n_chunks - 1) / n_chunks;
+  at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
+    DenormalsAreZero ftz;
+    std::vector<T> X(d * kBlockBwd), S(kBlockBwd), P(kBlockBwd), dw(kBlockBwd, T(0));
+    std::vector<Vec> gz(kQueryTile * d);
+    const Vec half_log2e(T(0.5 * kLog2E));
+    for (int64_t chunk = c0; chunk < c1; ++chunk) {
+      T* gmu_part = partial + chunk * 2 * d * kp;  // [D, Kp]: sum_i U
+      T* glv_part = gmu_part + d * kp;             // [D, Kp]: sum_i (U·diff - 0.5·log2e·G)
+      const int64_t tile_end = std::min(n_tiles, (chunk + 1) * tiles_per_chunk);
+      for (int64_t tile = chunk * tiles_per_chunk; tile < tile_end; ++tile) {
+        const int64_t i0 = tile * kQueryTile, ib = std::min(kQueryTile, m_rows - i0);
+        std::fill(gz.begin(), gz.end(), Vec(T(0)));
+        for (int64_t j0 = 0; j0 < kp; j0 += kBlockBwd) {
+          const int64_t nb = std::min(kBlockBwd, kp - j0);
+          for (int64_t ii = 0; ii < ib; ++ii) {
+            const int64_t i = i0 + ii;
+            const int64_t self = self_index(i, offset, k), next = next_index(self, k);
+            Specials<T> sp;
+            sp.set(dw.data(), j0, nb, self, next, d_self, d_next);
+            // pass A: x2[d, j] for the block (as in the forward) and S[j]
+            std::fill(S.begin(), S.begin() + nb, T(0));
+            for_each_group(d, [&](auto group, int64_t d0) {
+              constexpr int G = decltype(group)::value;
+              const DimGroup<T, G> grp(cp, z + i * d, d0, j0);
+              for (int64_t v = 0; v < nb; v += V) {
+                Vec x[G];
+                const Vec sum = grp.values(v, x);
+                (Vec::loadu(S.data() + v) + sum).store(S.data() + v);
+                for (int g = 0; g < G; ++g) x[g].store(X.data() + (d0 + g) * kBlockBwd + v);
+              }
+            });
+            // P[j] = a_i · 2^((S + dw - m_i) - r_i)
+            const Vec av(a[i]), pm(aux_q[2 * i]), pr(aux_q[2 * i + 1]);
+            for (int64_t v = 0; v < nb; v += V) {
+              Vec x = Vec::loadu(S.data() + v);
+              if (sp.hit(v)) x = x + Vec::loadu(dw.data() + v);
+              (av * exp2_floor((x - pm) - pr)).store(P.data() + v);
+            }
+            // pass B: G = P + b·Q, accumulate U and the logvar term
+            for (int64_t dd = 0; dd < d; ++dd) {
+              const Vec zv(z[i * d + dd]), bv(b[i * d + dd]);
+              const Vec qm(aux_qd[2 * (i * d + dd)]), qr(aux_qd[2 * (i * d + dd) + 1]);
+              const T* mu = cp.mu + dd * kp + j0;
+              const T* h2 = cp.h2 + dd * kp + j0;
+              const T* x_row = X.data() + dd * kBlockBwd;
+              T* gmu = gmu_part + dd * kp + j0;
+              T* glv = glv_part + dd * kp + j0;
+              Vec accz(T(0));
+              for (int64_t v = 0; v < nb; v += V) {
+                Vec x = Vec::loadu(x_row + v);
+                if (sp.hit(v)) x = x + Vec::loadu(dw.data() + v);
+                const Vec q = exp2_floor((x - qm) - qr);
+                const Vec g = at::vec::fmadd(bv, q, Vec::loadu(P.data() + v));  // G[i, j, d]
+                const Vec diff = zv - Vec::loadu(mu + v);
+                const Vec u = g * diff * Vec::loadu(h2 + v);
+                accz = accz + u;
+                (Vec::loadu(gmu + v) + u).store(gmu + v);
+                (at::vec::fmadd(u, diff, Vec::loadu(glv + v)) - half_log2e * g).store(glv + v);
+              }
+              gz[ii * d + dd] = gz[ii * d + dd] + accz;
+            }
+            sp.clear(dw.data());
+          }
+        }
+        for (int64_t ii = 0; ii < ib; ++ii)
+          for (int64_t dd = 0; dd < d; ++dd) grad_z[(i0 + ii) * d + dd] = T(-2.0 * kLn2) * hsum(gz[ii * d + dd]);
+      }
+    }
+  });
+}
+
+// ----------------------------------------------------------------------------- op implementations
+
+void check_args(const at::Tensor& z, const at::Tensor& mu, const at::Tensor& logvar) {
+  TORCH_CHECK(z.dim() == 2 && mu.dim() == 2 && logvar.dim() == 2, "tcvae: z, mu, logvar must be 2-D");
+  TORCH_CHECK(mu.sizes() == logvar.sizes(), "tcvae: mu and logvar must have the same shape");
+  TORCH_CHECK(z.size(1) == mu.size(1), "tcvae: z and mu must have the same number of columns D");
+  TORCH_CHECK(z.scalar_type() == mu.scalar_type() && z.scalar_type() == logvar.scalar_type(),
+              "tcvae: z, mu, logvar must share one dtype");
+  TORCH_CHECK(at::isFloatingType(z.scalar_type()), "tcvae: inputs must be floating point");
+  TORCH_CHECK(z.size(0) > 0 && mu.size(0) > 0 && z.size(1) > 0, "tcvae: empty inputs");
+}
+
+at::ScalarType acc_type(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_cpu(const at::Tensor& z, const at::Tensor& mu,
+                                                                      const at::Tensor& logvar, double w_self,
+                                                                      double w_next, double w_other, int64_t offset) {
+  check_args(z, mu, logvar);
+  const auto acc = acc_type(z);
+  const at::Tensor zc = z.to(acc).contiguous(), muc = mu.to(acc).contiguous(), lvc = logvar.to(acc).contiguous();
+  const int64_t m = z.size(0), k = mu.size(0), d = z.size(1);
+  at::Tensor out_q = at::empty({m}, zc.options()), out_qd = at::empty({m, d}, zc.options());
+  at::Tensor aux_q = at::empty({m, 2}, zc.options()), aux_qd = at::empty({m, d, 2}, zc.options());
+  AT_DISPATCH_FLOATING_TYPES(acc, "tcvae_log_qz_cpu", [&] {
+    const auto cp = prepare_components<scalar_t>(muc, lvc, w_self, w_next, w_other);
+    forward_kernel<scalar_t>(zc.data_ptr<scalar_t>(), cp, m, k, d, scalar_t((w_self - w_other) * kLog2E),
+                             scalar_t((w_next - w_other) * kLog2E), offset, out_q.data_ptr<scalar_t>(),
+                             out_qd.data_ptr<scalar_t>(), aux_q.data_ptr<scalar_t>(), aux_qd.data_ptr<scalar_t>());
+  });
+  return {out_q, out_qd, aux_q, aux_qd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward_cpu(
+    const at::Tensor& grad_q, const at::Tensor& grad_qd, const at::Tensor& z, const at::Tensor& mu,
+    const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd, double w_self, double w_next,
+    double w_other, int64_t offset) {
+  check_args(z, mu, logvar);
+  const auto acc = acc_type(z);
+  const int64_t m = z.size(0), k = mu.size(0), d = z.size(1);
+  TORCH_CHECK(grad_q.numel() == m && grad_qd.numel() == m * d, "tcvae: upstream gradient shapes");
+  TORCH_CHECK(aux_q.numel() == 2 * m && aux_qd.numel() == 2 * m * d && aux_q.scalar_type() == acc &&
+                  aux_qd.scalar_type() == acc,
+              "tcvae: saved logsumexp states must come from tcvae::log_qz on the same inputs");
+  const at::Tensor zc = z.to(acc).contiguous(), muc = mu.to(acc).contiguous(), lvc = logvar.to(acc).contiguous();
+  const at::Tensor a = grad_q.to(acc).contiguous(), b = grad_qd.to(acc).contiguous();
+  const at::Tensor sq = aux_q.contiguous(), sqd = aux_qd.contiguous();
+  at::Tensor grad_z = at::empty({m, d}, zc.options());
+  at::Tensor grad_mu = at::empty({k, d}, zc.options()), grad_lv = at::empty({k, d}, zc.options());
+  AT_DISPATCH_FLOATING_TYPES(acc, "tcvae_log_qz_backward_cpu", [&] {
+    const auto cp = prepare_components<scalar_t>(muc, lvc, w_self, w_next, w_other);
+    const int64_t n_tiles = (m + kQueryTile - 1) / kQueryTile;
+    const int64_t per_chunk_bytes = 2 * d * cp.kp * int64_t(sizeof(scalar_t));
+    const int64_t n_chunks = std::max<int64_t>(
+        1, std::min<int64_t>({int64_t(at::get_num_threads()), n_tiles, kPartialBudget / per_chunk_bytes}));
+    at::Tensor partial = at::zeros({n_chunks, 2, d, cp.kp}, zc.options());
+    backward_kernel<scalar_t>(zc.data_ptr<scalar_t>(), cp, m, k, d, scalar_t((w_self - w_other) * kLog2E),
+                              scalar_t((w_next - w_other) * kLog2E), offset, sq.data_ptr<scalar_t>(),
+                              sqd.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
+                              grad_z.data_ptr<scalar_t>(), partial.data_ptr<scalar_t>(), n_chunks);
+    // grad_mu[j, d] = 2ln2 · sum over chunks of partial[c, 0, d, j] (fixed order: deterministic)
+    const scalar_t* p = partial.data_ptr<scalar_t>();
+    scalar_t* gmu = grad_mu.data_ptr<scalar_t>();
+    scalar_t* glv = grad_lv.data_ptr<scalar_t>();
+    const int64_t kp = cp.kp;
+    at::parallel_for(0, k, 256, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) {
+        for (int64_t dd = 0; dd < d; ++dd) {
+          scalar_t sm = 0, sl = 0;
+          for (int64_t c = 0; c < n_chunks; ++c) {
+            sm += p[((c * 2 + 0) * d + dd) * kp + j];
+            sl += p[((c * 2 + 1) * d + dd) * kp + j];
+          }
+          gmu[j * d + dd] = scalar_t(2.0 * kLn2) * sm;
+          glv[j * d + dd] = scalar_t(kLn2) * sl;
+        }
+      }
+    });
+  });
+  return {grad_z.to(z.scalar_type()), grad_mu.to(mu.scalar_type()), grad_lv.to(logvar.scalar_type())};
+}
+
+std::string build_info() {
+  std::string info = std::string("cpu_capability=") + TCVAE_CPU_CAPABILITY_NAME;
+#ifdef TCVAE_WITH_CUDA
+  info += ";cuda=1";
+#else
+  info += ";cuda=0";
+#endif
+  return info;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(tcvae, m) {
+  // log_qz returns (log_qz [M], log_qz_dims [M, D], aux_q [M, 2], aux_qd [M, D, 2]); the aux tensors
+  // are the kernel's saved logsumexp states, meaningful only to log_qz_backward of the same device.
+  m.def("log_qz(Tensor z, Tensor mu, Tensor logvar, float w_self, float w_next, float w_other, int offset)"
+        " -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("log_qz_backward(Tensor grad_log_qz, Tensor grad_log_qz_dims, Tensor z, Tensor mu, Tensor logvar,"
+        " Tensor aux_q, Tensor aux_qd, float w_self, float w_next, float w_other, int offset)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("build_info() -> str", &build_info);
+}
+
+TORCH_LIBRARY_IMPL(tcvae, CPU, m) {
+  m.impl("log_qz", &log_qz_cpu);
+  m.impl("log_qz_backward", &log_qz_backward_cpu);
+}
+
+}  // namespace tcvae

@@ -1,0 +1,116 @@
+// Math shared by the CPU (tcvae_cpu.cpp) and CUDA (tcvae_cuda.cu) kernels.
+//
+// Notation (see tcvae_kernels/reference.py for the full statement):
+//   queries z [M, D], components mu, logvar [K, D]
+//   l[i,j,d]        = c[j,d] - (z[i,d] - mu[j,d])^2 * h[j,d]
+//                     with h = 0.5 * exp(-logvar), c = -0.5 * (logvar + log 2π)
+//   w[i,j]          = w_self if j == s_i, w_next if j == (s_i + 1) mod K, else w_other,
+//                     s_i = i + offset (self/next apply only when 0 <= s_i < K)
+//   log_qz[i]       = logsumexp_j( sum_d l[i,j,d] + w[i,j] )
+//   log_qz_dims[i,d]= logsumexp_j( l[i,j,d] + w[i,j] )
+// Backward, with upstream a_i (log_qz) and b_id (log_qz_dims):
+//   G[i,j,d] = a_i * exp(S_ij + w_ij - log_qz_i) + b_id * exp(l_ijd + w_ij - log_qz_dims_id)
+//   dz[i,d]  = -sum_j G * (z - mu) * 2h,   dmu[j,d] = sum_i G * (z - mu) * 2h,
+//   dlogvar[j,d] = sum_i G * ((z - mu)^2 * h - 0.5)
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define TCVAE_HD __host__ __device__ __forceinline__
+#else
+#define TCVAE_HD inline
+#endif
+
+namespace tcvae {
+
+constexpr double kLog2Pi = 1.83787706640934548356;  // log(2π)
+constexpr double kLog2E = 1.44269504088896340736;   // log2(e): kernels work in base 2, e^x = 2^(x·log2 e)
+constexpr double kLn2 = 0.69314718055994530942;     // ln(2)
+
+// Coefficients of p(f) ≈ 2^f on [-0.5, 0.5], degree 6 (weighted least squares on Chebyshev nodes):
+// relative error 1.9e-9 in exact arithmetic, < 1e-7 (under 1 ulp) evaluated by Horner in float32.
+constexpr float kExp2Poly[7] = {1.0f, 0.6931471824645996f, 0.24022646248340607f, 0.05550329014658928f,
+                                0.009618519805371761f, 0.0013399859890341759f, 0.00015337577497120947f};
+
+// Base-2 exponent floor: 2^x for x below it is exactly 0. float: at x = -127 the kernels' 2^n scale
+// has a zero exponent field, i.e. is +0 (results between 2^-127 and 2^-126 are denormal and flushed
+// by the FTZ mode the CPU kernel sets), so exp never takes a denormal slow path; double: 2^-1100
+// rounds to 0. Terms dropped this way are below 2^-126 relative to the largest term (which is 1).
+template <typename T>
+struct Exp2Floor;
+template <>
+struct Exp2Floor<float> {
+  static constexpr float value = -127.0f;
+};
+template <>
+struct Exp2Floor<double> {
+  static constexpr double value = -1100.0;
+};
+
+// h = 0.5 * exp(-logvar): l = c - (z - mu)^2 * h
+template <typename T>
+TCVAE_HD T half_precision(T logvar) {
+  using std::exp;
+  return T(0.5) * exp(-logvar);
+}
+
+// c = -0.5 * (logvar + log 2π)
+template <typename T>
+TCVAE_HD T log_norm_const(T logvar) {
+  return T(-0.5) * (logvar + T(kLog2Pi));
+}
+
+// l = log N(z; mu, exp(logvar)) from the precomputed (h, c)
+template <typename T>
+TCVAE_HD T log_density(T z, T mu, T h, T c) {
+  const T diff = z - mu;
+  return c - diff * diff * h;
+}
+
+// Component index carrying the self weight of query i, or -1 when query i has none.
+TCVAE_HD int64_t self_index(int64_t i, int64_t offset, int64_t num_components) {
+  const int64_t s = i + offset;
+  return (s >= 0 && s < num_components) ? s : -1;
+}
+
+// Component index carrying the stratum ("next") weight: (s + 1) mod K, or -1.
+TCVAE_HD int64_t next_index(int64_t self, int64_t num_components) {
+  return self < 0 ? -1 : (self + 1 == num_components ? 0 : self + 1);
+}
+
+// w[i, j] given s = self_index(i), n = next_index(s); self wins when s == n (K == 1).
+template <typename T>
+TCVAE_HD T log_weight(int64_t j, int64_t self, int64_t next, T w_self, T w_next, T w_other) {
+  return j == self ? w_self : (j == next ? w_next : w_other);
+}
+
+// Online logsumexp state: value = m + log(s). NaN propagates; all -inf gives -inf.
+template <typename T>
+struct OnlineLse {
+  T m = -std::numeric_limits<T>::infinity();
+  T s = T(0);
+
+  // Merge another state (m2, s2): the sum rescaled to the larger maximum.
+  TCVAE_HD void merge(T m2, T s2) {
+    using std::exp;
+    if (m2 == -std::numeric_limits<T>::infinity()) return;  // nothing to add (keeps NaN out)
+    if (m2 > m) {
+      s = s * exp(m - m2) + s2;
+      m = m2;
+    } else {
+      s = s + s2 * exp(m2 - m);  // also the NaN path: NaN > m is false
+    }
+  }
+  TCVAE_HD void add(T x) { merge(x, T(1)); }
+
+  TCVAE_HD T value() const {
+    using std::log;
+    if (m == -std::numeric_limits<T>::infinity()) return m;
+    return m + log(s);
+  }
+};
+
+}  // namespace tcvae

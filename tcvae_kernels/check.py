@@ -1,0 +1,110 @@
+"""``python -m tcvae_kernels check``: cross-check every available backend against the float64
+reference on fresh random inputs (forward and all gradients) and print a pass/fail table."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+
+import torch
+
+from .dispatch import BACKEND_NAMES, backend_reasons
+from .estimators import log_weights
+from .testing import check_backend
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# (M, K, D, estimator, kind): odd sizes, K != M, and the input families of the test suite.
+QUICK_CASES = [
+    (1, 1, 3, "mws", "normal"),
+    (7, 7, 3, "mss", "normal"),
+    (129, 129, 10, "mss", "noncontiguous"),
+    (65, 33, 33, "uniform", "normal"),
+    (33, 33, 10, "mws", "extreme"),
+]
+ALL_CASES = QUICK_CASES + [
+    (2, 2, 1, "mss", "normal"),
+    (1000, 1000, 10, "mss", "normal"),
+    (257, 257, 64, "mws", "noncontiguous"),
+    (129, 129, 3, "mss", "extreme"),
+    (17, 301, 5, "uniform", "extreme"),
+]
+
+
+def make_case(m, k, d, kind, dtype, device, generator):
+    """Random inputs of one family: "normal" (z drawn from the components), "noncontiguous"
+    (the same through transposed / strided views) or "extreme" (logvar in [-20, 20], z far away)."""
+    mu = torch.randn(k, d, generator=generator, dtype=torch.float64)
+    if kind == "extreme":
+        logvar = -20 + 40 * torch.rand(k, d, generator=generator, dtype=torch.float64)
+        z = 1e3 * torch.sign(torch.randn(m, d, generator=generator, dtype=torch.float64)) + mu[torch.arange(m) % k]
+    else:
+        logvar = -2 + 3 * torch.rand(k, d, generator=generator, dtype=torch.float64)
+        src = torch.arange(m) % k
+        z = mu[src] + torch.exp(0.5 * logvar[src]) * torch.randn(m, d, generator=generator, dtype=torch.float64)
+    z, mu, logvar = (t.to(dtype=dtype, device=device) for t in (z, mu, logvar))
+    if kind == "noncontiguous":
+        z = z.t().contiguous().t()
+        mu = torch.cat([mu, mu], dim=1)[:, :d] if d > 1 else mu.t().contiguous().t()
+        logvar = logvar.t().contiguous().t()
+    return z, mu, logvar
+
+
+def run_checks(backends, devices, dtypes, cases, seed, out=None):
+    out = out or sys.stdout
+    rows, failures = [], 0
+    g = torch.Generator().manual_seed(seed)
+    for name in backends:
+        for device in devices:
+            for dtype_name in dtypes:
+                dtype = DTYPES[dtype_name]
+                passed, total, worst, skipped = 0, 0, None, None
+                t0 = time.perf_counter()
+                for m, k, d, est, kind in cases:
+                    z, mu, logvar = make_case(m, k, d, kind, dtype, device, g)
+                    why = backend_reasons(name, z, mu, logvar)
+                    if why:
+                        skipped = why[0]
+                        break
+                    w = log_weights(est, k, 10 * max(m, k))
+                    res = check_backend(name, z, mu, logvar, w)
+                    total += 1
+                    passed += res.ok
+                    wname, err, allowed = res.worst()
+                    ratio = err / allowed if allowed > 0 else float("inf")
+                    if worst is None or ratio > worst[0]:
+                        worst = (ratio, f"{wname} {err:.1e} / {allowed:.1e} ({m}x{k}x{d} {est} {kind})")
+                if skipped:
+                    rows.append((name, device, dtype_name, "-", "skipped", skipped))
+                    continue
+                failures += passed != total
+                status = "PASS" if passed == total else "FAIL"
+                rows.append((name, device, dtype_name, f"{passed}/{total}", status,
+                             f"worst: {worst[1]}  [{time.perf_counter() - t0:.1f}s]"))
+    header = ("backend", "device", "dtype", "cases", "result", "detail")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(5)]
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)) + " | " + header[5], file=out)
+    print("-+-".join("-" * w for w in widths) + "-+-" + "-" * 20, file=out)
+    for r in rows:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " | " + r[5], file=out)
+    return failures
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tcvae_kernels check", description=__doc__)
+    p.add_argument("--all", action="store_true", help="every dtype and more sizes (slower)")
+    p.add_argument("--backends", nargs="+", default=None, choices=BACKEND_NAMES, help="default: all available")
+    p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
+    p.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES))
+    p.add_argument("--seed", type=int, default=None, help="default: fresh")
+    a = p.parse_args(argv)
+    seed = a.seed if a.seed is not None else random.SystemRandom().randrange(2**31)
+    devices = a.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    dtypes = a.dtypes or (list(DTYPES) if a.all else ["float64", "float32"])
+    backends = a.backends or list(BACKEND_NAMES)
+    print(f"tcvae_kernels check: seed={seed}, torch {torch.__version__}, threads={torch.get_num_threads()}")
+    failures = run_checks(backends, devices, dtypes, ALL_CASES if a.all else QUICK_CASES, seed)
+    print("all checks passed" if failures == 0 else f"{failures} backend/device/dtype combination(s) FAILED")
+    return 1 if failures else 0

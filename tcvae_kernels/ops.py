@@ -1,0 +1,107 @@
+"""Python side of the C++/CUDA custom ops ``torch.ops.tcvae.*`` (built from csrc/).
+
+``tcvae::log_qz(z, mu, logvar, w_self, w_next, w_other, offset)
+-> (log_qz [M], log_qz_dims [M, D], aux_q [M, 2], aux_qd [M, D, 2])`` in the accumulation dtype
+(float64 for float64 inputs, else float32); the aux tensors are the kernel's saved logsumexp states
+(base 2, split as max + rest so the backward's softmax weights stay exact at any magnitude).
+``tcvae::log_qz_backward(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, ...) -> (grad_z, grad_mu,
+grad_logvar)`` in the inputs' dtypes.
+Here: fake (meta) kernels for torch.compile, and autograd wiring whose backward is itself the
+custom op, so it dispatches per device like the forward. Math: tcvae_kernels/reference.py.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .dispatch import Backend, register_backend
+
+try:
+    from . import _C  # noqa: F401  (loading the library registers the ops)
+
+    LOAD_ERROR: str | None = None
+except ImportError as e:  # pure-Python install, or a build without the extension
+    LOAD_ERROR = f"the C++ extension tcvae_kernels._C is not built ({e}); reinstall with `pip install --no-build-isolation -e .`"
+
+
+def build_info() -> dict:
+    """What the extension was compiled with, e.g. {"cpu_capability": "avx512", "cuda": "1"}."""
+    if LOAD_ERROR:
+        return {}
+    return dict(item.split("=", 1) for item in torch.ops.tcvae.build_info().split(";"))
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+if LOAD_ERROR is None:
+
+    @torch.library.register_fake("tcvae::log_qz")
+    def _log_qz_fake(z, mu, logvar, w_self, w_next, w_other, offset):
+        torch._check(z.dim() == 2 and mu.dim() == 2 and mu.shape == logvar.shape)
+        torch._check(z.shape[1] == mu.shape[1])
+        acc = _acc(z.dtype)
+        m, d = z.shape
+        return (z.new_empty((m,), dtype=acc), z.new_empty((m, d), dtype=acc),
+                z.new_empty((m, 2), dtype=acc), z.new_empty((m, d, 2), dtype=acc))
+
+    @torch.library.register_fake("tcvae::log_qz_backward")
+    def _log_qz_backward_fake(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, w_self, w_next, w_other, offset):
+        return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)
+
+    def _setup_context(ctx, inputs, output):
+        z, mu, logvar, w_self, w_next, w_other, offset = inputs
+        _, _, aux_q, aux_qd = output
+        ctx.mark_non_differentiable(aux_q, aux_qd)
+        ctx.save_for_backward(z, mu, logvar, aux_q, aux_qd)
+        ctx.weights = (w_self, w_next, w_other, offset)
+
+    def _backward(ctx, grad_q, grad_qd, _grad_aux_q, _grad_aux_qd):
+        z, mu, logvar, aux_q, aux_qd = ctx.saved_tensors
+        m, d = z.shape
+        if grad_q is None:
+            grad_q = aux_q.new_zeros((m,))
+        if grad_qd is None:
+            grad_qd = aux_qd.new_zeros((m, d))
+        gz, gmu, glv = torch.ops.tcvae.log_qz_backward(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, *ctx.weights)
+        return gz, gmu, glv, None, None, None, None
+
+    def _no_double_backward(ctx, *grads):
+        raise RuntimeError(
+            "tcvae: double backward (gradients of gradients) is not supported by the fused kernels; "
+            "use backend='torch' for higher-order derivatives"
+        )
+
+    def _setup_nothing(ctx, inputs, output):
+        pass
+
+    torch.library.register_autograd("tcvae::log_qz", _backward, setup_context=_setup_context)
+    torch.library.register_autograd("tcvae::log_qz_backward", _no_double_backward, setup_context=_setup_nothing)
+
+
+class ExtensionBackend(Backend):
+    """A backend served by the compiled op on one device type (the dispatcher picks the kernel)."""
+
+    device_type = ""
+
+    def unavailable_reason(self):
+        return LOAD_ERROR
+
+    def not_supported_reasons(self, z, mu, logvar):
+        if z.device.type != self.device_type:
+            return [f"backend {self.name!r} runs on {self.device_type} tensors, got {z.device.type}"]
+        return []
+
+    def log_qz(self, z, mu, logvar, weights):
+        q, qd, _, _ = torch.ops.tcvae.log_qz(z, mu, logvar, weights.w_self, weights.w_next, weights.w_other, weights.offset)
+        return q, qd
+
+
+class CpuBackend(ExtensionBackend):
+    name = "cpu"
+    device_type = "cpu"
+    description = "fused C++ kernel (at::parallel_for, at::vec SIMD), O(M·D) memory"
+
+
+register_backend("cpu", CpuBackend)

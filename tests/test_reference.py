@@ -197,3 +197,9 @@ def test_infinite_query_gives_minus_infinity_not_a_finite_value():
     assert out.log_qz[1] == -math.inf and out.log_qz_dims[1, 0] == -math.inf
     with pytest.raises(ValueError, match="z contains NaN or infinite"):
         tk.log_qz(z, mu, logvar, dataset_size=50, check_finite=True)
+
+
+def test_reference_supports_double_backward_through_chunks():
+    z, mu, logvar = (t.requires_grad_() for t in make_inputs(6, 6, 2))
+    w = log_weights("mss", 6, 30)
+    assert torch.autograd.gradgradcheck(lambda *a: log_qz_reference(*a, w, chunk_elements=12), (z, mu, logvar))

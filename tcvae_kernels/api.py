@@ -30,7 +30,8 @@ class Decomposition(NamedTuple):
     dim_kl: torch.Tensor
 
 
-def _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, *, need_own_component=False):
+def _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic=False, *,
+                need_own_component=False):
     """Validate, dispatch, and return (log_qz, log_qz_dims) in the accumulation dtype."""
     m, k, _ = check_inputs(z, mu, logvar)
     check_estimator_args(estimator, dataset_size, m, k)
@@ -42,7 +43,7 @@ def _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, *
     if check_finite:
         check_finite_inputs(z, mu, logvar)
     weights = log_weights(estimator, k, dataset_size)
-    return select_backend(backend, z, mu, logvar).log_qz(z, mu, logvar, weights)
+    return select_backend(backend, z, mu, logvar).log_qz(z, mu, logvar, weights, deterministic=bool(deterministic))
 
 
 def log_qz(
@@ -54,6 +55,7 @@ def log_qz(
     estimator: str = "mss",
     backend: str = "auto",
     check_finite: bool = False,
+    deterministic: bool = False,
 ) -> LogQz:
     """Minibatch estimates of log q(z_i) and log q(z_id).
 
@@ -67,12 +69,15 @@ def log_qz(
         backend: "auto", "torch", "cpu", "cuda" or "triton".
         check_finite: raise ValueError on NaN/inf inputs (a device sync on GPUs); otherwise
             non-finite inputs propagate to the outputs.
+        deterministic: bitwise reproducible gradients on backends whose fast backward uses
+            atomics (Triton: a second pass instead, about 2× the backward's cost). The CPU kernel
+            and the reference are always deterministic.
 
     Returns:
         ``LogQz(log_qz [M], log_qz_dims [M, D])`` in the input dtype (computed in float32 for
         float16/bfloat16, float64 for float64). Differentiable w.r.t. all three inputs.
     """
-    lqz, lqzd = _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite)
+    lqz, lqzd = _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic)
     return LogQz(lqz.to(z.dtype), lqzd.to(z.dtype))
 
 
@@ -85,6 +90,7 @@ def decompose(
     estimator: str = "mss",
     backend: str = "auto",
     check_finite: bool = False,
+    deterministic: bool = False,
 ) -> Decomposition:
     """β-TCVAE decomposition of the batch: ``(mi, tc, dim_kl)`` scalar tensors, differentiable.
 
@@ -93,7 +99,9 @@ def decompose(
     component i (M <= K). Results are in the accumulation dtype (float32, or float64 for float64
     inputs) so the differences keep their precision. Arguments as for :func:`log_qz`.
     """
-    lqz, lqzd = _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, need_own_component=True)
+    lqz, lqzd = _log_qz_acc(
+        z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic, need_own_component=True
+    )
     lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar)
     sum_dims = lqzd.sum(dim=1)
     return Decomposition(
@@ -112,7 +120,8 @@ def total_correlation(
     estimator: str = "mss",
     backend: str = "auto",
     check_finite: bool = False,
+    deterministic: bool = False,
 ) -> torch.Tensor:
     """``TC = mean_i(log q(z_i) - sum_d log q(z_id))``, a differentiable scalar (accumulation dtype)."""
-    lqz, lqzd = _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite)
+    lqz, lqzd = _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic)
     return (lqz - lqzd.sum(dim=1)).mean()

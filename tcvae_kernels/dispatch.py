@@ -46,7 +46,8 @@ class Backend:
         """Why the backend cannot run on these (validated) inputs; empty if it can."""
         return []
 
-    def log_qz(self, z, mu, logvar, weights: LogWeights) -> tuple[torch.Tensor, torch.Tensor]:
+    def log_qz(self, z, mu, logvar, weights: LogWeights, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``deterministic``: bitwise reproducible gradients even where the fast path uses atomics."""
         raise NotImplementedError
 
     def reasons(self, z, mu, logvar) -> list[str]:
@@ -58,7 +59,7 @@ class TorchBackend(Backend):
     name = "torch"
     description = "pure-PyTorch reference (chunked, any device, exact autograd)"
 
-    def log_qz(self, z, mu, logvar, weights):
+    def log_qz(self, z, mu, logvar, weights, deterministic=False):
         from .reference import log_qz_reference
 
         return log_qz_reference(z, mu, logvar, weights)
@@ -82,7 +83,40 @@ def get_backend(name: str) -> Backend | None:
     return _REGISTRY.get(name)
 
 
+class TritonBackend(Backend):
+    name = "triton"
+    description = "fused Triton kernels (tcvae_kernels/triton_kernels.py), O(M·D) memory"
+
+    def unavailable_reason(self):
+        import importlib.util
+
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed (pip install triton)"
+        return None
+
+    def not_supported_reasons(self, z, mu, logvar):
+        import os
+
+        why = []
+        if z.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+            why.append("backend 'triton' runs on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1, "
+                       "the interpreter used for testing)")
+        elif z.device.type not in ("cpu", "cuda"):
+            why.append(f"backend 'triton' runs on CUDA tensors, got {z.device.type}")
+        if mu.shape[0] * mu.shape[1] >= 2**31:
+            why.append("backend 'triton' indexes components with 32-bit offsets: K·D must be < 2^31")
+        return why
+
+    def log_qz(self, z, mu, logvar, weights, deterministic=False):
+        from .triton_kernels import log_qz_op
+
+        q, qd, _, _ = log_qz_op(z, mu, logvar, weights.w_self, weights.w_next, weights.w_other, weights.offset,
+                                bool(deterministic))
+        return q, qd
+
+
 register_backend("torch", TorchBackend)
+register_backend("triton", TritonBackend)
 
 
 def _missing_reason(name: str) -> str:

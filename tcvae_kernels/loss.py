@@ -39,6 +39,7 @@ class BetaTCVAELoss(nn.Module):
             training-mode calls (KL warm-up, as in the authors' code); the step count is saved
             in ``state_dict`` so resumed runs continue the schedule.
         check_finite: raise on NaN/inf inputs instead of propagating them.
+        deterministic: bitwise reproducible gradients on GPU backends (see :func:`tcvae_kernels.log_qz`).
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class BetaTCVAELoss(nn.Module):
         *,
         warmup_steps: int = 0,
         check_finite: bool = False,
+        deterministic: bool = False,
     ):
         super().__init__()
         check_estimator(estimator, dataset_size)
@@ -65,6 +67,7 @@ class BetaTCVAELoss(nn.Module):
         self.backend = backend
         self.warmup_steps = warmup_steps
         self.check_finite = bool(check_finite)
+        self.deterministic = bool(deterministic)
         self.step = 0
         self.last: Decomposition | None = None
 
@@ -82,6 +85,7 @@ class BetaTCVAELoss(nn.Module):
             estimator=self.estimator,
             backend=self.backend,
             check_finite=self.check_finite,
+            deterministic=self.deterministic,
         )
         a, b, g = self.current_weights()
         self.last = Decomposition(*(t.detach() for t in parts))

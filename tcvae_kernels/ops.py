@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ._autograd import make_backward, no_double_backward, setup_context, setup_nothing
 from .dispatch import Backend, register_backend
 
 try:
@@ -50,34 +51,10 @@ if LOAD_ERROR is None:
     def _log_qz_backward_fake(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, w_self, w_next, w_other, offset):
         return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)
 
-    def _setup_context(ctx, inputs, output):
-        z, mu, logvar, w_self, w_next, w_other, offset = inputs
-        _, _, aux_q, aux_qd = output
-        ctx.mark_non_differentiable(aux_q, aux_qd)
-        ctx.save_for_backward(z, mu, logvar, aux_q, aux_qd)
-        ctx.weights = (w_self, w_next, w_other, offset)
-
-    def _backward(ctx, grad_q, grad_qd, _grad_aux_q, _grad_aux_qd):
-        z, mu, logvar, aux_q, aux_qd = ctx.saved_tensors
-        m, d = z.shape
-        if grad_q is None:
-            grad_q = aux_q.new_zeros((m,))
-        if grad_qd is None:
-            grad_qd = aux_qd.new_zeros((m, d))
-        gz, gmu, glv = torch.ops.tcvae.log_qz_backward(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, *ctx.weights)
-        return gz, gmu, glv, None, None, None, None
-
-    def _no_double_backward(ctx, *grads):
-        raise RuntimeError(
-            "tcvae: double backward (gradients of gradients) is not supported by the fused kernels; "
-            "use backend='torch' for higher-order derivatives"
-        )
-
-    def _setup_nothing(ctx, inputs, output):
-        pass
-
-    torch.library.register_autograd("tcvae::log_qz", _backward, setup_context=_setup_context)
-    torch.library.register_autograd("tcvae::log_qz_backward", _no_double_backward, setup_context=_setup_nothing)
+    torch.library.register_autograd(
+        "tcvae::log_qz", make_backward(torch.ops.tcvae.log_qz_backward), setup_context=setup_context
+    )
+    torch.library.register_autograd("tcvae::log_qz_backward", no_double_backward, setup_context=setup_nothing)
 
 
 class ExtensionBackend(Backend):
@@ -93,7 +70,8 @@ class ExtensionBackend(Backend):
             return [f"backend {self.name!r} runs on {self.device_type} tensors, got {z.device.type}"]
         return []
 
-    def log_qz(self, z, mu, logvar, weights):
+    def log_qz(self, z, mu, logvar, weights, deterministic=False):
+        # the CPU kernel is always deterministic (fixed-order reduction of per-chunk partials)
         q, qd, _, _ = torch.ops.tcvae.log_qz(z, mu, logvar, weights.w_self, weights.w_next, weights.w_other, weights.offset)
         return q, qd
 

@@ -64,6 +64,7 @@ def check_backend(
     *,
     grads: bool = True,
     upstream: tuple[torch.Tensor, torch.Tensor] | None = None,
+    deterministic: bool = False,
 ) -> CheckResult:
     """Compare ``backend`` on (z, mu, logvar) — in their dtype and on their device — with the
     float64 reference on the same values; upstream gradients default to random ones."""
@@ -78,7 +79,7 @@ def check_backend(
         args = [t.detach().to(dtype) for t in (z, mu, logvar)]
         return _forward_backward(lambda a, b, c: impl(a, b, c, weights), *args, up_q, up_d, grads)
 
-    got = run(be.log_qz, z.dtype)
+    got = run(lambda a, b, c, w: be.log_qz(a, b, c, w, deterministic=deterministic), z.dtype)
     truth = run(log_qz_reference, torch.float64)
     errors, allowed = {}, {}
     for i, (g_, t_) in enumerate(zip(got, truth)):

@@ -163,13 +163,12 @@ def test_nan_and_inf_propagate_like_the_reference(backend, device):
 
 @pytest.mark.parametrize("backend,device", TARGETS)
 def test_deterministic_bitwise(backend, device):
+    """deterministic=True: bitwise equal forward and gradients run to run (the CPU kernel always is)."""
     z, mu, lv = make_inputs(65, 65, 10, dtype=torch.float32, device=device)
-    if backend == "triton":
-        pytest.skip("forward determinism of the Triton backend is covered in test_triton.py")
     outs = []
     for _ in range(2):
         leaves = [t.clone().requires_grad_() for t in (z, mu, lv)]
-        tc = tk.total_correlation(*leaves, dataset_size=1000, backend=backend)
+        tc = tk.total_correlation(*leaves, dataset_size=1000, backend=backend, deterministic=True)
         outs.append([tc.detach(), *torch.autograd.grad(tc, leaves)])
     for a, b in zip(*outs):
         assert torch.equal(a, b)

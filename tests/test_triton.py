@@ -1,0 +1,98 @@
+"""Triton-specific checks: every autotune config, the split-K path, both backward modes
+(atomics / deterministic second pass), the torch.library contract. Under TRITON_INTERPRET=1 on CPU
+tensors in CI (small sizes); on CUDA at realistic sizes when a GPU is present."""
+
+import os
+
+import pytest
+import torch
+
+import tcvae_kernels as tk
+from tcvae_kernels.dispatch import backend_reasons
+from tcvae_kernels.estimators import log_weights
+from tcvae_kernels.testing import check_backend
+
+from helpers import fresh_seed, make_inputs
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+_probe = torch.zeros(2, 1, device=DEVICE)
+pytestmark = pytest.mark.skipif(bool(backend_reasons("triton", _probe, _probe, _probe)),
+                                reason="; ".join(backend_reasons("triton", _probe, _probe, _probe)))
+
+if not backend_reasons("triton", _probe, _probe, _probe):
+    from tcvae_kernels import triton_kernels as tkn
+else:  # pragma: no cover
+    tkn = None
+
+SMALL = DEVICE == "cpu"  # the interpreter: keep sizes small
+
+
+def _assert_ok(res, what):
+    assert res.ok, f"{what}: " + ", ".join(
+        f"{k} {res.errors[k]:.2e} > {res.allowed[k]:.2e}" for k in res.errors if res.errors[k] > res.allowed[k])
+
+
+@pytest.mark.parametrize("cfg", range(4), ids=lambda i: "cfg{}".format(i))
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+def test_every_config_and_backward_mode(cfg, deterministic):
+    config = tkn.CONFIGS[cfg]
+    g = torch.Generator().manual_seed(fresh_seed())
+    shapes = [(1, 1, 1, "mws"), (2, 2, 3, "mss"), (7, 7, 10, "mss"), (65, 65, 33, "mws"), (7, 40, 3, "mss"),
+              (40, 7, 1, "uniform")]
+    with tkn.force_config(config):
+        for m, k, d, est in shapes:
+            z, mu, lv = make_inputs(m, k, d, dtype=torch.float32, device=DEVICE, seed=int(torch.randint(0, 2**31, (1,), generator=g)))
+            _assert_ok(check_backend("triton", z, mu, lv, log_weights(est, k, 10 * max(m, k)),
+                                     deterministic=deterministic), f"{config} {m}x{k}x{d} {est}")
+
+
+@pytest.mark.parametrize("splits", [2, 3])
+def test_split_k_matches_reference(splits):
+    z, mu, lv = make_inputs(37, 150, 5, dtype=torch.float64, device=DEVICE)
+    for det in (False, True):
+        with tkn.force_config(tkn.CONFIGS[2], splits=splits):
+            _assert_ok(check_backend("triton", z, mu, lv, log_weights("mss", 150, 1000), deterministic=det),
+                       f"splits={splits} det={det}")
+
+
+def test_split_k_with_far_queries_uses_the_exact_path():
+    z, mu, lv = make_inputs(20, 90, 4, dtype=torch.float32, device=DEVICE)
+    z[::2] += 1e4
+    with tkn.force_config(tkn.CONFIGS[0], splits=3):
+        _assert_ok(check_backend("triton", z, mu, lv, log_weights("mss", 90, 1000)), "far + splits")
+
+
+def test_opcheck_triton_ops():
+    z, mu, lv = make_inputs(7, 9, 3, dtype=torch.float32, device=DEVICE)
+    for t in (z, mu, lv):
+        t.requires_grad_()
+    args = (z, mu, lv, -4.0, -3.5, -2.0, 0, False)
+    # The interpreter executes kernels even on fake tensors, so fake-tensor tracing is checked on GPUs only.
+    utils = ("test_schema", "test_autograd_registration") + (("test_faketensor",) if DEVICE == "cuda" else ())
+    torch.library.opcheck(tkn.log_qz_op, args, test_utils=utils)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="torch.compile of Triton kernels needs a GPU")
+def test_torch_compile_fullgraph_on_cuda():
+    z, mu, lv = make_inputs(256, 256, 10, dtype=torch.float32, device="cuda")
+
+    def step(z, mu, lv):
+        p = tk.decompose(z, mu, lv, dataset_size=5000, backend="triton")
+        return p.mi + 6 * p.tc + p.dim_kl
+
+    compiled = torch.compile(step, fullgraph=True)
+    leaves = [t.clone().requires_grad_() for t in (z, mu, lv)]
+    leaves_c = [t.clone().requires_grad_() for t in (z, mu, lv)]
+    loss, loss_c = step(*leaves), compiled(*leaves_c)
+    assert torch.allclose(loss, loss_c, rtol=1e-5, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(loss, leaves), torch.autograd.grad(loss_c, leaves_c)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="realistic sizes need a GPU")
+@pytest.mark.parametrize("m,d", [(1024, 10), (4096, 32), (2053, 64), (1000, 257)])
+def test_realistic_sizes_on_cuda(m, d):
+    z, mu, lv = make_inputs(m, m, d, dtype=torch.float32, device="cuda")
+    for det in (False, True):
+        _assert_ok(check_backend("triton", z, mu, lv, log_weights("mss", m, 50 * m), deterministic=det),
+                   f"{m}x{d} det={det}")

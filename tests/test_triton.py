@@ -96,3 +96,12 @@ def test_realistic_sizes_on_cuda(m, d):
     for det in (False, True):
         _assert_ok(check_backend("triton", z, mu, lv, log_weights("mss", m, 50 * m), deterministic=det),
                    f"{m}x{d} det={det}")
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="exp2_peak itself runs on CUDA in the benchmark")
+def test_exp2_peak_kernel_runs_in_the_interpreter():
+    out = torch.empty(2 * 16)
+    tkn._exp2_peak_kernel[(2,)](out, 3, BLOCK=16)
+    x = torch.arange(16, dtype=torch.float32) * -1e-3
+    want = sum(torch.exp2(x - i * 1e-6) for i in range(3))
+    assert torch.allclose(out[:16], want, rtol=1e-6) and torch.allclose(out[16:], want, rtol=1e-6)

@@ -61,7 +61,7 @@ constexpr int64_t kBlockFwd = 256;     // components per block in the forward
 constexpr int64_t kBlockBwd = 128;     // components per block in the backward
 constexpr int64_t kPartialBudget = int64_t(256) << 20;  // bytes of column-gradient partials
 
-// 2^x for x <= 0, exactly 0 below Exp2Floor. float: round-to-nearest split x = n + f, a degree-6
+// 2^x, exactly 0 below Exp2Floor (x < 128 here, see Components). float: round-to-nearest split x = n + f, a degree-6
 // polynomial for 2^f, and 2^n built in the exponent bits ((n + 127) << 23: +0 at n = -127);
 // NaN propagates (clamp_min keeps it, and NaN·scale is NaN). double: Sleef's exp2.
 inline Vectorized<float> exp2_floor(const Vectorized<float>& x) {
@@ -88,31 +88,31 @@ inline Vectorized<double> exp2_floor(const Vectorized<double>& x) {
 }
 
 // Components transposed to [D, Kp] (component-contiguous), in base-2 units:
-//   mu,  h2 = h·log2e,  c2[d, j] = (c[j, d] - cmax[d] + w_other - w_max)·log2e  (<= 0)
-// so that for any query x2 = c2 - (z - mu)^2·h2 is l·log2e + (w_other - w_max - cmax[d])·log2e <= 0:
-// the marginal sums need no running maximum. Padding components have c2 = -inf, h2 = 1.
+//   mu,  h2 = h·log2e,  c2 = c·log2e,  so that x2 = c2 - (z - mu)^2·h2 = l·log2e.
+// The common weight w_other is factored out of every sum (log_qz = w_other + ln2·log2 sum 2^(...)),
+// only the self/next corrections dw enter the exponents. 2^x2 cannot overflow: h finite means
+// logvar > -88.7 (float32), so x2 <= c·log2e < 64 (float64: < 512), and a sum of K < 2^27 such
+// terms stays finite; the marginal sums therefore need no running maximum (underflow, when z is far
+// from every component, is caught and recomputed exactly). Padding components: c2 = -inf, h2 = 1.
 template <typename T>
 struct Components {
-  at::Tensor buffer;          // [3, D, Kp]
+  at::Tensor buffer;  // [3, D, Kp]
   const T* mu;
   const T* h2;
   const T* c2;
   int64_t kp;
-  std::vector<double> shift;  // [D]: log_qz_dims = shift[d] + ln(sum_j 2^x2)
-  double joint_shift;         // log_qz = joint_shift + ln 2 · log2(sum_j 2^(sum_d x2 + dw))
+  double shift;  // w_other: log_qz = shift + ln2·log2(sum_j 2^(S + dw)), likewise per dimension
 };
 
 template <typename T>
-Components<T> prepare_components(const at::Tensor& mu, const at::Tensor& logvar, double w_self, double w_next,
-                                 double w_other) {
+Components<T> prepare_components(const at::Tensor& mu, const at::Tensor& logvar, double w_other) {
   constexpr int64_t V = Vectorized<T>::size();
   const int64_t k = mu.size(0), d = mu.size(1);
   const int64_t kp = (k + V - 1) / V * V;
-  const double w_max = std::max({w_self, w_next, w_other});
   Components<T> cp;
   cp.buffer = at::empty({3, d, kp}, mu.options());
   cp.kp = kp;
-  cp.shift.assign(d, 0.0);
+  cp.shift = w_other;
   T* out = cp.buffer.template data_ptr<T>();
   const T* m = mu.template data_ptr<T>();
   const T* lv = logvar.template data_ptr<T>();
@@ -121,31 +121,19 @@ Components<T> prepare_components(const at::Tensor& mu, const at::Tensor& logvar,
       T* mu_t = out + dd * kp;
       T* h_t = out + (d + dd) * kp;
       T* c_t = out + (2 * d + dd) * kp;
-      double cmax = -std::numeric_limits<double>::infinity();
-      for (int64_t j = 0; j < k; ++j) {
-        const T c = log_norm_const(lv[j * d + dd]);
-        if (c > cmax) cmax = c;  // NaN is skipped here and propagates through l itself
-      }
-      if (!std::isfinite(cmax)) cmax = 0.0;  // all components degenerate: any shift is exact
-      const double c_off = -cmax + w_other - w_max;
       for (int64_t j = 0; j < k; ++j) {
         const T l = lv[j * d + dd];
         mu_t[j] = m[j * d + dd];
-        h_t[j] = T(half_precision(l) * kLog2E);
-        c_t[j] = T((double(log_norm_const(l)) + c_off) * kLog2E);
+        h_t[j] = T(double(half_precision(l)) * kLog2E);
+        c_t[j] = T(double(log_norm_const(l)) * kLog2E);
       }
       for (int64_t j = k; j < kp; ++j) {  // padding: x2 = -inf for any z (h2 > 0 avoids inf·0)
         mu_t[j] = T(0);
         h_t[j] = T(1);
         c_t[j] = -std::numeric_limits<T>::infinity();
       }
-      cp.shift[dd] = cmax + w_max;
     }
   });
-  double sum_cmax = 0.0;
-  for (int64_t dd = 0; dd < d; ++dd) sum_cmax += cp.shift[dd] - w_max;
-  // sum_d x2 = (S - sum_d cmax + D·(w_other - w_max))·log2e; add w_other back for the joint weight
-  cp.joint_shift = sum_cmax - double(d) * (w_other - w_max) + w_other;
   cp.mu = out;
   cp.h2 = out + d * kp;
   cp.c2 = out + 2 * d * kp;
@@ -268,7 +256,7 @@ inline Lse2<T> combine_lanes(const Vectorized<T>& mv, const Vectorized<T>& sv) {
 }
 
 // Exact two-pass log-sum of one (query, dim) over all components, in base 2, for the rare rows whose
-// best term lies below 2^-60 of the static bound (z far from every component). x2 is computed by the
+// sum lies below 2^-60 (z far from every component). x2 is computed by the
 // same vector code as everywhere else, so the backward recomputes m bitwise.
 template <typename T>
 Lse2<T> exact_marginal(const T* z_row, const Components<T>& cp, int64_t dd, int64_t k, int64_t self, int64_t next,
@@ -303,7 +291,7 @@ void forward_kernel(const T* z, const Components<T>& cp, int64_t m_rows, int64_t
   constexpr int64_t V = Vec::size();
   const int64_t kp = cp.kp;
   const int64_t n_tiles = (m_rows + kQueryTile - 1) / kQueryTile;
-  const T kTiny = T(std::ldexp(1.0, -60));  // below this the static bound lost too much: go exact
+  const T kTiny = T(std::ldexp(1.0, -60));  // smaller marginal sums are recomputed exactly
   at::parallel_for(0, n_tiles, 1, [&](int64_t t0, int64_t t1) {
     DenormalsAreZero ftz;
     std::vector<T> S(kBlockFwd), dw(kBlockFwd, T(0)), buf;
@@ -337,7 +325,7 @@ void forward_kernel(const T* z, const Components<T>& cp, int64_t m_rows, int64_t
                 const Vec dwv = Vec::loadu(dw.data() + v);
                 for (int g = 0; g < G; ++g) x[g] = x[g] + dwv;
               }
-              for (int g = 0; g < G; ++g) a[g] = a[g] + exp2_floor(x[g]);  // x2 + dw <= 0
+              for (int g = 0; g < G; ++g) a[g] = a[g] + exp2_floor(x[g]);  // 2^(l·log2e + dw)
             }
             for (int g = 0; g < G; ++g) acc_row[d0 + g] = acc_row[d0 + g] + a[g];
           });
@@ -370,12 +358,12 @@ void forward_kernel(const T* z, const Components<T>& cp, int64_t m_rows, int64_t
           if (!(s >= kTiny) && !std::isnan(s)) st = exact_marginal(z + i * d, cp, dd, k, self, next, d_self, d_next, buf);
           aux_qd[2 * (i * d + dd)] = st.m;
           aux_qd[2 * (i * d + dd) + 1] = st.r;
-          out_qd[i * d + dd] = T(cp.shift[dd] + kLn2 * (double(st.m) + double(st.r)));
+          out_qd[i * d + dd] = T(cp.shift + kLn2 * (double(st.m) + double(st.r)));
         }
         const Lse2<T> st = combine_lanes(jm[ii], js[ii]);
         aux_q[2 * i] = st.m;
         aux_q[2 * i + 1] = st.r;
-        out_q[i] = T(cp.joint_shift + kLn2 * (double(st.m) + double(st.r)));
+        out_q[i] = T(cp.shift + kLn2 * (double(st.m) + double(st.r)));
       }
     }
   });
@@ -384,7 +372,7 @@ void forward_kernel(const T* z, const Components<T>& cp, int64_t m_rows, int64_t
 // Backward, in base 2 with the saved states (m, r):
 //   Q = 2^((x2 + dw - m_id) - r_id),  P = a_i·2^((S + dw - m_i) - r_i),  G = P + b_id·Q
 //   U = G·diff·h2  (h = h2·ln2):  dz = -2ln2·sum_j U,  dmu = 2ln2·sum_i U,
-//   dlogvar = ln2·sum_i (U·diff - 0.5·log2e·G)
+//   dlogvar = ln2·sum_i G·(diff^2·h2 - 0.5·log2e)
 template <typename T>
 void backward_kernel(const T* z, const Components<T>& cp, int64_t m_rows, int64_t k, int64_t d, T d_self, T d_next,
                      int64_t offset, const T* aux_q, const T* aux_qd, const T* a, const T* b, T* grad_z, T* partial,
@@ -401,7 +389,7 @@ void backward_kernel(const T* z, const Components<T>& cp, int64_t m_rows, int64_
     const Vec half_log2e(T(0.5 * kLog2E));
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       T* gmu_part = partial + chunk * 2 * d * kp;  // [D, Kp]: sum_i U
-      T* glv_part = gmu_part + d * kp;             // [D, Kp]: sum_i (U·diff - 0.5·log2e·G)
+      T* glv_part = gmu_part + d * kp;             // [D, Kp]: sum_i G·(diff^2·h2 - 0.5·log2e)
       const int64_t tile_end = std::min(n_tiles, (chunk + 1) * tiles_per_chunk);
       for (int64_t tile = chunk * tiles_per_chunk; tile < tile_end; ++tile) {
         const int64_t i0 = tile * kQueryTile, ib = std::min(kQueryTile, m_rows - i0);
@@ -448,10 +436,13 @@ void backward_kernel(const T* z, const Components<T>& cp, int64_t m_rows, int64_
                 const Vec q = exp2_floor((x - qm) - qr);
                 const Vec g = at::vec::fmadd(bv, q, Vec::loadu(P.data() + v));  // G[i, j, d]
                 const Vec diff = zv - Vec::loadu(mu + v);
-                const Vec u = g * diff * Vec::loadu(h2 + v);
+                const Vec hv = Vec::loadu(h2 + v);
+                const Vec u = g * diff * hv;
                 accz = accz + u;
                 (Vec::loadu(gmu + v) + u).store(gmu + v);
-                (at::vec::fmadd(u, diff, Vec::loadu(glv + v)) - half_log2e * g).store(glv + v);
+                // G·(diff^2·h2 - 0.5·log2e): subtract before scaling by G (one rounding at the cancellation)
+                const Vec t = at::vec::fmsub(diff * diff, hv, half_log2e);
+                at::vec::fmadd(g, t, Vec::loadu(glv + v)).store(glv + v);
               }
               gz[ii * d + dd] = gz[ii * d + dd] + accz;
             }
@@ -491,7 +482,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_cpu(const at::
   at::Tensor out_q = at::empty({m}, zc.options()), out_qd = at::empty({m, d}, zc.options());
   at::Tensor aux_q = at::empty({m, 2}, zc.options()), aux_qd = at::empty({m, d, 2}, zc.options());
   AT_DISPATCH_FLOATING_TYPES(acc, "tcvae_log_qz_cpu", [&] {
-    const auto cp = prepare_components<scalar_t>(muc, lvc, w_self, w_next, w_other);
+    const auto cp = prepare_components<scalar_t>(muc, lvc, w_other);
     forward_kernel<scalar_t>(zc.data_ptr<scalar_t>(), cp, m, k, d, scalar_t((w_self - w_other) * kLog2E),
                              scalar_t((w_next - w_other) * kLog2E), offset, out_q.data_ptr<scalar_t>(),
                              out_qd.data_ptr<scalar_t>(), aux_q.data_ptr<scalar_t>(), aux_qd.data_ptr<scalar_t>());
@@ -516,7 +507,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward_cpu(
   at::Tensor grad_z = at::empty({m, d}, zc.options());
   at::Tensor grad_mu = at::empty({k, d}, zc.options()), grad_lv = at::empty({k, d}, zc.options());
   AT_DISPATCH_FLOATING_TYPES(acc, "tcvae_log_qz_backward_cpu", [&] {
-    const auto cp = prepare_components<scalar_t>(muc, lvc, w_self, w_next, w_other);
+    const auto cp = prepare_components<scalar_t>(muc, lvc, w_other);
     const int64_t n_tiles = (m + kQueryTile - 1) / kQueryTile;
     const int64_t per_chunk_bytes = 2 * d * cp.kp * int64_t(sizeof(scalar_t));
     const int64_t n_chunks = std::max<int64_t>(

@@ -8,12 +8,23 @@ Tolerance rule, per input dtype (errors are max-abs over all elements):
   (≥ 5 orders of magnitude above float64 rounding of sums of ≤ 1e4 terms).
 * float32, float16, bfloat16 (all computed in float32): flash-attention's rule. The truth is the
   reference in float64 *on the same rounded inputs*; the backend's error must be at most twice
-  the error of the reference evaluated in float32, plus a floor of ``8·eps32·(1 + max|truth|)``
-  (a few ulps of the largest value, for the case where the float32 reference happens to be exact).
+  the error of the reference evaluated in float32, plus a floor of ``8·eps32·scale`` (a few ulps,
+  for the case where the float32 reference happens to be exact). For outputs scale = 1 + max|truth|;
+  for gradients, which are sums over i or j of terms with mixed signs, scale = 1 + max over
+  elements of the L1 mass of their terms (sum_k |t_k|, e.g. sum_i |G·(diff²·h - 0.5)| for
+  grad_logvar): the rounding error of a sum is proportional to the mass of its terms, not to its
+  value, and with random upstream gradients the value can be 30× smaller than the mass.
+  The reference is evaluated in float32 twice, with exponents in base e and in base 2 (how the
+  fused kernels hold them), and the larger error counts: the rounding of an exponent X is
+  eps·|X| absolute, and whether |X| or |X|·log2(e) falls in the higher binade changes it by up to
+  2×. When one element dominates the maximum (extreme inputs: a few wide components carry every
+  row) a single base's error is one draw, and kernels as accurate as a float32 evaluation in base 2
+  would fail a base-e-only rule now and then (measured: 1 seed in 40 at logvar ∈ [-20, 20]).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +66,38 @@ def _forward_backward(fn, z, mu, logvar, up_q, up_d, grads: bool):
 NAMES = ("log_qz", "log_qz_dims", "grad_z", "grad_mu", "grad_logvar")
 
 
+def gradient_l1_mass(z, mu, logvar, weights, up_q, up_d, log_qz, log_qz_dims, chunk_elements=1 << 22):
+    """Max over elements of sum_k |t_k| for grad_z, grad_mu, grad_logvar (float64, chunked over rows).
+
+    With G = a·P + b·Q (reference.py): grad_z[i,d] sums |G·diff·e^-lv| over j, grad_mu[j,d] the same
+    over i, grad_logvar[j,d] sums |G·(0.5·diff²·e^-lv - 0.5)| over i."""
+    from .reference import log_density
+    from .estimators import weight_matrix
+
+    z, mu, logvar = (t.detach().double() for t in (z, mu, logvar))
+    up_q, up_d, log_qz, log_qz_dims = (t.detach().double() for t in (up_q, up_d, log_qz, log_qz_dims))
+    m, d = z.shape
+    k = mu.shape[0]
+    iv = torch.exp(-logvar)
+    mass_mu = torch.zeros_like(mu)
+    mass_lv = torch.zeros_like(mu)
+    mass_z = 0.0
+    rows = max(1, chunk_elements // max(1, k * d))
+    for s in range(0, m, rows):
+        e = min(m, s + rows)
+        l = log_density(z[s:e, None, :], mu[None], logvar[None])  # [C, K, D]
+        w = weight_matrix(weights, e - s, k, row_start=s, dtype=torch.float64, device=z.device)
+        p = torch.exp(l.sum(2) + w - log_qz[s:e, None])
+        q = torch.exp(l + w[..., None] - log_qz_dims[s:e, None, :])
+        g = (up_q[s:e, None, None] * p[..., None] + up_d[s:e, None, :] * q).abs()
+        diff = z[s:e, None, :] - mu[None]
+        t_mu = g * (diff * iv[None]).abs()
+        mass_z = max(mass_z, t_mu.sum(1).max().item())
+        mass_mu += t_mu.sum(0)
+        mass_lv += (g * (0.5 * diff * diff * iv[None] - 0.5).abs()).sum(0)
+    return mass_z, mass_mu.max().item(), mass_lv.max().item()
+
+
 def check_backend(
     backend: str,
     z: torch.Tensor,
@@ -81,21 +124,30 @@ def check_backend(
 
     got = run(lambda a, b, c, w: be.log_qz(a, b, c, w, deterministic=deterministic), z.dtype)
     truth = run(log_qz_reference, torch.float64)
-    errors, allowed = {}, {}
+    errors, allowed, ref_err = {}, {}, {}
+    masses = (None,) * 5  # L1 masses of the gradient sums (float32 rule only)
+    if grads and z.dtype != torch.float64:
+        masses = (None, None) + gradient_l1_mass(z, mu, logvar, weights, up_q, up_d, truth[0], truth[1])
     for i, (g_, t_) in enumerate(zip(got, truth)):
         name = NAMES[i]
         err = (g_.double() - t_).abs().max().item() if t_.numel() else 0.0
         if err != err:  # NaN anywhere counts as a failure
             err = float("inf")
         scale = 1.0 + (t_.abs().max().item() if t_.numel() else 0.0)
+        if masses[i] is not None and math.isfinite(masses[i]):
+            scale = max(scale, 1.0 + masses[i])
         errors[name] = err
         if z.dtype == torch.float64:
             allowed[name] = (1e-9 if i < 2 else 1e-8) * scale
         else:
             allowed[name] = 8 * EPS32 * scale
     if z.dtype != torch.float64:
-        ref32 = run(log_qz_reference, z.dtype)  # computes in float32; gradients rounded to z.dtype like ours
-        for i, (r_, t_) in enumerate(zip(ref32, truth)):
-            err = (r_.double() - t_).abs().max().item() if t_.numel() else 0.0
-            allowed[NAMES[i]] += 2 * err
+        # float32 evaluations of the reference (gradients rounded to z.dtype like ours), base e and 2
+        for base2 in (False, True):
+            ref32 = run(lambda a, b, c, w: log_qz_reference(a, b, c, w, base2=base2), z.dtype)
+            for i, (r_, t_) in enumerate(zip(ref32, truth)):
+                err = (r_.double() - t_).abs().max().item() if t_.numel() else 0.0
+                ref_err[NAMES[i]] = max(ref_err.get(NAMES[i], 0.0), err)
+        for name in ref_err:
+            allowed[name] += 2 * ref_err[name]
     return CheckResult(errors, allowed)

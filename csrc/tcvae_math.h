@@ -87,29 +87,36 @@ TCVAE_HD T log_weight(int64_t j, int64_t self, int64_t next, T w_self, T w_next,
   return j == self ? w_self : (j == next ? w_next : w_other);
 }
 
-// Online logsumexp state: value = m + log(s). NaN propagates; all -inf gives -inf.
+// Precision-generic elementary functions that compile for host and device.
+TCVAE_HD float fma_(float a, float b, float c) { return fmaf(a, b, c); }
+TCVAE_HD double fma_(double a, double b, double c) { return fma(a, b, c); }
+TCVAE_HD float exp2_(float x) { return exp2f(x); }
+TCVAE_HD double exp2_(double x) { return exp2(x); }
+TCVAE_HD float log2_(float x) { return log2f(x); }
+TCVAE_HD double log2_(double x) { return log2(x); }
+
+// x2 = c2 - diff^2·h2 with one rounding after the product (the expression every kernel of one
+// device evaluates identically, so sums of x2 are recomputed bitwise in the backward).
 template <typename T>
-struct OnlineLse {
+TCVAE_HD T log2_density(T z, T mu, T h2, T c2) {
+  const T diff = z - mu;
+  return fma_(-(diff * diff), h2, c2);
+}
+
+// Online logsumexp in base 2: value = m + log2(s). NaN propagates; all -inf gives (-inf, 0).
+template <typename T>
+struct OnlineLse2 {
   T m = -std::numeric_limits<T>::infinity();
   T s = T(0);
 
-  // Merge another state (m2, s2): the sum rescaled to the larger maximum.
-  TCVAE_HD void merge(T m2, T s2) {
-    using std::exp;
-    if (m2 == -std::numeric_limits<T>::infinity()) return;  // nothing to add (keeps NaN out)
-    if (m2 > m) {
-      s = s * exp(m - m2) + s2;
-      m = m2;
+  TCVAE_HD void add(T x) {
+    if (x == -std::numeric_limits<T>::infinity()) return;  // nothing to add (keeps NaN out)
+    if (x > m) {
+      s = s * exp2_(m - x) + T(1);  // m = -inf: 0·0 + 1
+      m = x;
     } else {
-      s = s + s2 * exp(m2 - m);  // also the NaN path: NaN > m is false
+      s = s + exp2_(x - m);  // also the NaN path: NaN > m is false
     }
-  }
-  TCVAE_HD void add(T x) { merge(x, T(1)); }
-
-  TCVAE_HD T value() const {
-    using std::log;
-    if (m == -std::numeric_limits<T>::infinity()) return m;
-    return m + log(s);
   }
 };
 

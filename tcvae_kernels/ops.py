@@ -82,4 +82,68 @@ class CpuBackend(ExtensionBackend):
     description = "fused C++ kernel (at::parallel_for, at::vec SIMD), O(M·D) memory"
 
 
+class CudaBackend(ExtensionBackend):
+    name = "cuda"
+    device_type = "cuda"
+    description = "fused CUDA C++ kernels (csrc/tcvae_cuda.cu), O(M·D) memory, deterministic"
+
+    #: latent dimensions held in registers per thread (csrc/tcvae_fused.h, kMaxDP)
+    MAX_D = 64
+
+    def unavailable_reason(self):
+        if LOAD_ERROR:
+            return LOAD_ERROR
+        if build_info().get("cuda") != "1":
+            return ("the extension was built without its CUDA kernel (torch without CUDA or no nvcc at build "
+                    "time); reinstall with FORCE_CUDA=1 and CUDA_HOME set")
+        return None
+
+    def not_supported_reasons(self, z, mu, logvar):
+        why = super().not_supported_reasons(z, mu, logvar)
+        if z.shape[1] > self.MAX_D:
+            why.append(f"backend 'cuda' supports D <= {self.MAX_D} latent dimensions (got {z.shape[1]}); "
+                       "backend 'triton' handles any D")
+        return why
+
+
 register_backend("cpu", CpuBackend)
+register_backend("cuda", CudaBackend)
+
+
+class _EmulatedCudaFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, mu, logvar, weights, splits):
+        q, qd, aq, aqd = torch.ops.tcvae._emulate_log_qz(z, mu, logvar, *weights, splits)
+        ctx.save_for_backward(z, mu, logvar, aq, aqd)
+        ctx.weights, ctx.splits = weights, splits
+        return q, qd
+
+    @staticmethod
+    def backward(ctx, grad_q, grad_qd):
+        z, mu, logvar, aq, aqd = ctx.saved_tensors
+        gz, gmu, glv = torch.ops.tcvae._emulate_log_qz_backward(
+            grad_q.contiguous(), grad_qd.contiguous(), z, mu, logvar, aq, aqd, *ctx.weights, ctx.splits)
+        return gz, gmu, glv, None, None
+
+
+class CudaEmulationBackend(Backend):
+    """Test-only: the CUDA kernels' per-thread code and host orchestration run serially on CPU
+    tensors (csrc/tcvae_emulate.cpp), ``splits`` forcing the split-K count. Not registered for users."""
+
+    name = "cuda-emulation"
+    description = "the CUDA kernels' code run serially on the CPU (tests only)"
+
+    def __init__(self, splits: int = 1):
+        self.splits = splits
+
+    def unavailable_reason(self):
+        return LOAD_ERROR
+
+    def not_supported_reasons(self, z, mu, logvar):
+        why = [] if z.device.type == "cpu" else ["the emulation runs on CPU tensors"]
+        if z.shape[1] > CudaBackend.MAX_D:
+            why.append(f"D <= {CudaBackend.MAX_D}")
+        return why
+
+    def log_qz(self, z, mu, logvar, weights, deterministic=False):
+        return _EmulatedCudaFn.apply(z, mu, logvar, tuple(weights), self.splits)

@@ -99,7 +99,7 @@ def gradient_l1_mass(z, mu, logvar, weights, up_q, up_d, log_qz, log_qz_dims, ch
 
 
 def check_backend(
-    backend: str,
+    backend,
     z: torch.Tensor,
     mu: torch.Tensor,
     logvar: torch.Tensor,
@@ -109,14 +109,15 @@ def check_backend(
     upstream: tuple[torch.Tensor, torch.Tensor] | None = None,
     deterministic: bool = False,
 ) -> CheckResult:
-    """Compare ``backend`` on (z, mu, logvar) — in their dtype and on their device — with the
-    float64 reference on the same values; upstream gradients default to random ones."""
+    """Compare ``backend`` (a name, or a Backend object) on (z, mu, logvar) — in their dtype and on
+    their device — with the float64 reference on the same values; upstream gradients default to
+    random ones."""
     m, d = z.shape
     if upstream is None:
         g = torch.Generator().manual_seed(1234)
         upstream = (torch.randn(m, generator=g, dtype=torch.float64), torch.randn(m, d, generator=g, dtype=torch.float64))
     up_q, up_d = (u.to(z.device) for u in upstream)
-    be = get_backend(backend)
+    be = get_backend(backend) if isinstance(backend, str) else backend
 
     def run(impl, dtype):
         args = [t.detach().to(dtype) for t in (z, mu, logvar)]

@@ -29,17 +29,23 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 venv: $(VENV)/.built
 build: $(VENV)/.built
 
-# The main job: cross-check every available backend, then a quick benchmark.
+# The main job: cross-check every backend, then train and evaluate a small β-TCVAE on the
+# built-in shapes data (a few minutes on a CPU) and write its pictures.
+DEMO_OUT ?= python/out/demo
 demo: $(VENV)/.built
 	$(VPY) -m tcvae_kernels check
-	$(VPY) -m tcvae_kernels bench
+	$(VPY) python/train_tcvae.py --out $(DEMO_OUT)
+	@echo "demo pictures: $(abspath $(DEMO_OUT))/traversals.png decomposition.png mutual_information.png"
 
 # The CI suite (benchmarks excluded; run them with `make bench`).
 test: $(VENV)/.built
 	$(VPY) -m pytest -q tests
 
 bench: $(VENV)/.built
-	$(VPY) -m tcvae_kernels bench --full --out bench/out
+	-$(VPY) -m pip install --quiet pykeops
+	$(VPY) -m tcvae_kernels bench --full --out bench/out/cpu_full
+	$(VPY) -m tcvae_kernels bench --methods cpu --sizes 1024 2048 4096 8192 16384 --dims 10 32 --out bench/out/cpu_scaling
+	$(VPY) bench/bench_mig.py
 
 clean:
 	rm -rf build *.egg-info tcvae_kernels/*.so bench/out .pytest_cache

@@ -16,6 +16,7 @@ from .dispatch import BACKEND_NAMES, BackendNotSupportedError, available_backend
 from .estimators import ESTIMATORS, LogWeights, log_weights
 from .loss import BetaTCVAELoss
 from . import ops as _ops  # noqa: F401  (registers the compiled backends)
+from . import data, evaluate, metrics
 
 __version__ = "0.1.0"
 
@@ -32,4 +33,7 @@ __all__ = [
     "log_qz",
     "log_weights",
     "total_correlation",
+    "data",
+    "evaluate",
+    "metrics",
 ]

@@ -1,10 +1,13 @@
-"""Train a small convolutional β-TCVAE on the built-in shapes data, then evaluate it.
+"""Train a small convolutional β-TCVAE (or β-VAE, FactorVAE, HFVAE) on the built-in shapes data,
+then evaluate it.
 
-    python python/train_tcvae.py [--beta 6] [--steps 1500] [--out python/out/beta6] [--device cuda]
+    python python/train_tcvae.py [--loss betatcvae] [--beta 6] [--steps 2000] [--out DIR] [--device cuda]
 
 Data: the procedurally rendered dSprites grid (tcvae_kernels.data.Shapes, N = 737,280 images,
 rendered on the fly; batches drawn uniformly, so dataset_size = N). Loss: Bernoulli
-reconstruction + ``tcvae_kernels.BetaTCVAELoss`` (α = γ = 1, MSS estimator, fastest backend).
+reconstruction + the penalty of ``--loss``: ``betatcvae`` (BetaTCVAELoss, α = γ = 1, MSS, the
+fastest backend), ``betavae`` (BetaVAELoss), ``factorvae`` (FactorVAELoss with γ = --beta and its
+discriminator trained on a second batch each step), ``hfvae`` (HFVAELoss over ``--groups``).
 Every ``--steps-per-epoch`` steps: the mean minibatch MI / TC / dim-KL of the epoch is logged and a
 checkpoint written (``--resume`` continues from it). At the end: MIG (sampling estimator, on a
 sub-grid of the data), the FactorVAE score, and three pictures in ``--out``: latent traversals,
@@ -61,6 +64,19 @@ class ConvVAE(nn.Module):
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         return self.decoder(z), z, mu, logvar
+
+
+def terms(last) -> tuple[float, float, float]:
+    """(MI, TC, dim-KL) of a loss's last call for logging; NaN where a loss has no such term
+    (β-VAE: the KL goes in the dim-KL slot; FactorVAE: the discriminator's TC; HFVAE: TC = between + within)."""
+    nan = float("nan")
+    if isinstance(last, tk.GroupedDecomposition):
+        return last.mi.item(), (last.tc_between + last.tc_within).item(), last.dim_kl.item()
+    if isinstance(last, tk.Decomposition):
+        return last.mi.item(), last.tc.item(), last.dim_kl.item()
+    if hasattr(last, "tc"):
+        return nan, last.tc.item(), last.kl.item()
+    return nan, nan, last.kl.item()
 
 
 def progress(step, total, start, extra):
@@ -139,7 +155,10 @@ def save_pictures(model, history, mig_result, data, out, device):
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--beta", type=float, default=6.0)
+    p.add_argument("--loss", default="betatcvae", choices=["betavae", "betatcvae", "factorvae", "hfvae"])
+    p.add_argument("--beta", type=float, default=6.0, help="β (γ for factorvae, between-group β for hfvae)")
+    p.add_argument("--beta-within", type=float, default=1.0, help="hfvae: weight of the within-group TC")
+    p.add_argument("--groups", type=int, nargs="+", default=None, help="hfvae: group sizes (default: pairs)")
     p.add_argument("--latent-dim", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=2000)
@@ -170,8 +189,19 @@ def main(argv=None) -> dict:
     device = torch.device(a.device)
     model = ConvVAE(a.latent_dim).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
-    loss_fn = tk.BetaTCVAELoss(dataset_size=n, beta=a.beta, estimator=a.estimator, backend=a.backend,
-                               warmup_steps=a.warmup_steps)
+    d_opt = None
+    if a.loss == "betatcvae":
+        loss_fn = tk.BetaTCVAELoss(dataset_size=n, beta=a.beta, estimator=a.estimator, backend=a.backend,
+                                   warmup_steps=a.warmup_steps)
+    elif a.loss == "hfvae":
+        groups = a.groups or [2] * (a.latent_dim // 2) + [1] * (a.latent_dim % 2)
+        loss_fn = tk.HFVAELoss(dataset_size=n, groups=groups, beta=a.beta, beta_within=a.beta_within,
+                               estimator=a.estimator, backend=a.backend, warmup_steps=a.warmup_steps)
+    elif a.loss == "betavae":
+        loss_fn = tk.BetaVAELoss(beta=a.beta, warmup_steps=a.warmup_steps)
+    else:
+        loss_fn = tk.FactorVAELoss(gamma=a.beta, latent_dim=a.latent_dim).to(device)
+        d_opt = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=1e-4, betas=(0.5, 0.9))
     ckpt_path = os.path.join(a.out, "checkpoint.pt")
     history, step = [], 0
     if a.resume and os.path.exists(ckpt_path):
@@ -179,10 +209,12 @@ def main(argv=None) -> dict:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         loss_fn.load_state_dict(ck["loss"])
+        if d_opt is not None:
+            d_opt.load_state_dict(ck["d_opt"])
         history, step = ck["history"], ck["step"]
         rng = np.random.default_rng(a.seed + step)
         print(f"resumed from step {step}")
-    print(f"β-TCVAE β={a.beta} on shapes (N={n}), batch {a.batch_size}, {a.steps} steps, device {device}, "
+    print(f"{a.loss} β={a.beta} on shapes (N={n}), batch {a.batch_size}, {a.steps} steps, device {device}, "
           f"backend {a.backend}")
     start, first_step = time.perf_counter(), step
     model.train()
@@ -197,20 +229,28 @@ def main(argv=None) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if d_opt is not None:  # FactorVAE: train the discriminator on this batch and a second one
+            x2 = torch.from_numpy(data.sample_observations_from_factors(data.sample_factors(a.batch_size, rng)))
+            with torch.no_grad():
+                _, z2, _, _ = model(x2.to(device))
+            d_loss = loss_fn.discriminator_loss(z.detach(), z2)
+            d_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            d_opt.step()
         step += 1
-        last = loss_fn.last
-        sums += np.array([recon.item(), last.mi.item(), last.tc.item(), last.dim_kl.item()])
+        sums += np.array([recon.item(), *terms(loss_fn.last)])
         count += 1
         progress(step - first_step, a.steps - first_step, start,
-                 f"loss {loss.item():.1f} recon {recon.item():.1f} tc {last.tc.item():.2f}")
+                 f"loss {loss.item():.1f} recon {recon.item():.1f} tc {terms(loss_fn.last)[1]:.2f}")
         if step % a.steps_per_epoch == 0 or step == a.steps:
             r, mi, tc, dkl = sums / count
             history.append({"epoch": len(history) + 1, "step": step, "recon": r, "mi": mi, "tc": tc, "dim_kl": dkl})
             print(f"\nepoch {len(history)} (step {step}): recon {r:.2f}  MI {mi:.3f}  TC {tc:.3f}  dim-KL {dkl:.3f}")
             sums, count = np.zeros(4), 0
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "loss": loss_fn.state_dict(),
+                        "d_opt": d_opt.state_dict() if d_opt is not None else None,
                         "history": history, "step": step, "args": vars(a)}, ckpt_path)
-    result = {"beta": a.beta, "steps": step, "history": history}
+    result = {"loss": a.loss, "beta": a.beta, "steps": step, "history": history}
     if not a.no_eval:
         model.eval()
         t0 = time.perf_counter()

@@ -6,15 +6,26 @@ Public API::
     decompose(z, mu, logvar, *, dataset_size, ...) -> Decomposition(mi, tc, dim_kl)
     total_correlation(z, mu, logvar, *, dataset_size, ...) -> scalar
     BetaTCVAELoss(dataset_size, alpha=1.0, beta=6.0, gamma=1.0, estimator="mss", backend="auto")
+    BetaVAELoss(beta), FactorVAELoss(gamma, latent_dim=...), HFVAELoss(dataset_size, groups, ...)
+    grouped_decompose(z, mu, logvar, groups=..., dataset_size=...) -> GroupedDecomposition
     available_backends()
 
 The math is written once, in :mod:`tcvae_kernels.reference`.
 """
 
-from .api import Decomposition, LogQz, decompose, log_qz, total_correlation
+from .api import (
+    Decomposition,
+    GroupedDecomposition,
+    LogQz,
+    LogQzGroups,
+    decompose,
+    grouped_decompose,
+    log_qz,
+    total_correlation,
+)
 from .dispatch import BACKEND_NAMES, BackendNotSupportedError, available_backends
 from .estimators import ESTIMATORS, LogWeights, log_weights
-from .loss import BetaTCVAELoss
+from .loss import BetaTCVAELoss, BetaVAELoss, FactorVAELoss, HFVAELoss, default_discriminator, permute_dims
 from . import ops as _ops  # noqa: F401  (registers the compiled backends)
 from . import data, evaluate, metrics
 
@@ -25,6 +36,14 @@ __all__ = [
     "ESTIMATORS",
     "BackendNotSupportedError",
     "BetaTCVAELoss",
+    "BetaVAELoss",
+    "FactorVAELoss",
+    "GroupedDecomposition",
+    "HFVAELoss",
+    "LogQzGroups",
+    "default_discriminator",
+    "grouped_decompose",
+    "permute_dims",
     "Decomposition",
     "LogQz",
     "LogWeights",

@@ -22,6 +22,14 @@ class LogQz(NamedTuple):
     log_qz_dims: torch.Tensor
 
 
+class LogQzGroups(NamedTuple):
+    """As :class:`LogQz`, plus ``log_qz_groups`` [M, G]: log q(z_i,g) of each group of dimensions."""
+
+    log_qz: torch.Tensor
+    log_qz_dims: torch.Tensor
+    log_qz_groups: torch.Tensor
+
+
 class Decomposition(NamedTuple):
     """Batch means of the β-TCVAE KL decomposition (scalar tensors)."""
 
@@ -30,9 +38,45 @@ class Decomposition(NamedTuple):
     dim_kl: torch.Tensor
 
 
+class GroupedDecomposition(NamedTuple):
+    """Batch means of the grouped (HFVAE) KL decomposition (scalar tensors):
+    MI + tc_between + tc_within + dim_kl = mean_i(log q(z_i|x_i) - log p(z_i))."""
+
+    mi: torch.Tensor
+    tc_between: torch.Tensor
+    tc_within: torch.Tensor
+    dim_kl: torch.Tensor
+
+
+def normalize_groups(groups, d: int) -> list[list[int]]:
+    """A partition of the D latent dimensions, given as sizes ``[2, 3, 5]`` (contiguous groups in
+    order) or as index lists ``[[0, 3], [1, 2, 4]]``, as a list of index lists."""
+    if isinstance(groups, torch.Tensor):
+        groups = groups.tolist()
+    if not isinstance(groups, (list, tuple)) or len(groups) == 0:
+        raise ValueError(f"groups must be a non-empty list of group sizes or of index lists, got {groups!r}")
+    if all(isinstance(g, int) and not isinstance(g, bool) for g in groups):
+        if any(g < 1 for g in groups) or sum(groups) != d:
+            raise ValueError(f"group sizes must be positive and sum to D={d}, got {list(groups)}")
+        out, start = [], 0
+        for g in groups:
+            out.append(list(range(start, start + g)))
+            start += g
+        return out
+    if not all(isinstance(g, (list, tuple)) and g and all(isinstance(i, int) and not isinstance(i, bool) for i in g)
+               for g in groups):
+        raise ValueError(f"groups must be all sizes (ints) or all non-empty index lists, got {groups!r}")
+    flat = sorted(i for g in groups for i in g)
+    if flat != list(range(d)):
+        raise ValueError(f"index-list groups must partition range(D={d}): each dimension exactly once, got {groups!r}")
+    return [list(g) for g in groups]
+
+
 def _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic=False, *,
-                need_own_component=False):
-    """Validate, dispatch, and return (log_qz, log_qz_dims) in the accumulation dtype."""
+                need_own_component=False, groups=None):
+    """Validate, dispatch, and return (log_qz, log_qz_dims, log_qz_groups or None) in the
+    accumulation dtype. Each group's joint is the backend's log_qz on that group's dimension slice
+    (a group of one dimension reuses log_qz_dims, a group of all of them log_qz)."""
     m, k, _ = check_inputs(z, mu, logvar)
     check_estimator_args(estimator, dataset_size, m, k)
     if need_own_component and m > k:
@@ -40,10 +84,24 @@ def _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, d
             f"the decomposition needs each query z_i drawn from component i (M <= K), got M={m} queries "
             f"and K={k} components; pass the batch's own mu/logvar"
         )
+    index = normalize_groups(groups, z.shape[1]) if groups is not None else None
     if check_finite:
         check_finite_inputs(z, mu, logvar)
     weights = log_weights(estimator, k, dataset_size)
-    return select_backend(backend, z, mu, logvar).log_qz(z, mu, logvar, weights, deterministic=bool(deterministic))
+    be = select_backend(backend, z, mu, logvar)
+    lqz, lqzd = be.log_qz(z, mu, logvar, weights, deterministic=bool(deterministic))
+    if index is None:
+        return lqz, lqzd, None
+    cols = []
+    for g in index:
+        if len(g) == 1:
+            cols.append(lqzd[:, g[0]])
+        elif len(g) == z.shape[1]:
+            cols.append(lqz)
+        else:
+            sel = torch.as_tensor(g, device=z.device)
+            cols.append(be.log_qz(z[:, sel], mu[:, sel], logvar[:, sel], weights, deterministic=bool(deterministic))[0])
+    return lqz, lqzd, torch.stack(cols, dim=1)
 
 
 def log_qz(
@@ -56,7 +114,8 @@ def log_qz(
     backend: str = "auto",
     check_finite: bool = False,
     deterministic: bool = False,
-) -> LogQz:
+    groups=None,
+) -> LogQz | LogQzGroups:
     """Minibatch estimates of log q(z_i) and log q(z_id).
 
     ``log_qz[i] = logsumexp_j(sum_d l[i,j,d] + w[i,j])``, ``log_qz_dims[i,d] = logsumexp_j(l[i,j,d] + w[i,j])``
@@ -72,13 +131,21 @@ def log_qz(
         deterministic: bitwise reproducible gradients on backends whose fast backward uses
             atomics (Triton: a second pass instead, about 2× the backward's cost). The CPU kernel
             and the reference are always deterministic.
+        groups: optional partition of the D dimensions (sizes ``[2, 3, 5]`` or index lists
+            ``[[0, 3], [1, 2, 4]]``); adds ``log_qz_groups[i, g] = logsumexp_j(sum_{d in g} l[i,j,d] + w[i,j])``,
+            computed by the same backend on each group's dimension slice (groups of one dimension
+            are free: they equal log_qz_dims).
 
     Returns:
-        ``LogQz(log_qz [M], log_qz_dims [M, D])`` in the input dtype (computed in float32 for
-        float16/bfloat16, float64 for float64). Differentiable w.r.t. all three inputs.
+        ``LogQz(log_qz [M], log_qz_dims [M, D])`` — or ``LogQzGroups(..., log_qz_groups [M, G])``
+        with ``groups`` — in the input dtype (computed in float32 for float16/bfloat16, float64 for
+        float64). Differentiable w.r.t. all three inputs.
     """
-    lqz, lqzd = _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic)
-    return LogQz(lqz.to(z.dtype), lqzd.to(z.dtype))
+    lqz, lqzd, lqg = _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic,
+                                 groups=groups)
+    if lqg is None:
+        return LogQz(lqz.to(z.dtype), lqzd.to(z.dtype))
+    return LogQzGroups(lqz.to(z.dtype), lqzd.to(z.dtype), lqg.to(z.dtype))
 
 
 def decompose(
@@ -99,7 +166,7 @@ def decompose(
     component i (M <= K). Results are in the accumulation dtype (float32, or float64 for float64
     inputs) so the differences keep their precision. Arguments as for :func:`log_qz`.
     """
-    lqz, lqzd = _log_qz_acc(
+    lqz, lqzd, _ = _log_qz_acc(
         z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic, need_own_component=True
     )
     lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar)
@@ -123,5 +190,40 @@ def total_correlation(
     deterministic: bool = False,
 ) -> torch.Tensor:
     """``TC = mean_i(log q(z_i) - sum_d log q(z_id))``, a differentiable scalar (accumulation dtype)."""
-    lqz, lqzd = _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic)
+    lqz, lqzd, _ = _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic)
     return (lqz - lqzd.sum(dim=1)).mean()
+
+
+def grouped_decompose(
+    z: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    *,
+    groups,
+    dataset_size: int | None = None,
+    estimator: str = "mss",
+    backend: str = "auto",
+    check_finite: bool = False,
+    deterministic: bool = False,
+) -> GroupedDecomposition:
+    """HFVAE decomposition (Esmaeili et al. 2019) for a partition of the dimensions into groups:
+
+    ``MI = mean_i(log q(z_i|x_i) - log q(z_i))``,
+    ``tc_between = mean_i(log q(z_i) - sum_g log q(z_i,g))``  (TC between the groups),
+    ``tc_within = mean_i(sum_g log q(z_i,g) - sum_d log q(z_id))``  (TC inside the groups),
+    ``dim_KL = mean_i(sum_d log q(z_id) - log p(z_i))``.
+    With singleton groups tc_within = 0 and tc_between = TC: the β-TCVAE decomposition. Arguments
+    as for :func:`log_qz`; ``groups`` as sizes or index lists.
+    """
+    lqz, lqzd, lqg = _log_qz_acc(
+        z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic, need_own_component=True,
+        groups=groups,
+    )
+    lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar)
+    sum_dims, sum_groups = lqzd.sum(dim=1), lqg.sum(dim=1)
+    return GroupedDecomposition(
+        mi=(lqzx - lqz).mean(),
+        tc_between=(lqz - sum_groups).mean(),
+        tc_within=(sum_groups - sum_dims).mean(),
+        dim_kl=(sum_dims - lpz).mean(),
+    )

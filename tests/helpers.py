@@ -58,3 +58,24 @@ def weights_for(estimator, k, n=None):
 
 def max_abs(a, b):
     return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def brute_force_groups(z, mu, logvar, weights, groups):
+    """log_qz_groups [M, G] by explicit loops in float64: logsumexp_j(sum_{d in g} l[i,j,d] + w[i,j])."""
+    z, mu, logvar = (t.detach().double().cpu().tolist() for t in (z, mu, logvar))
+    m, k = len(z), len(mu)
+    w = weight_matrix(weights, m, k).tolist()
+
+    def l(i, j, dd):
+        diff = z[i][dd] - mu[j][dd]
+        return -0.5 * (diff * diff * math.exp(-logvar[j][dd]) + logvar[j][dd] + math.log(2 * math.pi))
+
+    out = []
+    for i in range(m):
+        row = []
+        for g in groups:
+            xs = [math.fsum(l(i, j, dd) for dd in g) + w[i][j] for j in range(k)]
+            top = max(xs)
+            row.append(top + math.log(math.fsum(math.exp(x - top) for x in xs)))
+        out.append(row)
+    return torch.tensor(out, dtype=torch.float64)

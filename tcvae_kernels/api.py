@@ -73,12 +73,12 @@ def normalize_groups(groups, d: int) -> list[list[int]]:
 
 
 def _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic=False, *,
-                need_own_component=False, groups=None):
+                need_own_component=False, groups=None, process_group=None):
     """Validate, dispatch, and return (log_qz, log_qz_dims, log_qz_groups or None) in the
     accumulation dtype. Each group's joint is the backend's log_qz on that group's dimension slice
-    (a group of one dimension reuses log_qz_dims, a group of all of them log_qz)."""
+    (a group of one dimension reuses log_qz_dims, a group of all of them log_qz). With a process
+    group the components are those of the global batch (tcvae_kernels.distributed)."""
     m, k, _ = check_inputs(z, mu, logvar)
-    check_estimator_args(estimator, dataset_size, m, k)
     if need_own_component and m > k:
         raise ValueError(
             f"the decomposition needs each query z_i drawn from component i (M <= K), got M={m} queries "
@@ -87,7 +87,14 @@ def _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, d
     index = normalize_groups(groups, z.shape[1]) if groups is not None else None
     if check_finite:
         check_finite_inputs(z, mu, logvar)
-    weights = log_weights(estimator, k, dataset_size)
+    offset = 0
+    if process_group is not None:
+        from .distributed import gather_components
+
+        mu, logvar, offset = gather_components(mu, logvar, process_group)
+        k = mu.shape[0]
+    check_estimator_args(estimator, dataset_size, m, k, offset)
+    weights = log_weights(estimator, k, dataset_size, offset)
     be = select_backend(backend, z, mu, logvar)
     lqz, lqzd = be.log_qz(z, mu, logvar, weights, deterministic=bool(deterministic))
     if index is None:
@@ -115,6 +122,7 @@ def log_qz(
     check_finite: bool = False,
     deterministic: bool = False,
     groups=None,
+    process_group=None,
 ) -> LogQz | LogQzGroups:
     """Minibatch estimates of log q(z_i) and log q(z_id).
 
@@ -135,6 +143,10 @@ def log_qz(
             ``[[0, 3], [1, 2, 4]]``); adds ``log_qz_groups[i, g] = logsumexp_j(sum_{d in g} l[i,j,d] + w[i,j])``,
             computed by the same backend on each group's dimension slice (groups of one dimension
             are free: they equal log_qz_dims).
+        process_group: a torch.distributed group (e.g. ``torch.distributed.group.WORLD``): the
+            components are the (mu, logvar) of every rank's batch, gathered differentiably, and the
+            weights are those of the global batch; this rank's queries are rows offset by
+            rank·M_local (see tcvae_kernels.distributed). None: this process's batch only.
 
     Returns:
         ``LogQz(log_qz [M], log_qz_dims [M, D])`` — or ``LogQzGroups(..., log_qz_groups [M, G])``
@@ -142,7 +154,7 @@ def log_qz(
         float64). Differentiable w.r.t. all three inputs.
     """
     lqz, lqzd, lqg = _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic,
-                                 groups=groups)
+                                 groups=groups, process_group=process_group)
     if lqg is None:
         return LogQz(lqz.to(z.dtype), lqzd.to(z.dtype))
     return LogQzGroups(lqz.to(z.dtype), lqzd.to(z.dtype), lqg.to(z.dtype))
@@ -158,16 +170,20 @@ def decompose(
     backend: str = "auto",
     check_finite: bool = False,
     deterministic: bool = False,
+    process_group=None,
 ) -> Decomposition:
     """β-TCVAE decomposition of the batch: ``(mi, tc, dim_kl)`` scalar tensors, differentiable.
 
     ``MI = mean_i(log q(z_i|x_i) - log q(z_i))``, ``TC = mean_i(log q(z_i) - sum_d log q(z_id))``,
     ``dim_KL = mean_i(sum_d log q(z_id) - log p(z_i))`` with p = N(0, I); z_i must be drawn from
     component i (M <= K). Results are in the accumulation dtype (float32, or float64 for float64
-    inputs) so the differences keep their precision. Arguments as for :func:`log_qz`.
+    inputs) so the differences keep their precision. Arguments as for :func:`log_qz`; with a
+    ``process_group`` the means are over this rank's queries, estimated against the global batch
+    (average them over ranks — DDP's gradient averaging does — for the global-batch mean).
     """
     lqz, lqzd, _ = _log_qz_acc(
-        z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic, need_own_component=True
+        z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic, need_own_component=True,
+        process_group=process_group,
     )
     lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar)
     sum_dims = lqzd.sum(dim=1)
@@ -188,9 +204,11 @@ def total_correlation(
     backend: str = "auto",
     check_finite: bool = False,
     deterministic: bool = False,
+    process_group=None,
 ) -> torch.Tensor:
     """``TC = mean_i(log q(z_i) - sum_d log q(z_id))``, a differentiable scalar (accumulation dtype)."""
-    lqz, lqzd, _ = _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic)
+    lqz, lqzd, _ = _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic,
+                               process_group=process_group)
     return (lqz - lqzd.sum(dim=1)).mean()
 
 
@@ -205,6 +223,7 @@ def grouped_decompose(
     backend: str = "auto",
     check_finite: bool = False,
     deterministic: bool = False,
+    process_group=None,
 ) -> GroupedDecomposition:
     """HFVAE decomposition (Esmaeili et al. 2019) for a partition of the dimensions into groups:
 
@@ -217,7 +236,7 @@ def grouped_decompose(
     """
     lqz, lqzd, lqg = _log_qz_acc(
         z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic, need_own_component=True,
-        groups=groups,
+        groups=groups, process_group=process_group,
     )
     lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar)
     sum_dims, sum_groups = lqzd.sum(dim=1), lqg.sum(dim=1)

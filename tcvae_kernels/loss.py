@@ -91,6 +91,9 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
             in ``state_dict`` so resumed runs continue the schedule.
         check_finite: raise on NaN/inf inputs instead of propagating them.
         deterministic: bitwise reproducible gradients on GPU backends (see :func:`tcvae_kernels.log_qz`).
+        process_group: a torch.distributed group: estimate q(z) from the global batch of every rank
+            (tcvae_kernels.distributed); ``dataset_size`` stays the size of the whole data set. The
+            returned penalty is this rank's mean; DDP's gradient averaging makes it the global mean.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         warmup_steps: int = 0,
         check_finite: bool = False,
         deterministic: bool = False,
+        process_group=None,
     ):
         super().__init__()
         check_estimator(estimator, dataset_size)
@@ -118,11 +122,13 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         self.backend = backend
         self.check_finite = bool(check_finite)
         self.deterministic = bool(deterministic)
+        self.process_group = process_group
         self.last: Decomposition | None = None
 
     def _options(self):
         return dict(dataset_size=self.dataset_size, estimator=self.estimator, backend=self.backend,
-                    check_finite=self.check_finite, deterministic=self.deterministic)
+                    check_finite=self.check_finite, deterministic=self.deterministic,
+                    process_group=self.process_group)
 
     def current_weights(self) -> tuple[float, float, float]:
         """(α, β, γ) in effect for the next call, after warm-up annealing."""

@@ -7,3 +7,12 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Hypothesis profiles: "ci" (the default, ~200 examples per property) and "long" (thousands), chosen
+# with pytest's --hypothesis-profile=long or HYPOTHESIS_PROFILE=long.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+_common = dict(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=200, **_common)
+settings.register_profile("long", max_examples=5000, **_common)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -168,6 +168,31 @@ def _marginal_exact_kernel(
 
 
 @triton.jit
+def _joint_softmax_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, rows, cols, row_ok, col_ok, dw, a, pm, pr, K, D):
+    """a_i · 2^((S + dw - m_i) - r_i) [BLOCK_M, BLOCK_K], S = sum_d x2 recomputed as in the forward."""
+    S = tl.zeros([rows.shape[0], cols.shape[0]], z_ptr.dtype.element_ty)
+    for d in range(D):
+        x, diff, h2 = _x2_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, rows, cols, row_ok, col_ok, d, K, D)
+        S += x
+    return a[:, None] * tl.exp2((S + dw - pm[:, None]) - pr[:, None])
+
+
+@triton.jit
+def _gradient_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, qm_ptr, qr_ptr, b_ptr, consts_ptr, rows, cols, row_ok, col_ok,
+                   d, dw, P, K, D):
+    """For dimension d: U = G·diff·h2 and V = G·(diff²·h2 - 0.5·log2e), G = P + b·2^((x2 + dw - m) - r)."""
+    x, diff, h2 = _x2_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, rows, cols, row_ok, col_ok, d, K, D)
+    qm = tl.load(qm_ptr + rows * D + d, mask=row_ok, other=0.0)
+    qr = tl.load(qr_ptr + rows * D + d, mask=row_ok, other=0.0)
+    bd = tl.load(b_ptr + rows * D + d, mask=row_ok, other=0.0)
+    Q = tl.exp2((x + dw - qm[:, None]) - qr[:, None])  # marginal softmax
+    G = tl.where(row_ok[:, None] & col_ok[None, :], P + bd[:, None] * Q, 0.0)
+    U = G * diff * h2[None, :]
+    V = G * (diff * diff * h2[None, :] - tl.load(consts_ptr + 2))
+    return U, V
+
+
+@triton.jit
 def _bwd_rows_kernel(
     z_ptr, mu_ptr, h2_ptr, c2_ptr,  # as in _fwd_kernel
     jm_ptr, jr_ptr,  # [M] joint (m, r) saved by the forward
@@ -195,25 +220,15 @@ def _bwd_rows_kernel(
         cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
         col_ok = cols < k_hi
         dw = _weight_corrections(rows, cols, K, offset, consts_ptr)
-        S = tl.zeros([BLOCK_M, BLOCK_K], z_ptr.dtype.element_ty)
+        P = _joint_softmax_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, rows, cols, row_ok, col_ok, dw, a, pm, pr, K, D)
         for d in range(D):
-            x, diff, h2 = _x2_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, rows, cols, row_ok, col_ok, d, K, D)
-            S += x
-        P = a[:, None] * tl.exp2((S + dw - pm[:, None]) - pr[:, None])  # joint softmax · a_i
-        for d in range(D):
-            x, diff, h2 = _x2_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, rows, cols, row_ok, col_ok, d, K, D)
-            qm = tl.load(qm_ptr + rows * D + d, mask=row_ok, other=0.0)
-            qr = tl.load(qr_ptr + rows * D + d, mask=row_ok, other=0.0)
-            bd = tl.load(b_ptr + rows * D + d, mask=row_ok, other=0.0)
-            Q = tl.exp2((x + dw - qm[:, None]) - qr[:, None])  # marginal softmax
-            G = tl.where(row_ok[:, None] & col_ok[None, :], P + bd[:, None] * Q, 0.0)
-            U = G * diff * h2[None, :]
+            U, V = _gradient_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, qm_ptr, qr_ptr, b_ptr, consts_ptr, rows, cols,
+                                  row_ok, col_ok, d, dw, P, K, D)
             g_ptrs = gz_base + rows * D + d
             tl.store(g_ptrs, tl.load(g_ptrs, mask=row_ok, other=0.0) + tl.sum(U, axis=1), mask=row_ok)
             if ATOMIC:
                 tl.atomic_add(gmu_ptr + d * K + cols, tl.sum(U, axis=0), mask=col_ok)
-                tl.atomic_add(glv_ptr + d * K + cols, tl.sum(G * (diff * diff * h2[None, :] - tl.load(consts_ptr + 2)), axis=0),
-                              mask=col_ok)
+                tl.atomic_add(glv_ptr + d * K + cols, tl.sum(V, axis=0), mask=col_ok)
 
 
 @triton.jit
@@ -240,24 +255,14 @@ def _bwd_cols_kernel(
         a = tl.load(a_ptr + rows, mask=row_ok, other=0.0)
         pm = tl.load(jm_ptr + rows, mask=row_ok, other=0.0)
         pr = tl.load(jr_ptr + rows, mask=row_ok, other=0.0)
-        S = tl.zeros([BLOCK_M, BLOCK_K], z_ptr.dtype.element_ty)
+        P = _joint_softmax_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, rows, cols, row_ok, col_ok, dw, a, pm, pr, K, D)
         for d in range(D):
-            x, diff, h2 = _x2_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, rows, cols, row_ok, col_ok, d, K, D)
-            S += x
-        P = a[:, None] * tl.exp2((S + dw - pm[:, None]) - pr[:, None])
-        for d in range(D):
-            x, diff, h2 = _x2_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, rows, cols, row_ok, col_ok, d, K, D)
-            qm = tl.load(qm_ptr + rows * D + d, mask=row_ok, other=0.0)
-            qr = tl.load(qr_ptr + rows * D + d, mask=row_ok, other=0.0)
-            bd = tl.load(b_ptr + rows * D + d, mask=row_ok, other=0.0)
-            Q = tl.exp2((x + dw - qm[:, None]) - qr[:, None])
-            G = tl.where(row_ok[:, None] & col_ok[None, :], P + bd[:, None] * Q, 0.0)
-            U = G * diff * h2[None, :]
+            U, V = _gradient_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, qm_ptr, qr_ptr, b_ptr, consts_ptr, rows, cols,
+                                  row_ok, col_ok, d, dw, P, K, D)
             p_mu = gmu_base + d * K + cols
             p_lv = glv_base + d * K + cols
             tl.store(p_mu, tl.load(p_mu, mask=col_ok, other=0.0) + tl.sum(U, axis=0), mask=col_ok)
-            tl.store(p_lv, tl.load(p_lv, mask=col_ok, other=0.0)
-                     + tl.sum(G * (diff * diff * h2[None, :] - tl.load(consts_ptr + 2)), axis=0), mask=col_ok)
+            tl.store(p_lv, tl.load(p_lv, mask=col_ok, other=0.0) + tl.sum(V, axis=0), mask=col_ok)
 
 
 @triton.jit

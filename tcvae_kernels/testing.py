@@ -14,6 +14,12 @@ Tolerance rule, per input dtype (errors are max-abs over all elements):
   elements of the L1 mass of their terms (sum_k |t_k|, e.g. sum_i |G·(diff²·h - 0.5)| for
   grad_logvar): the rounding error of a sum is proportional to the mass of its terms, not to its
   value, and with random upstream gradients the value can be 30× smaller than the mass.
+  Where that is exceeded, one more allowance decides: twice the largest change of the float64
+  result under three random relative perturbations of the inputs of 4·eps32 (logvar by
+  4·eps32·(1 + |logvar|)) — the error any backward-stable float32 evaluation may make. It matters
+  for ill-conditioned inputs only (e.g. z 10³ from components whose means differ by 10⁻²: the
+  softmax over components then hangs on the last bits of (z - mu)², for every float32 method).
+* Everywhere: a NaN output where the float64 truth is not NaN fails, whatever the tolerances.
   The reference is evaluated in float32 twice, with exponents in base e and in base 2 (how the
   fused kernels hold them), and the larger error counts: the rounding of an exponent X is
   eps·|X| absolute, and whether |X| or |X|·log2(e) falls in the higher binade changes it by up to
@@ -43,9 +49,11 @@ class CheckResult:
     errors: dict
     allowed: dict
 
+    nan: tuple = ()  # outputs with NaN where the truth has none
+
     @property
     def ok(self) -> bool:
-        return all(self.errors[k] <= self.allowed[k] for k in self.errors)
+        return not self.nan and all(self.errors[k] <= self.allowed[k] for k in self.errors)
 
     def worst(self) -> tuple[str, float, float]:
         """The quantity closest to (or furthest past) its bound: (name, error, allowed)."""
@@ -129,11 +137,16 @@ def check_backend(
     masses = (None,) * 5  # L1 masses of the gradient sums (float32 rule only)
     if grads and z.dtype != torch.float64:
         masses = (None, None) + gradient_l1_mass(z, mu, logvar, weights, up_q, up_d, truth[0], truth[1])
+    nan = []
     for i, (g_, t_) in enumerate(zip(got, truth)):
         name = NAMES[i]
+        if bool((torch.isnan(g_.double()) & ~torch.isnan(t_)).any()):
+            nan.append(name)
         err = (g_.double() - t_).abs().max().item() if t_.numel() else 0.0
-        if err != err:  # NaN anywhere counts as a failure
-            err = float("inf")
+        if err != err:  # NaN where the truth is NaN too: compare where finite
+            both = torch.isnan(g_.double()) & torch.isnan(t_)
+            err = (g_.double() - t_)[~both].abs().max().item() if bool((~both).any()) else 0.0
+            err = float("inf") if err != err else err
         scale = 1.0 + (t_.abs().max().item() if t_.numel() else 0.0)
         if masses[i] is not None and math.isfinite(masses[i]):
             scale = max(scale, 1.0 + masses[i])
@@ -151,4 +164,24 @@ def check_backend(
                 ref_err[NAMES[i]] = max(ref_err.get(NAMES[i], 0.0), err)
         for name in ref_err:
             allowed[name] += 2 * ref_err[name]
-    return CheckResult(errors, allowed)
+        if any(errors[n] > allowed[n] for n in errors):
+            # backward-stability allowance (see the module docstring), computed only when needed
+            g = torch.Generator().manual_seed(4321)
+            eps = 4 * EPS32
+            dev = {n: 0.0 for n in NAMES[: len(truth)]}
+            for _ in range(3):
+                pert = []
+                for j, t in enumerate((z, mu, logvar)):
+                    t64 = t.detach().double().cpu()
+                    u = 2 * torch.rand(t64.shape, generator=g, dtype=torch.float64) - 1
+                    delta = eps * u * (t64.abs() if j < 2 else 1 + t64.abs())
+                    pert.append((t64 + delta).to(z.device))
+                out = _forward_backward(lambda a, b, c: log_qz_reference(a, b, c, weights), *pert, up_q, up_d, grads)
+                for i, (o_, t_) in enumerate(zip(out, truth)):
+                    d = (o_ - t_).abs()
+                    d = d[torch.isfinite(d)]
+                    if d.numel():
+                        dev[NAMES[i]] = max(dev[NAMES[i]], d.max().item())
+            for name in dev:
+                allowed[name] += 2 * dev[name]
+    return CheckResult(errors, allowed, tuple(nan))

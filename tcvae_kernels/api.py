@@ -75,9 +75,8 @@ def normalize_groups(groups, d: int) -> list[list[int]]:
 def _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic=False, *,
                 need_own_component=False, groups=None, process_group=None):
     """Validate, dispatch, and return (log_qz, log_qz_dims, log_qz_groups or None) in the
-    accumulation dtype. Each group's joint is the backend's log_qz on that group's dimension slice
-    (a group of one dimension reuses log_qz_dims, a group of all of them log_qz). With a process
-    group the components are those of the global batch (tcvae_kernels.distributed)."""
+    accumulation dtype (groups: :meth:`Backend.log_qz_groups`). With a process group the
+    components are those of the global batch (tcvae_kernels.distributed)."""
     m, k, _ = check_inputs(z, mu, logvar)
     if need_own_component and m > k:
         raise ValueError(
@@ -96,19 +95,9 @@ def _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, d
     check_estimator_args(estimator, dataset_size, m, k, offset)
     weights = log_weights(estimator, k, dataset_size, offset)
     be = select_backend(backend, z, mu, logvar)
-    lqz, lqzd = be.log_qz(z, mu, logvar, weights, deterministic=bool(deterministic))
     if index is None:
-        return lqz, lqzd, None
-    cols = []
-    for g in index:
-        if len(g) == 1:
-            cols.append(lqzd[:, g[0]])
-        elif len(g) == z.shape[1]:
-            cols.append(lqz)
-        else:
-            sel = torch.as_tensor(g, device=z.device)
-            cols.append(be.log_qz(z[:, sel], mu[:, sel], logvar[:, sel], weights, deterministic=bool(deterministic))[0])
-    return lqz, lqzd, torch.stack(cols, dim=1)
+        return (*be.log_qz(z, mu, logvar, weights, deterministic=bool(deterministic)), None)
+    return be.log_qz_groups(z, mu, logvar, weights, index, deterministic=bool(deterministic))
 
 
 def log_qz(

@@ -50,6 +50,25 @@ class Backend:
         """``deterministic``: bitwise reproducible gradients even where the fast path uses atomics."""
         raise NotImplementedError
 
+    def log_qz_groups(self, z, mu, logvar, weights: LogWeights, groups: list[list[int]], deterministic: bool = False):
+        """``(log_qz [M], log_qz_dims [M, D], log_qz_groups [M, G])`` for a partition ``groups`` of
+        the dimensions (index lists), ``log_qz_groups[i, g] = logsumexp_j(sum_{d in g} l[i,j,d] + w[i,j])``.
+
+        Default: each group of several dimensions is this backend's ``log_qz`` on that group's
+        dimension slice (one more pass of exponentials per such group); a group of one dimension
+        is its column of log_qz_dims, a group of all dimensions is log_qz."""
+        lqz, lqzd = self.log_qz(z, mu, logvar, weights, deterministic=deterministic)
+        cols = []
+        for g in groups:
+            if len(g) == 1:
+                cols.append(lqzd[:, g[0]])
+            elif len(g) == z.shape[1]:
+                cols.append(lqz)
+            else:
+                sel = torch.as_tensor(g, device=z.device)
+                cols.append(self.log_qz(z[:, sel], mu[:, sel], logvar[:, sel], weights, deterministic=deterministic)[0])
+        return lqz, lqzd, torch.stack(cols, dim=1)
+
     def reasons(self, z, mu, logvar) -> list[str]:
         why = self.unavailable_reason()
         return [why] if why else self.not_supported_reasons(z, mu, logvar)

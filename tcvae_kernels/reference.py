@@ -18,6 +18,13 @@ With upstream gradients ``a_i = dL/dlog_qz[i]`` and ``b_id = dL/dlog_qz_dims[i,d
     dL/dmu[j,d]     =  sum_i G * (z_id - mu_jd) * exp(-logvar_jd)
     dL/dlogvar[j,d] =  sum_i G * (0.5 * (z_id - mu_jd)**2 * exp(-logvar_jd) - 0.5)
 
+For a partition of the dimensions into groups (HFVAE, Esmaeili et al. 2019), with upstream
+``c_ig = dL/dlog_qz_groups[i,g]`` and g(d) the group holding d::
+
+    log_qz_groups[i,g] = logsumexp_j( sum_{d in g} l[i,j,d] + w[i,j] )  # log q(z_i,g)
+    R[i,j,g] = exp(sum_{d in g} l[i,j,d] + w[i,j] - log_qz_groups[i,g])
+    G[i,j,d] += c_i,g(d) * R[i,j,g(d)]                                  # then dz, dmu, dlogvar as above
+
 The β-TCVAE decomposition (Chen et al. 2018) of the batch, with ``z_i`` drawn from component i::
 
     log_qz_x[i] = sum_d l[i,i,d]                 log_pz[i] = sum_d log N(z_id; 0, 1)

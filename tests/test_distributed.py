@@ -1,6 +1,7 @@
 """Global-batch estimation across ranks: 2 and 3 CPU processes with Gloo on localhost must give the
 single-process result on the concatenated batch — forward, and the gradients gathered back to each
-rank's own z, mu and logvar — for MWS and MSS, in float64."""
+rank's own z, mu and logvar, of the β-TCVAE and the grouped (HFVAE) decompositions — for MWS and MSS,
+in float64."""
 
 import datetime
 import os
@@ -32,9 +33,16 @@ def _global_batch(world: int, seed: int):
     return z, mu, lv
 
 
+GROUPS = [[0, 2], [1]]
+
+
 def _objective(parts):
     # a fixed combination of the three terms, so every gradient path is exercised
     return 0.7 * parts.mi + 3.0 * parts.tc + 1.3 * parts.dim_kl
+
+
+def _grouped_objective(parts):
+    return 0.7 * parts.mi + 3.0 * parts.tc_between + 2.0 * parts.tc_within + 1.3 * parts.dim_kl
 
 
 def _worker(rank, world, port, seed, estimator, backend, out_dir):
@@ -49,10 +57,14 @@ def _worker(rank, world, port, seed, estimator, backend, out_dir):
                              process_group=dist.group.WORLD)
         loss = _objective(parts)  # this rank's mean over its queries
         grads = torch.autograd.grad(loss, leaves)
+        gparts = tk.grouped_decompose(*leaves, groups=GROUPS, dataset_size=N, estimator=estimator, backend=backend,
+                                      process_group=dist.group.WORLD)
+        ggrads = torch.autograd.grad(_grouped_objective(gparts), leaves)
         lq = tk.log_qz(*[t.detach() for t in leaves], dataset_size=N, estimator=estimator, backend=backend,
                        process_group=dist.group.WORLD)
         torch.save({"parts": [p.detach() for p in parts], "grads": grads, "log_qz": lq.log_qz,
-                    "log_qz_dims": lq.log_qz_dims}, os.path.join(out_dir, f"rank{rank}.pt"))
+                    "log_qz_dims": lq.log_qz_dims, "gparts": [p.detach() for p in gparts], "ggrads": ggrads},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -73,24 +85,31 @@ def test_global_batch_equals_single_process(world, estimator, backend, tmp_path)
     # single process on the concatenated batch: log q(z) over all M_global components, and the
     # objective summed over ranks of each rank's mean (what the ranks' backward passes add up to)
     lq = tk.log_qz(*[t.detach() for t in leaves], dataset_size=N, estimator=estimator, backend="torch")
-    total, per_rank = 0.0, []
-    lq_full, lqd_full = tk.log_qz(*leaves, dataset_size=N, estimator=estimator, backend="torch")
+    total, gtotal, per_rank, gper_rank = 0.0, 0.0, [], []
+    lq_full, lqd_full, lqg_full = tk.log_qz(*leaves, dataset_size=N, estimator=estimator, backend="torch",
+                                            groups=GROUPS)
     from tcvae_kernels.reference import log_qz_x_and_log_pz
 
     lqzx, lpz = log_qz_x_and_log_pz(*leaves)
     for r in range(world):
         rows = slice(r * M_LOCAL, (r + 1) * M_LOCAL)
-        sd = lqd_full[rows].sum(1)
-        parts = tk.Decomposition((lqzx[rows] - lq_full[rows]).mean(), (lq_full[rows] - sd).mean(),
-                                 (sd - lpz[rows]).mean())
+        sd, sg = lqd_full[rows].sum(1), lqg_full[rows].sum(1)
+        mi, dim_kl = (lqzx[rows] - lq_full[rows]).mean(), (sd - lpz[rows]).mean()
+        parts = tk.Decomposition(mi, (lq_full[rows] - sd).mean(), dim_kl)
+        gparts = tk.GroupedDecomposition(mi, (lq_full[rows] - sg).mean(), (sg - sd).mean(), dim_kl)
         per_rank.append(parts)
+        gper_rank.append(gparts)
         total = total + _objective(parts)
-    grads = torch.autograd.grad(total, leaves)
+        gtotal = gtotal + _grouped_objective(gparts)
+    grads = torch.autograd.grad(total, leaves, retain_graph=True)
+    ggrads = torch.autograd.grad(gtotal, leaves)
     for r in range(world):
         got = torch.load(tmp_path / f"rank{r}.pt")
         rows = slice(r * M_LOCAL, (r + 1) * M_LOCAL)
-        for a, b in zip(got["parts"], per_rank[r]):
+        for a, b in zip(got["parts"] + got["gparts"], list(per_rank[r]) + list(gper_rank[r])):
             assert abs(a.item() - b.item()) < 1e-10
+        for a, b in zip(got["ggrads"], ggrads):
+            assert torch.allclose(a, b[rows], rtol=0, atol=1e-10), (a - b[rows]).abs().max()
         assert torch.allclose(got["log_qz"], lq.log_qz[rows], rtol=0, atol=1e-10)
         assert torch.allclose(got["log_qz_dims"], lq.log_qz_dims[rows], rtol=0, atol=1e-10)
         for a, b in zip(got["grads"], grads):

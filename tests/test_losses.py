@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import tcvae_kernels as tk
+from tcvae_kernels import ops
 from tcvae_kernels.dispatch import backend_reasons
 from tcvae_kernels.estimators import log_weights
 
@@ -14,7 +15,22 @@ from helpers import brute_force_groups, fresh_seed, make_inputs, max_abs
 
 def _backends():
     z = torch.zeros(2, 1)
-    return [b for b in ("torch", "cpu", "triton") if not backend_reasons(b, z, z, z)]
+    names = [b for b in ("torch", "cpu", "triton") if not backend_reasons(b, z, z, z)]
+    # the CUDA kernels' code, run serially on the CPU (split-K forced to 2)
+    return names + ([ops.CudaEmulationBackend(splits=2)] if ops.LOAD_ERROR is None else [])
+
+
+def _id(backend):
+    return backend if isinstance(backend, str) else backend.name
+
+
+def _grouped(backend, z, mu, lv, n, groups):
+    """tk.log_qz(..., groups=groups) on a backend name, or the same through a Backend object."""
+    if isinstance(backend, str):
+        return tk.log_qz(z, mu, lv, dataset_size=n, backend=backend, groups=groups)
+    w = log_weights("mss", mu.shape[0], n)
+    out = backend.log_qz_groups(z, mu, lv, w, tk.api.normalize_groups(groups, z.shape[1]))
+    return tk.LogQzGroups(*out)
 
 
 GROUPINGS = [
@@ -25,21 +41,21 @@ GROUPINGS = [
 ]
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", _backends(), ids=_id)
 def test_grouped_log_qz_matches_brute_force_float64(backend):
     z, mu, lv = make_inputs(7, 9, 5)
     w = log_weights("mss", 9, 200)
     for groups in GROUPINGS:
-        out = tk.log_qz(z, mu, lv, dataset_size=200, backend=backend, groups=groups)
+        out = _grouped(backend, z, mu, lv, 200, groups)
         index = tk.api.normalize_groups(groups, 5)
         assert max_abs(out.log_qz_groups, brute_force_groups(z, mu, lv, w, index)) < 1e-10
-    all_in_one = tk.log_qz(z, mu, lv, dataset_size=200, backend=backend, groups=[5])
+    all_in_one = _grouped(backend, z, mu, lv, 200, [5])
     assert torch.equal(all_in_one.log_qz_groups[:, 0], all_in_one.log_qz)
-    singles = tk.log_qz(z, mu, lv, dataset_size=200, backend=backend, groups=[1] * 5)
+    singles = _grouped(backend, z, mu, lv, 200, [1] * 5)
     assert torch.equal(singles.log_qz_groups, singles.log_qz_dims)
 
 
-@pytest.mark.parametrize("backend", [b for b in _backends() if b != "torch"])
+@pytest.mark.parametrize("backend", [b for b in _backends() if b != "torch"], ids=_id)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_grouped_gradients_match_the_reference(backend, dtype):
     g = torch.Generator().manual_seed(fresh_seed())
@@ -48,12 +64,12 @@ def test_grouped_gradients_match_the_reference(backend, dtype):
     grads = {}
     for name in ("torch", backend):
         leaves = [t.clone().requires_grad_() for t in (z, mu, lv)]
-        out = tk.log_qz(*leaves, dataset_size=300, backend=name, groups=[[0, 5], [1, 2, 3], [4]])
-        grads[name] = torch.autograd.grad((out.log_qz_groups * up).sum(), leaves)
+        out = _grouped(name, *leaves, 300, [[0, 5], [1, 2, 3], [4]])
+        grads[_id(name)] = torch.autograd.grad((out.log_qz_groups * up).sum(), leaves)
     # float64: 1e-8 of the largest gradient; float32: 1e-4 relative (a sum over 9 components of
     # softmax-weighted terms, each within a few float32 ulps of the reference's: measured < 1e-5)
     tol = 1e-8 if dtype == torch.float64 else 1e-4
-    for a, b in zip(grads[backend], grads["torch"]):
+    for a, b in zip(grads[_id(backend)], grads["torch"]):
         assert max_abs(a, b) <= tol * (1 + b.abs().max().item())
 
 

@@ -1,12 +1,13 @@
 """Numerical and API edge cases on every backend that can run here (the reliability checklist):
 logvar ±30, z ±1e4, duplicated rows, M=1 (MWS), D=1, M=2 (MSS), dataset_size == M, empty batch,
-inference mode, autocast regions."""
+inference mode, autocast regions, and out-of-bounds reads at sizes that are multiples of no block."""
 
 import pytest
 import torch
 
 import tcvae_kernels as tk
-from tcvae_kernels.dispatch import backend_reasons
+from tcvae_kernels import ops
+from tcvae_kernels.dispatch import backend_reasons, get_backend
 from tcvae_kernels.estimators import log_weights
 from tcvae_kernels.testing import check_backend
 
@@ -99,3 +100,52 @@ def test_autocast_region(backend):
     assert tc_h.dtype == torch.float32 and torch.isfinite(tc_h)
     tc_h.backward()
     assert z.grad is not None and torch.isfinite(z.grad).all()
+
+
+def _guarded(t: torch.Tensor) -> torch.Tensor:
+    """t as a contiguous view in the middle of a NaN-filled buffer: a kernel that reads before the
+    first element or past the last one (up to 256 rows either side) pulls a NaN into its results."""
+    pad = 256 * t.shape[1] + 61
+    buf = torch.full((t.numel() + 2 * pad,), float("nan"), dtype=t.dtype, device=t.device)
+    view = buf[pad : pad + t.numel()].view(t.shape)
+    view.copy_(t)
+    assert view.is_contiguous() and view.storage_offset() == pad
+    return view
+
+
+def _guard_backends():
+    """(backend, device): every CPU backend, the CUDA kernels' emulation, and on a GPU machine the
+    GPU backends on CUDA tensors (compute-sanitizer's memcheck, bench/gpu_check.sh, goes further)."""
+    out = [(get_backend(b), "cpu") for b in BACKENDS]
+    if ops.LOAD_ERROR is None:
+        out += [(ops.CudaEmulationBackend(splits=1), "cpu"), (ops.CudaEmulationBackend(splits=3), "cpu")]
+    if torch.cuda.is_available():
+        z = torch.zeros(2, 1, device="cuda")
+        out += [(get_backend(b), "cuda") for b in ("cuda", "triton") if not backend_reasons(b, z, z, z)]
+    return out
+
+
+# sizes that are multiples of no block size (kernels tile by 8, 32, 64, 128, 256 and SIMD widths)
+GUARD_SHAPES = [(1, 1, 1, "mws"), (37, 37, 5, "mss"), (5, 70, 3, "mss"), (70, 5, 1, "uniform"), (129, 129, 33, "mws")]
+
+
+@pytest.mark.parametrize("be, device", _guard_backends(),
+                         ids=[f"{b.name}{getattr(b, 'splits', '')}-{dev}" for b, dev in _guard_backends()])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_no_out_of_bounds_reads(be, device, dtype):
+    """Forward and backward read only their inputs: on inputs fenced by NaN the results are finite
+    and bitwise those on plain copies (deterministic paths, so any difference is a stray read)."""
+    g = torch.Generator().manual_seed(fresh_seed())
+    for m, k, d, est in GUARD_SHAPES:
+        z, mu, lv = make_inputs(m, k, d, dtype=dtype, seed=int(torch.randint(2**31, (1,), generator=g)), device=device)
+        w = log_weights(est, k, 10 * max(m, k))
+        up_q, up_d = (torch.randn(s, generator=g, dtype=dtype).to(device) for s in ((m,), (m, d)))
+        results = []
+        for make in (lambda t: t.clone(), _guarded):
+            leaves = [make(t).requires_grad_() for t in (z, mu, lv)]
+            q, qd = be.log_qz(*leaves, w, deterministic=True)
+            grads = torch.autograd.grad((q * up_q).sum() + (qd * up_d).sum(), leaves)
+            results.append([q.detach(), qd.detach(), *grads])
+        for name, plain, fenced in zip(("log_qz", "log_qz_dims", "grad_z", "grad_mu", "grad_logvar"), *results):
+            assert torch.isfinite(fenced).all(), f"{be.name} {m}x{k}x{d}: NaN in {name} (out-of-bounds read)"
+            assert torch.equal(plain, fenced), f"{be.name} {m}x{k}x{d}: {name} depends on memory past the inputs"

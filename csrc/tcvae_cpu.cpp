@@ -177,6 +177,52 @@ inline T hsum(const Vectorized<T>& v) {
   return sum;
 }
 
+// Folds one block of values x[0, nb) (joint or group sums, base 2) into a lane-wise online
+// logsumexp (m, s): adds the weight corrections dw in place first (x then holds S + dw), takes the
+// exact block maximum, rescales s. Works at any magnitude; all -inf lanes shift by 0. With
+// add_into (a group's S_g), also add_into[j] += x[j] before the weights (S += S_g in the same pass).
+template <typename T>
+inline void block_lse(T* x, int64_t nb, const Specials<T>& sp, const T* dw, Vectorized<T>& m, Vectorized<T>& s,
+                      T* add_into = nullptr) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const Vec neg_inf(-std::numeric_limits<T>::infinity());
+  Vec bmax = neg_inf;
+  for (int64_t v = 0; v < nb; v += V) {
+    Vec xv = Vec::loadu(x + v);
+    if (add_into) (Vec::loadu(add_into + v) + xv).store(add_into + v);
+    if (sp.hit(v)) xv = xv + Vec::loadu(dw + v);
+    xv.store(x + v);
+    bmax = at::vec::maximum(bmax, xv);
+  }
+  const Vec m_new = at::vec::maximum(m, bmax);
+  const Vec m_safe = Vec::blendv(m_new, Vec(T(0)), m_new == neg_inf);
+  Vec e0(T(0)), e1(T(0));
+  for (int64_t v = 0; v < nb; v += V) {
+    const Vec e = exp2_floor(Vec::loadu(x + v) - m_safe);
+    if ((v / V) & 1) e1 = e1 + e; else e0 = e0 + e;
+  }
+  s = s * exp2_floor(m - m_safe) + e0 + e1;
+  m = m_new;
+}
+
+// Dimension groups (HFVAE): the host permutes the columns so that group g is the contiguous range
+// [bounds[g], bounds[g+1]) for g < n_groups; dimensions past the last group form one more, plain
+// segment. A group's sum S_g[j] = sum_{d in g} x2[d, j] is formed in a buffer of its own and then
+// added into S; the plain segment is summed straight into S (same order in the forward and the
+// backward, so both passes see bitwise equal S and S_g). No groups: one plain segment [0, D).
+struct Segments {
+  std::vector<int64_t> bounds;  // segment boundaries, bounds.front() = 0, bounds.back() = D
+  int64_t n_groups = 0;         // segments [0, n_groups) carry a logsumexp of their own
+
+  Segments(int64_t d, const std::vector<int64_t>& group_ends) : bounds{0}, n_groups(int64_t(group_ends.size())) {
+    for (const int64_t e : group_ends) bounds.push_back(e);
+    if (bounds.back() != d) bounds.push_back(d);
+  }
+  int64_t count() const { return int64_t(bounds.size()) - 1; }
+  bool is_group(int64_t sg) const { return sg < n_groups; }
+};
+
 // A group of G latent dimensions of one query, evaluated together so that their contributions to
 // S[j] = sum_d x2[d, j] are added pairwise (fewer roundings, fewer loads/stores of S). Forward and
 // backward use this same code, so S and x2 are bitwise identical in both passes.
@@ -283,26 +329,31 @@ Lse2<T> exact_marginal(const T* z_row, const Components<T>& cp, int64_t dd, int6
   return {mx, T(std::log2(sum))};
 }
 
-// Forward. Outputs log_qz [M], log_qz_dims [M, D] and the saved states aux_q [M, 2], aux_qd [M, D, 2].
+// Forward. Outputs log_qz [M], log_qz_dims [M, D], log_qz_groups [M, n_groups] and the saved
+// states aux_q [M, 2], aux_qd [M, D, 2], aux_qg [M, n_groups, 2].
 template <typename T>
-void forward_kernel(const T* z, const Components<T>& cp, int64_t m_rows, int64_t k, int64_t d, T d_self, T d_next,
-                    int64_t offset, T* out_q, T* out_qd, T* aux_q, T* aux_qd) {
+void forward_kernel(const T* z, const Components<T>& cp, const Segments& seg, int64_t m_rows, int64_t k, int64_t d,
+                    T d_self, T d_next, int64_t offset, T* out_q, T* out_qd, T* out_qg, T* aux_q, T* aux_qd,
+                    T* aux_qg) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  const int64_t kp = cp.kp;
+  const int64_t kp = cp.kp, ng = seg.n_groups;
   const int64_t n_tiles = (m_rows + kQueryTile - 1) / kQueryTile;
   const T kTiny = T(std::ldexp(1.0, -60));  // smaller marginal sums are recomputed exactly
   at::parallel_for(0, n_tiles, 1, [&](int64_t t0, int64_t t1) {
     DenormalsAreZero ftz;
-    std::vector<T> S(kBlockFwd), dw(kBlockFwd, T(0)), buf;
+    std::vector<T> S(kBlockFwd), SG(ng ? kBlockFwd : 0), dw(kBlockFwd, T(0)), buf;
     std::vector<Vec> acc(kQueryTile * d);                 // marginal sums 2^x2 per (query, d)
     std::vector<Vec> jm(kQueryTile), js(kQueryTile);      // joint lane-wise (max, sum)
+    std::vector<Vec> gm(kQueryTile * ng), gs(kQueryTile * ng);  // per (query, group) (max, sum)
     const Vec neg_inf(-std::numeric_limits<T>::infinity());
     for (int64_t tile = t0; tile < t1; ++tile) {
       const int64_t i0 = tile * kQueryTile, ib = std::min(kQueryTile, m_rows - i0);
       std::fill(acc.begin(), acc.end(), Vec(T(0)));
       std::fill(jm.begin(), jm.end(), neg_inf);
       std::fill(js.begin(), js.end(), Vec(T(0)));
+      std::fill(gm.begin(), gm.end(), neg_inf);
+      std::fill(gs.begin(), gs.end(), Vec(T(0)));
       for (int64_t j0 = 0; j0 < kp; j0 += kBlockFwd) {
         const int64_t nb = std::min(kBlockFwd, kp - j0);  // a multiple of V
         for (int64_t ii = 0; ii < ib; ++ii) {
@@ -312,41 +363,34 @@ void forward_kernel(const T* z, const Components<T>& cp, int64_t m_rows, int64_t
           sp.set(dw.data(), j0, nb, self, next, d_self, d_next);
           std::fill(S.begin(), S.begin() + nb, T(0));
           Vec* acc_row = acc.data() + ii * d;
-          for_each_group(d, [&](auto group, int64_t d0) {
-            constexpr int G = decltype(group)::value;
-            const DimGroup<T, G> grp(cp, z + i * d, d0, j0);
-            Vec a[G];
-            for (int g = 0; g < G; ++g) a[g] = Vec(T(0));
-            for (int64_t v = 0; v < nb; v += V) {
-              Vec x[G];
-              const Vec sum = grp.values(v, x);
-              (Vec::loadu(S.data() + v) + sum).store(S.data() + v);  // S[j] += sum over the group
-              if (sp.hit(v)) {
-                const Vec dwv = Vec::loadu(dw.data() + v);
-                for (int g = 0; g < G; ++g) x[g] = x[g] + dwv;
+          for (int64_t sg = 0; sg < seg.count(); ++sg) {
+            const int64_t s0 = seg.bounds[sg];
+            T* seg_sum = seg.is_group(sg) ? SG.data() : S.data();  // S_g[j], or S itself
+            if (seg.is_group(sg)) std::fill(SG.begin(), SG.begin() + nb, T(0));
+            for_each_group(seg.bounds[sg + 1] - s0, [&](auto group, int64_t r0) {
+              constexpr int G = decltype(group)::value;
+              const int64_t d0 = s0 + r0;
+              const DimGroup<T, G> grp(cp, z + i * d, d0, j0);
+              Vec a[G];
+              for (int g = 0; g < G; ++g) a[g] = Vec(T(0));
+              for (int64_t v = 0; v < nb; v += V) {
+                Vec x[G];
+                const Vec sum = grp.values(v, x);
+                (Vec::loadu(seg_sum + v) + sum).store(seg_sum + v);  // S_g[j] += sum over the dims
+                if (sp.hit(v)) {
+                  const Vec dwv = Vec::loadu(dw.data() + v);
+                  for (int g = 0; g < G; ++g) x[g] = x[g] + dwv;
+                }
+                for (int g = 0; g < G; ++g) a[g] = a[g] + exp2_floor(x[g]);  // 2^(l·log2e + dw)
               }
-              for (int g = 0; g < G; ++g) a[g] = a[g] + exp2_floor(x[g]);  // 2^(l·log2e + dw)
-            }
-            for (int g = 0; g < G; ++g) acc_row[d0 + g] = acc_row[d0 + g] + a[g];
-          });
+              for (int g = 0; g < G; ++g) acc_row[d0 + g] = acc_row[d0 + g] + a[g];
+            });
+            if (seg.is_group(sg))  // S[j] += S_g[j]; the group's logsumexp of S_g + dw
+              block_lse(SG.data(), nb, sp, dw.data(), gm[ii * ng + sg], gs[ii * ng + sg], S.data());
+          }
           // joint: L = S + dw; exact block maximum, lane-wise online logsumexp (any magnitude)
-          Vec bmax = neg_inf;
-          for (int64_t v = 0; v < nb; v += V) {
-            Vec x = Vec::loadu(S.data() + v);
-            if (sp.hit(v)) x = x + Vec::loadu(dw.data() + v);
-            x.store(S.data() + v);
-            bmax = at::vec::maximum(bmax, x);
-          }
+          block_lse(S.data(), nb, sp, dw.data(), jm[ii], js[ii]);
           sp.clear(dw.data());
-          const Vec m_new = at::vec::maximum(jm[ii], bmax);
-          const Vec m_safe = Vec::blendv(m_new, Vec(T(0)), m_new == neg_inf);  // all -inf: shift by 0
-          Vec e0(T(0)), e1(T(0));
-          for (int64_t v = 0; v < nb; v += V) {
-            const Vec e = exp2_floor(Vec::loadu(S.data() + v) - m_safe);
-            if ((v / V) & 1) e1 = e1 + e; else e0 = e0 + e;
-          }
-          js[ii] = js[ii] * exp2_floor(jm[ii] - m_safe) + e0 + e1;
-          jm[ii] = m_new;
         }
       }
       for (int64_t ii = 0; ii < ib; ++ii) {
@@ -364,29 +408,41 @@ void forward_kernel(const T* z, const Components<T>& cp, int64_t m_rows, int64_t
         aux_q[2 * i] = st.m;
         aux_q[2 * i + 1] = st.r;
         out_q[i] = T(cp.shift + kLn2 * (double(st.m) + double(st.r)));
+        for (int64_t g = 0; g < ng; ++g) {
+          const Lse2<T> sg = combine_lanes(gm[ii * ng + g], gs[ii * ng + g]);
+          aux_qg[2 * (i * ng + g)] = sg.m;
+          aux_qg[2 * (i * ng + g) + 1] = sg.r;
+          out_qg[i * ng + g] = T(cp.shift + kLn2 * (double(sg.m) + double(sg.r)));
+        }
       }
     }
   });
 }
 
 // Backward, in base 2 with the saved states (m, r):
-//   Q = 2^((x2 + dw - m_id) - r_id),  P = a_i·2^((S + dw - m_i) - r_i),  G = P + b_id·Q
+//   Q = 2^((x2 + dw - m_id) - r_id),  P = a_i·2^((S + dw - m_i) - r_i),
+//   R_g = c_ig·2^((S_g + dw - m_ig) - r_ig),  G = P + R_g(d) + b_id·Q   (R = 0 outside groups)
 //   U = G·diff·h2  (h = h2·ln2):  dz = -2ln2·sum_j U,  dmu = 2ln2·sum_i U,
 //   dlogvar = ln2·sum_i G·(diff^2·h2 - 0.5·log2e)
 template <typename T>
-void backward_kernel(const T* z, const Components<T>& cp, int64_t m_rows, int64_t k, int64_t d, T d_self, T d_next,
-                     int64_t offset, const T* aux_q, const T* aux_qd, const T* a, const T* b, T* grad_z, T* partial,
-                     int64_t n_chunks) {
+void backward_kernel(const T* z, const Components<T>& cp, const Segments& seg, int64_t m_rows, int64_t k, int64_t d,
+                     T d_self, T d_next, int64_t offset, const T* aux_q, const T* aux_qd, const T* aux_qg, const T* a,
+                     const T* b, const T* c, T* grad_z, T* partial, int64_t n_chunks) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  const int64_t kp = cp.kp;
+  const int64_t kp = cp.kp, ng = seg.n_groups;
   const int64_t n_tiles = (m_rows + kQueryTile - 1) / kQueryTile;
   const int64_t tiles_per_chunk = (n_tiles + n_chunks - 1) / n_chunks;
   at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
     DenormalsAreZero ftz;
     std::vector<T> X(d * kBlockBwd), S(kBlockBwd), P(kBlockBwd), dw(kBlockBwd, T(0));
+    std::vector<T> SG(ng ? kBlockBwd : 0), PG(ng * kBlockBwd);  // S_g of one segment; P + R_g per group
+    std::vector<const T*> coef(d);                                // per dimension: P, or P + R_g of its group
     std::vector<Vec> gz(kQueryTile * d);
     const Vec half_log2e(T(0.5 * kLog2E));
+    for (int64_t dd = 0; dd < d; ++dd) coef[dd] = P.data();
+    for (int64_t g = 0; g < ng; ++g)
+      for (int64_t dd = seg.bounds[g]; dd < seg.bounds[g + 1]; ++dd) coef[dd] = PG.data() + g * kBlockBwd;
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       T* gmu_part = partial + chunk * 2 * d * kp;  // [D, Kp]: sum_i U
       T* glv_part = gmu_part + d * kp;             // [D, Kp]: sum_i G·(diff^2·h2 - 0.5·log2e)
@@ -401,32 +457,51 @@ void backward_kernel(const T* z, const Components<T>& cp, int64_t m_rows, int64_
             const int64_t self = self_index(i, offset, k), next = next_index(self, k);
             Specials<T> sp;
             sp.set(dw.data(), j0, nb, self, next, d_self, d_next);
-            // pass A: x2[d, j] for the block (as in the forward) and S[j]
+            // pass A: x2[d, j] for the block, S_g[j] and S[j] (as in the forward), R_g[j]
             std::fill(S.begin(), S.begin() + nb, T(0));
-            for_each_group(d, [&](auto group, int64_t d0) {
-              constexpr int G = decltype(group)::value;
-              const DimGroup<T, G> grp(cp, z + i * d, d0, j0);
+            for (int64_t sg = 0; sg < seg.count(); ++sg) {
+              const int64_t s0 = seg.bounds[sg];
+              T* seg_sum = seg.is_group(sg) ? SG.data() : S.data();
+              if (seg.is_group(sg)) std::fill(SG.begin(), SG.begin() + nb, T(0));
+              for_each_group(seg.bounds[sg + 1] - s0, [&](auto group, int64_t r0) {
+                constexpr int G = decltype(group)::value;
+                const int64_t d0 = s0 + r0;
+                const DimGroup<T, G> grp(cp, z + i * d, d0, j0);
+                for (int64_t v = 0; v < nb; v += V) {
+                  Vec x[G];
+                  const Vec sum = grp.values(v, x);
+                  (Vec::loadu(seg_sum + v) + sum).store(seg_sum + v);
+                  for (int g = 0; g < G; ++g) x[g].store(X.data() + (d0 + g) * kBlockBwd + v);
+                }
+              });
+              if (!seg.is_group(sg)) continue;
+              // S[j] += S_g[j] (as in the forward); R_g[j] = c_ig · 2^((S_g + dw - m_ig) - r_ig)
+              const Vec cv(c[i * ng + sg]), gm(aux_qg[2 * (i * ng + sg)]), gr(aux_qg[2 * (i * ng + sg) + 1]);
+              T* rg = PG.data() + sg * kBlockBwd;
               for (int64_t v = 0; v < nb; v += V) {
-                Vec x[G];
-                const Vec sum = grp.values(v, x);
-                (Vec::loadu(S.data() + v) + sum).store(S.data() + v);
-                for (int g = 0; g < G; ++g) x[g].store(X.data() + (d0 + g) * kBlockBwd + v);
+                Vec x = Vec::loadu(SG.data() + v);
+                (Vec::loadu(S.data() + v) + x).store(S.data() + v);
+                if (sp.hit(v)) x = x + Vec::loadu(dw.data() + v);
+                (cv * exp2_floor((x - gm) - gr)).store(rg + v);
               }
-            });
-            // P[j] = a_i · 2^((S + dw - m_i) - r_i)
+            }
+            // P[j] = a_i · 2^((S + dw - m_i) - r_i); groups: PG_g = P + R_g
             const Vec av(a[i]), pm(aux_q[2 * i]), pr(aux_q[2 * i + 1]);
             for (int64_t v = 0; v < nb; v += V) {
               Vec x = Vec::loadu(S.data() + v);
               if (sp.hit(v)) x = x + Vec::loadu(dw.data() + v);
-              (av * exp2_floor((x - pm) - pr)).store(P.data() + v);
+              const Vec p = av * exp2_floor((x - pm) - pr);
+              p.store(P.data() + v);
+              for (int64_t g = 0; g < ng; ++g) (p + Vec::loadu(PG.data() + g * kBlockBwd + v)).store(PG.data() + g * kBlockBwd + v);
             }
-            // pass B: G = P + b·Q, accumulate U and the logvar term
+            // pass B: G = P (+ R_g) + b·Q, accumulate U and the logvar term
             for (int64_t dd = 0; dd < d; ++dd) {
               const Vec zv(z[i * d + dd]), bv(b[i * d + dd]);
               const Vec qm(aux_qd[2 * (i * d + dd)]), qr(aux_qd[2 * (i * d + dd) + 1]);
               const T* mu = cp.mu + dd * kp + j0;
               const T* h2 = cp.h2 + dd * kp + j0;
               const T* x_row = X.data() + dd * kBlockBwd;
+              const T* pc = coef[dd];
               T* gmu = gmu_part + dd * kp + j0;
               T* glv = glv_part + dd * kp + j0;
               Vec accz(T(0));
@@ -434,7 +509,7 @@ void backward_kernel(const T* z, const Components<T>& cp, int64_t m_rows, int64_
                 Vec x = Vec::loadu(x_row + v);
                 if (sp.hit(v)) x = x + Vec::loadu(dw.data() + v);
                 const Vec q = exp2_floor((x - qm) - qr);
-                const Vec g = at::vec::fmadd(bv, q, Vec::loadu(P.data() + v));  // G[i, j, d]
+                const Vec g = at::vec::fmadd(bv, q, Vec::loadu(pc + v));  // G[i, j, d]
                 const Vec diff = zv - Vec::loadu(mu + v);
                 const Vec hv = Vec::loadu(h2 + v);
                 const Vec u = g * diff * hv;
@@ -472,38 +547,64 @@ at::ScalarType acc_type(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+void check_group_ends(at::IntArrayRef group_ends, int64_t d) {
+  int64_t prev = 0;
+  for (const int64_t e : group_ends) {
+    TORCH_CHECK(e > prev && e <= d, "tcvae: group_ends must be strictly increasing in [1, D], got ", group_ends);
+    prev = e;
+  }
+}
+
+// (log_qz [M], log_qz_dims [M, D], log_qz_groups [M, G], aux_q [M, 2], aux_qd [M, D, 2], aux_qg [M, G, 2]);
+// group g covers dimensions [group_ends[g-1], group_ends[g]) (group_ends[-1] = 0), G = len(group_ends).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_groups_cpu(
+    const at::Tensor& z, const at::Tensor& mu, const at::Tensor& logvar, at::IntArrayRef group_ends, double w_self,
+    double w_next, double w_other, int64_t offset) {
+  check_args(z, mu, logvar);
+  const auto acc = acc_type(z);
+  const at::Tensor zc = z.to(acc).contiguous(), muc = mu.to(acc).contiguous(), lvc = logvar.to(acc).contiguous();
+  const int64_t m = z.size(0), k = mu.size(0), d = z.size(1), ng = int64_t(group_ends.size());
+  check_group_ends(group_ends, d);
+  const Segments seg(d, group_ends.vec());
+  at::Tensor out_q = at::empty({m}, zc.options()), out_qd = at::empty({m, d}, zc.options());
+  at::Tensor out_qg = at::empty({m, ng}, zc.options());
+  at::Tensor aux_q = at::empty({m, 2}, zc.options()), aux_qd = at::empty({m, d, 2}, zc.options());
+  at::Tensor aux_qg = at::empty({m, ng, 2}, zc.options());
+  AT_DISPATCH_FLOATING_TYPES(acc, "tcvae_log_qz_cpu", [&] {
+    const auto cp = prepare_components<scalar_t>(muc, lvc, w_other);
+    forward_kernel<scalar_t>(zc.data_ptr<scalar_t>(), cp, seg, m, k, d, scalar_t((w_self - w_other) * kLog2E),
+                             scalar_t((w_next - w_other) * kLog2E), offset, out_q.data_ptr<scalar_t>(),
+                             out_qd.data_ptr<scalar_t>(), out_qg.data_ptr<scalar_t>(), aux_q.data_ptr<scalar_t>(),
+                             aux_qd.data_ptr<scalar_t>(), aux_qg.data_ptr<scalar_t>());
+  });
+  return {out_q, out_qd, out_qg, aux_q, aux_qd, aux_qg};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_cpu(const at::Tensor& z, const at::Tensor& mu,
                                                                       const at::Tensor& logvar, double w_self,
                                                                       double w_next, double w_other, int64_t offset) {
-  check_args(z, mu, logvar);
-  const auto acc = acc_type(z);
-  const at::Tensor zc = z.to(acc).contiguous(), muc = mu.to(acc).contiguous(), lvc = logvar.to(acc).contiguous();
-  const int64_t m = z.size(0), k = mu.size(0), d = z.size(1);
-  at::Tensor out_q = at::empty({m}, zc.options()), out_qd = at::empty({m, d}, zc.options());
-  at::Tensor aux_q = at::empty({m, 2}, zc.options()), aux_qd = at::empty({m, d, 2}, zc.options());
-  AT_DISPATCH_FLOATING_TYPES(acc, "tcvae_log_qz_cpu", [&] {
-    const auto cp = prepare_components<scalar_t>(muc, lvc, w_other);
-    forward_kernel<scalar_t>(zc.data_ptr<scalar_t>(), cp, m, k, d, scalar_t((w_self - w_other) * kLog2E),
-                             scalar_t((w_next - w_other) * kLog2E), offset, out_q.data_ptr<scalar_t>(),
-                             out_qd.data_ptr<scalar_t>(), aux_q.data_ptr<scalar_t>(), aux_qd.data_ptr<scalar_t>());
-  });
-  return {out_q, out_qd, aux_q, aux_qd};
+  auto out = log_qz_groups_cpu(z, mu, logvar, {}, w_self, w_next, w_other, offset);
+  return {std::get<0>(out), std::get<1>(out), std::get<3>(out), std::get<4>(out)};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward_cpu(
-    const at::Tensor& grad_q, const at::Tensor& grad_qd, const at::Tensor& z, const at::Tensor& mu,
-    const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd, double w_self, double w_next,
-    double w_other, int64_t offset) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_groups_backward_cpu(
+    const at::Tensor& grad_q, const at::Tensor& grad_qd, const at::Tensor& grad_qg, const at::Tensor& z,
+    const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd,
+    const at::Tensor& aux_qg, at::IntArrayRef group_ends, double w_self, double w_next, double w_other,
+    int64_t offset) {
   check_args(z, mu, logvar);
   const auto acc = acc_type(z);
-  const int64_t m = z.size(0), k = mu.size(0), d = z.size(1);
-  TORCH_CHECK(grad_q.numel() == m && grad_qd.numel() == m * d, "tcvae: upstream gradient shapes");
-  TORCH_CHECK(aux_q.numel() == 2 * m && aux_qd.numel() == 2 * m * d && aux_q.scalar_type() == acc &&
-                  aux_qd.scalar_type() == acc,
+  const int64_t m = z.size(0), k = mu.size(0), d = z.size(1), ng = int64_t(group_ends.size());
+  check_group_ends(group_ends, d);
+  TORCH_CHECK(grad_q.numel() == m && grad_qd.numel() == m * d && grad_qg.numel() == m * ng,
+              "tcvae: upstream gradient shapes");
+  TORCH_CHECK(aux_q.numel() == 2 * m && aux_qd.numel() == 2 * m * d && aux_qg.numel() == 2 * m * ng &&
+                  aux_q.scalar_type() == acc && aux_qd.scalar_type() == acc && aux_qg.scalar_type() == acc,
               "tcvae: saved logsumexp states must come from tcvae::log_qz on the same inputs");
+  const Segments seg(d, group_ends.vec());
   const at::Tensor zc = z.to(acc).contiguous(), muc = mu.to(acc).contiguous(), lvc = logvar.to(acc).contiguous();
-  const at::Tensor a = grad_q.to(acc).contiguous(), b = grad_qd.to(acc).contiguous();
-  const at::Tensor sq = aux_q.contiguous(), sqd = aux_qd.contiguous();
+  const at::Tensor a = grad_q.to(acc).contiguous(), b = grad_qd.to(acc).contiguous(), c = grad_qg.to(acc).contiguous();
+  const at::Tensor sq = aux_q.contiguous(), sqd = aux_qd.contiguous(), sqg = aux_qg.contiguous();
   at::Tensor grad_z = at::empty({m, d}, zc.options());
   at::Tensor grad_mu = at::empty({k, d}, zc.options()), grad_lv = at::empty({k, d}, zc.options());
   AT_DISPATCH_FLOATING_TYPES(acc, "tcvae_log_qz_backward_cpu", [&] {
@@ -513,10 +614,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward_cpu(
     const int64_t n_chunks = std::max<int64_t>(
         1, std::min<int64_t>({int64_t(at::get_num_threads()), n_tiles, kPartialBudget / per_chunk_bytes}));
     at::Tensor partial = at::zeros({n_chunks, 2, d, cp.kp}, zc.options());
-    backward_kernel<scalar_t>(zc.data_ptr<scalar_t>(), cp, m, k, d, scalar_t((w_self - w_other) * kLog2E),
+    backward_kernel<scalar_t>(zc.data_ptr<scalar_t>(), cp, seg, m, k, d, scalar_t((w_self - w_other) * kLog2E),
                               scalar_t((w_next - w_other) * kLog2E), offset, sq.data_ptr<scalar_t>(),
-                              sqd.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
-                              grad_z.data_ptr<scalar_t>(), partial.data_ptr<scalar_t>(), n_chunks);
+                              sqd.data_ptr<scalar_t>(), sqg.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(),
+                              b.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), grad_z.data_ptr<scalar_t>(),
+                              partial.data_ptr<scalar_t>(), n_chunks);
     // grad_mu[j, d] = 2ln2 · sum over chunks of partial[c, 0, d, j] (fixed order: deterministic)
     const scalar_t* p = partial.data_ptr<scalar_t>();
     scalar_t* gmu = grad_mu.data_ptr<scalar_t>();
@@ -526,9 +628,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward_cpu(
       for (int64_t j = j0; j < j1; ++j) {
         for (int64_t dd = 0; dd < d; ++dd) {
           scalar_t sm = 0, sl = 0;
-          for (int64_t c = 0; c < n_chunks; ++c) {
-            sm += p[((c * 2 + 0) * d + dd) * kp + j];
-            sl += p[((c * 2 + 1) * d + dd) * kp + j];
+          for (int64_t ci = 0; ci < n_chunks; ++ci) {
+            sm += p[((ci * 2 + 0) * d + dd) * kp + j];
+            sl += p[((ci * 2 + 1) * d + dd) * kp + j];
           }
           gmu[j * d + dd] = scalar_t(2.0 * kLn2) * sm;
           glv[j * d + dd] = scalar_t(kLn2) * sl;
@@ -537,6 +639,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward_cpu(
     });
   });
   return {grad_z.to(z.scalar_type()), grad_mu.to(mu.scalar_type()), grad_lv.to(logvar.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward_cpu(
+    const at::Tensor& grad_q, const at::Tensor& grad_qd, const at::Tensor& z, const at::Tensor& mu,
+    const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd, double w_self, double w_next,
+    double w_other, int64_t offset) {
+  const at::Tensor none = aux_q.new_empty({z.size(0), 0});
+  return log_qz_groups_backward_cpu(grad_q, grad_qd, none, z, mu, logvar, aux_q, aux_qd, none.unsqueeze(2), {},
+                                    w_self, w_next, w_other, offset);
 }
 
 std::string build_info() {
@@ -559,12 +670,22 @@ TORCH_LIBRARY(tcvae, m) {
   m.def("log_qz_backward(Tensor grad_log_qz, Tensor grad_log_qz_dims, Tensor z, Tensor mu, Tensor logvar,"
         " Tensor aux_q, Tensor aux_qd, float w_self, float w_next, float w_other, int offset)"
         " -> (Tensor, Tensor, Tensor)");
+  // The same with a partition of (some of) the dimensions into groups: group g covers dimensions
+  // [group_ends[g-1], group_ends[g]) (from 0), the rest belongs to no group. Adds log_qz_groups [M, G]
+  // and its saved state aux_qg [M, G, 2] (outputs 3 and 6).
+  m.def("log_qz_groups(Tensor z, Tensor mu, Tensor logvar, int[] group_ends, float w_self, float w_next,"
+        " float w_other, int offset) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("log_qz_groups_backward(Tensor grad_log_qz, Tensor grad_log_qz_dims, Tensor grad_log_qz_groups, Tensor z,"
+        " Tensor mu, Tensor logvar, Tensor aux_q, Tensor aux_qd, Tensor aux_qg, int[] group_ends, float w_self,"
+        " float w_next, float w_other, int offset) -> (Tensor, Tensor, Tensor)");
   m.def("build_info() -> str", &build_info);
 }
 
 TORCH_LIBRARY_IMPL(tcvae, CPU, m) {
   m.impl("log_qz", &log_qz_cpu);
   m.impl("log_qz_backward", &log_qz_backward_cpu);
+  m.impl("log_qz_groups", &log_qz_groups_cpu);
+  m.impl("log_qz_groups_backward", &log_qz_groups_backward_cpu);
 }
 
 }  // namespace tcvae

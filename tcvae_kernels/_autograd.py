@@ -1,31 +1,31 @@
-"""Autograd wiring shared by the fused ops (C++ ``tcvae::log_qz`` and Triton ``tcvae_triton::log_qz``).
+"""Autograd wiring shared by the fused ops (C++ ``tcvae::log_qz`` / ``tcvae::log_qz_groups`` and
+Triton ``tcvae_triton::log_qz``).
 
-Both forward ops take ``(z, mu, logvar, *scalars)`` and return ``(log_qz, log_qz_dims, aux_q, aux_qd)``
-where the aux tensors are the kernel's saved logsumexp states (not differentiable); both backward
-ops take ``(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, *scalars)`` and return the three gradients.
+Each forward op takes ``(z, mu, logvar, *args)`` and returns n values followed by their n saved
+logsumexp states (not differentiable): ``(log_qz, log_qz_dims, aux_q, aux_qd)``, or with groups
+``(log_qz, log_qz_dims, log_qz_groups, aux_q, aux_qd, aux_qg)``; value k has the shape of its state
+without the last axis. The matching backward op takes ``(*grads, z, mu, logvar, *states, *args)``
+and returns the three gradients.
 """
 
 
 def setup_context(ctx, inputs, output):
-    z, mu, logvar, *scalars = inputs
-    _, _, aux_q, aux_qd = output
-    ctx.mark_non_differentiable(aux_q, aux_qd)
-    ctx.save_for_backward(z, mu, logvar, aux_q, aux_qd)
-    ctx.scalars = tuple(scalars)
+    z, mu, logvar, *args = inputs
+    states = output[len(output) // 2 :]
+    ctx.mark_non_differentiable(*states)
+    ctx.save_for_backward(z, mu, logvar, *states)
+    ctx.args = tuple(args)
 
 
 def make_backward(backward_op):
     """The autograd formula of a forward op whose gradients ``backward_op`` computes."""
 
-    def backward(ctx, grad_q, grad_qd, _grad_aux_q, _grad_aux_qd):
-        z, mu, logvar, aux_q, aux_qd = ctx.saved_tensors
-        m, d = z.shape
-        if grad_q is None:  # only log_qz_dims was used
-            grad_q = aux_q.new_zeros((m,))
-        if grad_qd is None:  # only log_qz was used
-            grad_qd = aux_qd.new_zeros((m, d))
-        gz, gmu, glv = backward_op(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, *ctx.scalars)
-        return (gz, gmu, glv) + (None,) * len(ctx.scalars)
+    def backward(ctx, *grads):
+        z, mu, logvar, *states = ctx.saved_tensors
+        # an output that was not used gets no gradient: zeros of its shape
+        grads = [s.new_zeros(s.shape[:-1]) if g is None else g for g, s in zip(grads, states)]
+        gz, gmu, glv = backward_op(*grads, z, mu, logvar, *states, *ctx.args)
+        return (gz, gmu, glv) + (None,) * len(ctx.args)
 
     return backward
 

@@ -1,5 +1,6 @@
 """``python -m tcvae_kernels check``: cross-check every available backend against the float64
-reference on fresh random inputs (forward and all gradients) and print a pass/fail table."""
+reference on fresh random inputs (forward and all gradients, the op with and without groups of
+dimensions) and print a pass/fail table."""
 
 from __future__ import annotations
 
@@ -16,20 +17,24 @@ from .testing import check_backend
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-# (M, K, D, estimator, kind): odd sizes, K != M, and the input families of the test suite.
+# (M, K, D, estimator, kind, groups): odd sizes, K != M, the input families of the test suite, and
+# the grouped op (groups: index lists, or None for the plain op).
 QUICK_CASES = [
-    (1, 1, 3, "mws", "normal"),
-    (7, 7, 3, "mss", "normal"),
-    (129, 129, 10, "mss", "noncontiguous"),
-    (65, 33, 33, "uniform", "normal"),
-    (33, 33, 10, "mws", "extreme"),
+    (1, 1, 3, "mws", "normal", None),
+    (7, 7, 3, "mss", "normal", None),
+    (129, 129, 10, "mss", "noncontiguous", None),
+    (65, 33, 33, "uniform", "normal", None),
+    (33, 33, 10, "mws", "extreme", None),
+    (37, 37, 10, "mss", "normal", [[0, 7, 2], [1, 3], [4], [5, 6, 8, 9]]),
+    (33, 33, 6, "mss", "extreme", [[0, 1, 2], [3, 4, 5]]),
 ]
 ALL_CASES = QUICK_CASES + [
-    (2, 2, 1, "mss", "normal"),
-    (1000, 1000, 10, "mss", "normal"),
-    (257, 257, 64, "mws", "noncontiguous"),
-    (129, 129, 3, "mss", "extreme"),
-    (17, 301, 5, "uniform", "extreme"),
+    (2, 2, 1, "mss", "normal", None),
+    (1000, 1000, 10, "mss", "normal", None),
+    (257, 257, 64, "mws", "noncontiguous", None),
+    (129, 129, 3, "mss", "extreme", None),
+    (17, 301, 5, "uniform", "extreme", None),
+    (257, 257, 33, "mss", "noncontiguous", [list(range(0, 33, 3)), list(range(1, 33, 3)), list(range(2, 33, 3))]),
 ]
 
 
@@ -62,14 +67,16 @@ def run_checks(backends, devices, dtypes, cases, seed, out=None):
                 dtype = DTYPES[dtype_name]
                 passed, total, worst, skipped = 0, 0, None, None
                 t0 = time.perf_counter()
-                for m, k, d, est, kind in cases:
+                for m, k, d, est, kind, groups in cases:
                     z, mu, logvar = make_case(m, k, d, kind, dtype, device, g)
                     why = backend_reasons(name, z, mu, logvar)
                     if why:
                         skipped = why[0]
                         break
                     w = log_weights(est, k, 10 * max(m, k))
-                    res = check_backend(name, z, mu, logvar, w)
+                    res = check_backend(name, z, mu, logvar, w, groups=groups)
+                    if groups:
+                        kind += f", {len(groups)} groups"
                     total += 1
                     passed += res.ok
                     wname, err, allowed = res.worst()

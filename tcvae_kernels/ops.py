@@ -6,11 +6,16 @@
 (base 2, split as max + rest so the backward's softmax weights stay exact at any magnitude).
 ``tcvae::log_qz_backward(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, ...) -> (grad_z, grad_mu,
 grad_logvar)`` in the inputs' dtypes.
+``tcvae::log_qz_groups(z, mu, logvar, group_ends, ...)`` (CPU) adds ``log_qz_groups [M, G]`` for
+groups of contiguous dimensions ``[group_ends[g-1], group_ends[g])``, in the same single pass, with
+``tcvae::log_qz_groups_backward`` taking its upstream gradient too.
 Here: fake (meta) kernels for torch.compile, and autograd wiring whose backward is itself the
 custom op, so it dispatches per device like the forward. Math: tcvae_kernels/reference.py.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 
@@ -51,10 +56,22 @@ if LOAD_ERROR is None:
     def _log_qz_backward_fake(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, w_self, w_next, w_other, offset):
         return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)
 
-    torch.library.register_autograd(
-        "tcvae::log_qz", make_backward(torch.ops.tcvae.log_qz_backward), setup_context=setup_context
-    )
-    torch.library.register_autograd("tcvae::log_qz_backward", no_double_backward, setup_context=setup_nothing)
+    @torch.library.register_fake("tcvae::log_qz_groups")
+    def _log_qz_groups_fake(z, mu, logvar, group_ends, w_self, w_next, w_other, offset):
+        q, qd, aq, aqd = _log_qz_fake(z, mu, logvar, w_self, w_next, w_other, offset)
+        g = len(group_ends)
+        return q, qd, z.new_empty((z.shape[0], g), dtype=q.dtype), aq, aqd, z.new_empty((z.shape[0], g, 2), dtype=q.dtype)
+
+    @torch.library.register_fake("tcvae::log_qz_groups_backward")
+    def _log_qz_groups_backward_fake(grad_q, grad_qd, grad_qg, z, mu, logvar, aux_q, aux_qd, aux_qg, group_ends,
+                                     w_self, w_next, w_other, offset):
+        return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)
+
+    for _name in ("log_qz", "log_qz_groups"):
+        torch.library.register_autograd(
+            f"tcvae::{_name}", make_backward(getattr(torch.ops.tcvae, f"{_name}_backward")), setup_context=setup_context
+        )
+        torch.library.register_autograd(f"tcvae::{_name}_backward", no_double_backward, setup_context=setup_nothing)
 
 
 class ExtensionBackend(Backend):
@@ -80,6 +97,37 @@ class CpuBackend(ExtensionBackend):
     name = "cpu"
     device_type = "cpu"
     description = "fused C++ kernel (at::parallel_for, at::vec SIMD), O(M·D) memory"
+
+    def log_qz_groups(self, z, mu, logvar, weights, groups, deterministic=False):
+        """One pass of ``tcvae::log_qz_groups``: the columns are permuted so that the groups of
+        several (not all) dimensions are contiguous; groups of one dimension are columns of
+        log_qz_dims and a group of all dimensions is log_qz, as in the default."""
+        d = z.shape[1]
+        fused = [g for g in groups if 1 < len(g) < d]
+        if not fused:
+            return super().log_qz_groups(z, mu, logvar, weights, groups, deterministic)
+        order = [i for g in fused for i in g]
+        taken = set(order)
+        order += [i for i in range(d) if i not in taken]
+        ends = list(itertools.accumulate(len(g) for g in fused))
+        permuted = order != list(range(d))
+        if permuted:
+            perm = torch.as_tensor(order, device=z.device)
+            z, mu, logvar = (t.index_select(1, perm) for t in (z, mu, logvar))
+        q, qd, qg, *_ = torch.ops.tcvae.log_qz_groups(z, mu, logvar, ends, weights.w_self, weights.w_next,
+                                                      weights.w_other, weights.offset)
+        if permuted:  # back to the caller's order of dimensions
+            qd = qd.index_select(1, torch.as_tensor(sorted(range(d), key=order.__getitem__), device=z.device))
+        cols, k = [], 0
+        for g in groups:
+            if len(g) == 1:
+                cols.append(qd[:, g[0]])
+            elif len(g) == d:
+                cols.append(q)
+            else:
+                cols.append(qg[:, k])
+                k += 1
+        return q, qd, torch.stack(cols, dim=1)
 
 
 class CudaBackend(ExtensionBackend):

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .dispatch import get_backend
+from .dispatch import Backend, get_backend
 from .estimators import LogWeights
 from .reference import log_qz_reference
 
@@ -61,24 +61,42 @@ class CheckResult:
         return name, self.errors[name], self.allowed[name]
 
 
-def _forward_backward(fn, z, mu, logvar, up_q, up_d, grads: bool):
+def _forward_backward(fn, z, mu, logvar, ups, grads: bool):
+    """fn's outputs (log_qz, log_qz_dims[, log_qz_groups]) and, with ``grads``, the gradients of
+    sum(output · upstream) w.r.t. z, mu, logvar."""
     leaves = [t.detach().clone().requires_grad_(grads) for t in (z, mu, logvar)]
     with torch.set_grad_enabled(grads):
-        q, qd = fn(*leaves)
+        outs = fn(*leaves)
         if not grads:
-            return [q.detach(), qd.detach()]
-        gz, gmu, glv = torch.autograd.grad((q * up_q.to(q.dtype)).sum() + (qd * up_d.to(qd.dtype)).sum(), leaves)
-    return [q.detach(), qd.detach(), gz, gmu, glv]
+            return [o.detach() for o in outs]
+        total = sum((o * u.to(o.dtype)).sum() for o, u in zip(outs, ups))
+        gz, gmu, glv = torch.autograd.grad(total, leaves)
+    return [o.detach() for o in outs] + [gz, gmu, glv]
 
 
 NAMES = ("log_qz", "log_qz_dims", "grad_z", "grad_mu", "grad_logvar")
+GROUP_NAMES = ("log_qz", "log_qz_dims", "log_qz_groups", "grad_z", "grad_mu", "grad_logvar")
 
 
-def gradient_l1_mass(z, mu, logvar, weights, up_q, up_d, log_qz, log_qz_dims, chunk_elements=1 << 22):
+class _Reference(Backend):
+    """The reference (base e or base 2) as a Backend, for its grouped evaluation (the default one:
+    each group's joint on its dimension slice)."""
+
+    name = "reference"
+
+    def __init__(self, base2: bool = False):
+        self.base2 = base2
+
+    def log_qz(self, z, mu, logvar, weights, deterministic=False):
+        return log_qz_reference(z, mu, logvar, weights, base2=self.base2)
+
+
+def gradient_l1_mass(z, mu, logvar, weights, up_q, up_d, log_qz, log_qz_dims, chunk_elements=1 << 22,
+                     groups=None, up_g=None, log_qz_groups=None):
     """Max over elements of sum_k |t_k| for grad_z, grad_mu, grad_logvar (float64, chunked over rows).
 
-    With G = a·P + b·Q (reference.py): grad_z[i,d] sums |G·diff·e^-lv| over j, grad_mu[j,d] the same
-    over i, grad_logvar[j,d] sums |G·(0.5·diff²·e^-lv - 0.5)| over i."""
+    With G = a·P + b·Q (+ c·R for groups; reference.py): grad_z[i,d] sums |G·diff·e^-lv| over j,
+    grad_mu[j,d] the same over i, grad_logvar[j,d] sums |G·(0.5·diff²·e^-lv - 0.5)| over i."""
     from .reference import log_density
     from .estimators import weight_matrix
 
@@ -97,7 +115,11 @@ def gradient_l1_mass(z, mu, logvar, weights, up_q, up_d, log_qz, log_qz_dims, ch
         w = weight_matrix(weights, e - s, k, row_start=s, dtype=torch.float64, device=z.device)
         p = torch.exp(l.sum(2) + w - log_qz[s:e, None])
         q = torch.exp(l + w[..., None] - log_qz_dims[s:e, None, :])
-        g = (up_q[s:e, None, None] * p[..., None] + up_d[s:e, None, :] * q).abs()
+        g = up_q[s:e, None, None] * p[..., None] + up_d[s:e, None, :] * q
+        for gi, dims in enumerate(groups or ()):
+            r = torch.exp(l[..., dims].sum(2) + w - log_qz_groups[s:e, gi, None].double())
+            g[..., dims] += (up_g[s:e, gi, None].double() * r)[..., None]
+        g = g.abs()
         diff = z[s:e, None, :] - mu[None]
         t_mu = g * (diff * iv[None]).abs()
         mass_z = max(mass_z, t_mu.sum(1).max().item())
@@ -116,30 +138,43 @@ def check_backend(
     grads: bool = True,
     upstream: tuple[torch.Tensor, torch.Tensor] | None = None,
     deterministic: bool = False,
+    groups: list[list[int]] | None = None,
 ) -> CheckResult:
     """Compare ``backend`` (a name, or a Backend object) on (z, mu, logvar) — in their dtype and on
     their device — with the float64 reference on the same values; upstream gradients default to
-    random ones."""
+    random ones. With ``groups`` (index lists), ``log_qz_groups`` is checked too (``upstream`` then
+    has a third tensor [M, G])."""
     m, d = z.shape
+    n_out = 2 if groups is None else 3
     if upstream is None:
         g = torch.Generator().manual_seed(1234)
-        upstream = (torch.randn(m, generator=g, dtype=torch.float64), torch.randn(m, d, generator=g, dtype=torch.float64))
-    up_q, up_d = (u.to(z.device) for u in upstream)
+        shapes = [(m,), (m, d), (m, len(groups or ()))][:n_out]
+        upstream = tuple(torch.randn(sh, generator=g, dtype=torch.float64) for sh in shapes)
+    ups = [u.to(z.device) for u in upstream]
     be = get_backend(backend) if isinstance(backend, str) else backend
+    names = NAMES if groups is None else GROUP_NAMES
 
-    def run(impl, dtype):
-        args = [t.detach().to(dtype) for t in (z, mu, logvar)]
-        return _forward_backward(lambda a, b, c: impl(a, b, c, weights), *args, up_q, up_d, grads)
+    def run(impl: Backend, dtype):
+        return run_on(impl, [t.detach().to(dtype) for t in (z, mu, logvar)])
 
-    got = run(lambda a, b, c, w: be.log_qz(a, b, c, w, deterministic=deterministic), z.dtype)
-    truth = run(log_qz_reference, torch.float64)
+    def run_on(impl: Backend, args):
+        if groups is None:
+            fn = lambda a, b, c: impl.log_qz(a, b, c, weights, deterministic=deterministic)  # noqa: E731
+        else:
+            fn = lambda a, b, c: impl.log_qz_groups(a, b, c, weights, groups, deterministic=deterministic)  # noqa: E731
+        return _forward_backward(fn, *args, ups, grads)
+
+    got = run(be, z.dtype)
+    truth = run(_Reference(), torch.float64)
     errors, allowed, ref_err = {}, {}, {}
-    masses = (None,) * 5  # L1 masses of the gradient sums (float32 rule only)
+    masses = (None,) * len(names)  # L1 masses of the gradient sums (float32 rule only)
     if grads and z.dtype != torch.float64:
-        masses = (None, None) + gradient_l1_mass(z, mu, logvar, weights, up_q, up_d, truth[0], truth[1])
+        extra = {} if groups is None else dict(groups=groups, up_g=ups[2], log_qz_groups=truth[2])
+        masses = (None,) * n_out + gradient_l1_mass(z, mu, logvar, weights, ups[0], ups[1], truth[0], truth[1],
+                                                     **extra)
     nan = []
     for i, (g_, t_) in enumerate(zip(got, truth)):
-        name = NAMES[i]
+        name = names[i]
         if bool((torch.isnan(g_.double()) & ~torch.isnan(t_)).any()):
             nan.append(name)
         err = (g_.double() - t_).abs().max().item() if t_.numel() else 0.0
@@ -152,23 +187,23 @@ def check_backend(
             scale = max(scale, 1.0 + masses[i])
         errors[name] = err
         if z.dtype == torch.float64:
-            allowed[name] = (1e-9 if i < 2 else 1e-8) * scale
+            allowed[name] = (1e-9 if i < n_out else 1e-8) * scale
         else:
             allowed[name] = 8 * EPS32 * scale
     if z.dtype != torch.float64:
         # float32 evaluations of the reference (gradients rounded to z.dtype like ours), base e and 2
         for base2 in (False, True):
-            ref32 = run(lambda a, b, c, w: log_qz_reference(a, b, c, w, base2=base2), z.dtype)
+            ref32 = run(_Reference(base2), z.dtype)
             for i, (r_, t_) in enumerate(zip(ref32, truth)):
                 err = (r_.double() - t_).abs().max().item() if t_.numel() else 0.0
-                ref_err[NAMES[i]] = max(ref_err.get(NAMES[i], 0.0), err)
+                ref_err[names[i]] = max(ref_err.get(names[i], 0.0), err)
         for name in ref_err:
             allowed[name] += 2 * ref_err[name]
         if any(errors[n] > allowed[n] for n in errors):
             # backward-stability allowance (see the module docstring), computed only when needed
             g = torch.Generator().manual_seed(4321)
             eps = 4 * EPS32
-            dev = {n: 0.0 for n in NAMES[: len(truth)]}
+            dev = {n: 0.0 for n in names[: len(truth)]}
             for _ in range(3):
                 pert = []
                 for j, t in enumerate((z, mu, logvar)):
@@ -176,12 +211,12 @@ def check_backend(
                     u = 2 * torch.rand(t64.shape, generator=g, dtype=torch.float64) - 1
                     delta = eps * u * (t64.abs() if j < 2 else 1 + t64.abs())
                     pert.append((t64 + delta).to(z.device))
-                out = _forward_backward(lambda a, b, c: log_qz_reference(a, b, c, weights), *pert, up_q, up_d, grads)
+                out = run_on(_Reference(), pert)
                 for i, (o_, t_) in enumerate(zip(out, truth)):
                     d = (o_ - t_).abs()
                     d = d[torch.isfinite(d)]
                     if d.numel():
-                        dev[NAMES[i]] = max(dev[NAMES[i]], d.max().item())
+                        dev[names[i]] = max(dev[names[i]], d.max().item())
             for name in dev:
                 allowed[name] += 2 * dev[name]
     return CheckResult(errors, allowed, tuple(nan))

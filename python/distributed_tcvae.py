@@ -11,6 +11,7 @@ the components of the *global* batch (world × --batch), gathered differentiably
 """
 
 import argparse
+import gc
 import os
 
 import torch
@@ -33,17 +34,8 @@ class MLPVAE(nn.Module):
         return self.dec(z), z, mu, logvar
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch", type=int, default=128, help="per-rank batch")
-    p.add_argument("--beta", type=float, default=6.0)
-    p.add_argument("--dataset-size", type=int, default=60000)
-    a = p.parse_args()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
+def train(a, device):
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if backend == "nccl" else "cpu")
     torch.manual_seed(0)  # the same mixing matrix and initial weights on every rank
     mix = torch.randn(4, 16)
     model = DDP(MLPVAE().to(device), device_ids=[device.index] if device.type == "cuda" else None)
@@ -67,6 +59,23 @@ def main():
             if rank == 0:
                 print(f"step {step}: recon {recon.item():.3f}  TC (global batch of {world * a.batch}) "
                       f"{tc.item() / world:.3f}  TC (rank 0's batch of {a.batch} alone) {local.item():.3f}", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch", type=int, default=128, help="per-rank batch")
+    p.add_argument("--beta", type=float, default=6.0)
+    p.add_argument("--dataset-size", type=int, default=60000)
+    a = p.parse_args()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if backend == "nccl" else "cpu")
+    train(a, device)
+    # Everything that holds the process group (DDP, the loss) is gone with train()'s frame; collect
+    # their reference cycles too, so no ProcessGroup outlives destroy_process_group: one destroyed
+    # during interpreter shutdown can abort the process (Gloo's worker threads).
+    gc.collect()
     dist.destroy_process_group()
 
 

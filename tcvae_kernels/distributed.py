@@ -6,7 +6,8 @@ the global batch (the op's K ≠ M path), with the estimator's weights defined o
 and query i of rank r located at global index r·M_local + i (the op's ``offset``). Gradients of
 the gathered components flow back to the ranks that own them (the all-gather's backward sums the
 contributions of every rank). Per step and rank: one all-gather of 2·M_global·D floats (mu and
-logvar) plus one of the ranks' batch sizes. Memory per rank: O((M_local + M_global)·D).
+logvar side by side) plus one of the ranks' batch shapes, and in the backward one reduce-scatter
+of the same size. Memory per rank: O((M_local + M_global)·D).
 """
 
 from __future__ import annotations
@@ -38,18 +39,50 @@ def gather_components(mu: torch.Tensor, logvar: torch.Tensor, process_group) -> 
     if len(set(shapes)) != 1:
         raise ValueError(f"every rank must hold components of one shape [M_local, D] for the global-batch estimator, "
                          f"got {shapes}; use drop_last=True in the DataLoader")
-    return _all_gather_rows(mu, process_group), _all_gather_rows(logvar, process_group), rank * mu.shape[0]
+    d = mu.shape[1]
+    both = _all_gather_rows(torch.cat([mu, logvar], dim=1), process_group)  # one collective: [M_global, 2D]
+    return both[:, :d], both[:, d:], rank * mu.shape[0]
+
+
+class _AllGatherRows(torch.autograd.Function):
+    """Differentiable all-gather along dim 0: forward [M_local, C] -> [world·M_local, C] in rank
+    order; backward: the sum over ranks of the gradient of the gathered tensor, this rank's rows
+    (a reduce-scatter with NCCL, an all-reduce then a slice elsewhere — Gloo has no reduce-scatter).
+
+    The graph node keeps no reference to the default group (it is looked up when used) and drops
+    any other group once its backward has run: a ProcessGroup object outliving
+    destroy_process_group is destroyed during interpreter shutdown, where its worker threads make
+    the process abort ("terminate called without an active exception"; seen with torch's own
+    autograd all-gathers, which hold the group in their nodes, in about 1 of 4 runs on Gloo)."""
+
+    @staticmethod
+    def forward(ctx, t, group):
+        import torch.distributed as dist
+
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        parts = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(parts, t, group=group)
+        ctx.group = None if group is None or group is dist.group.WORLD else group
+        ctx.rows = (rank * t.shape[0], (rank + 1) * t.shape[0])
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        group, ctx.group = ctx.group, None  # release the group (see the class docstring)
+        grad = grad.contiguous()
+        lo, hi = ctx.rows
+        if dist.get_backend(group) == "nccl":
+            out = grad.new_empty((hi - lo,) + tuple(grad.shape[1:]))
+            dist.reduce_scatter_tensor(out, grad, group=group)
+            return out, None
+        total = grad.clone()
+        dist.all_reduce(total, group=group)
+        return total[lo:hi], None
 
 
 def _all_gather_rows(t: torch.Tensor, group) -> torch.Tensor:
     """Differentiable all-gather along dim 0 (backward: the gradient slices of every rank summed
-    into the owner's), with the newest of torch's spellings this installation has."""
-    import torch.distributed._functional_collectives as fc
-
-    for name in ("all_gather_single_autograd", "all_gather_tensor_autograd"):  # torch >= 2.12, older
-        fn = getattr(fc, name, None)
-        if fn is not None:
-            return fn(t.contiguous(), gather_dim=0, group=group)
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(t.contiguous(), group=group), dim=0)
+    into the owner's)."""
+    return _AllGatherRows.apply(t.contiguous(), group)

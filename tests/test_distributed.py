@@ -5,7 +5,6 @@ in float64."""
 
 import datetime
 import os
-import socket
 
 import pytest
 import torch
@@ -18,10 +17,6 @@ from tcvae_kernels.dispatch import backend_reasons
 M_LOCAL, D, N = 5, 3, 1000
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _global_batch(world: int, seed: int):
@@ -45,10 +40,10 @@ def _grouped_objective(parts):
     return 0.7 * parts.mi + 3.0 * parts.tc_between + 2.0 * parts.tc_within + 1.3 * parts.dim_kl
 
 
-def _worker(rank, world, port, seed, estimator, backend, out_dir):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+def _worker(rank, world, seed, estimator, backend, out_dir):
+    # rendezvous through a fresh file (no port to pick, so no race for one); Gloo then binds its own
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=120))
     try:
         z, mu, lv = _global_batch(world, seed)
         rows = slice(rank * M_LOCAL, (rank + 1) * M_LOCAL)
@@ -79,7 +74,7 @@ def _backends():
 @pytest.mark.parametrize("world", [2, 3])
 def test_global_batch_equals_single_process(world, estimator, backend, tmp_path):
     seed = 1234 + world
-    mp.spawn(_worker, args=(world, _free_port(), seed, estimator, backend, str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, seed, estimator, backend, str(tmp_path)), nprocs=world, join=True)
     z, mu, lv = _global_batch(world, seed)
     leaves = [t.clone().requires_grad_() for t in (z, mu, lv)]
     # single process on the concatenated batch: log q(z) over all M_global components, and the
@@ -130,7 +125,8 @@ def test_torchrun_example_runs_on_cpu():
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+    # --standalone: torchrun binds a free port for its rendezvous itself
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            os.path.join(root, "python", "distributed_tcvae.py"), "--steps", "50"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert res.returncode == 0, res.stderr[-2000:]

@@ -46,6 +46,7 @@ bench: $(VENV)/.built
 	$(VPY) -m tcvae_kernels bench --full --out bench/out/cpu_full
 	$(VPY) -m tcvae_kernels bench --methods cpu --sizes 1024 2048 4096 8192 16384 --dims 10 32 --out bench/out/cpu_scaling
 	$(VPY) bench/bench_mig.py
+	$(VPY) bench/bench_groups.py
 
 clean:
 	rm -rf build *.egg-info tcvae_kernels/*.so bench/out .pytest_cache

@@ -56,7 +56,11 @@ class Backend:
 
         Default: each group of several dimensions is this backend's ``log_qz`` on that group's
         dimension slice (one more pass of exponentials per such group); a group of one dimension
-        is its column of log_qz_dims, a group of all dimensions is log_qz."""
+        is its column of log_qz_dims, a group of all dimensions is log_qz. Low-precision inputs are
+        upcast first, so the slices' gradients are summed in float32 and rounded to the input dtype
+        once (summed in float16, partial gradients can overflow to ±inf and add up to NaN)."""
+        acc = torch.float64 if z.dtype == torch.float64 else torch.float32
+        z, mu, logvar = (t.to(acc) for t in (z, mu, logvar))
         lqz, lqzd = self.log_qz(z, mu, logvar, weights, deterministic=deterministic)
         cols = []
         for g in groups:

@@ -79,3 +79,11 @@ def brute_force_groups(z, mu, logvar, weights, groups):
             row.append(top + math.log(math.fsum(math.exp(x - top) for x in xs)))
         out.append(row)
     return torch.tensor(out, dtype=torch.float64)
+
+
+def float16_overflow_case():
+    """(z, mu, logvar) in float16 whose gradient w.r.t. logvar overflows float16 in some elements
+    (z ~100 from the one component, logvar = -3): found by the property tests."""
+    z = torch.tensor([[-94.0625, 36.9688, 38.8750, 142.5000, 13.6797]], dtype=torch.float16)
+    mu = torch.tensor([[1.5410, -0.2935, -2.1797, 0.5684, -1.0850]], dtype=torch.float16)
+    return z, mu, torch.full((1, 5), -3.0, dtype=torch.float16)

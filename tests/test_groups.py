@@ -15,7 +15,7 @@ from tcvae_kernels.dispatch import backend_reasons, get_backend
 from tcvae_kernels.estimators import log_weights
 from tcvae_kernels.testing import check_backend
 
-from helpers import fresh_seed, make_inputs
+from helpers import float16_overflow_case, fresh_seed, make_inputs
 
 
 def _backends():
@@ -42,7 +42,7 @@ CASES = [
 
 
 def _assert_ok(res, what):
-    assert res.ok, f"{what}: NaN in {res.nan}; " + ", ".join(
+    assert res.ok, f"{what}: NaN in {res.nan}; overflow mismatch in {res.overflow}; " + ", ".join(
         f"{k} {res.errors[k]:.2e} > {res.allowed[k]:.2e}" for k in res.errors if res.errors[k] > res.allowed[k])
 
 
@@ -85,6 +85,17 @@ def test_grouped_offset_and_non_contiguous_inputs(backend):
     groups = normalize_groups([[3, 1], [0, 2, 4]], 5)
     res = check_backend(backend, z, mu, lv, log_weights("mss", 15, 300, offset=6), groups=groups)
     _assert_ok(res, f"{backend.name} offset, non-contiguous")
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=IDS)
+def test_grouped_float16_where_gradients_overflow(backend):
+    """float16 inputs whose gradient overflows float16 in places: the groups' partial gradients are
+    summed in float32 (no ±inf + ∓inf = NaN), overflowing elements are the true ±inf, the rest
+    within tolerance."""
+    z, mu, lv = float16_overflow_case()
+    for groups in ([[0], [1, 2, 3, 4]], [[0, 1], [2, 3, 4]], [[3, 1], [0], [2, 4]]):
+        res = check_backend(backend, z, mu, lv, log_weights("mws", 1, 10), groups=groups)
+        _assert_ok(res, f"{backend.name} float16 overflow {groups}")
 
 
 def test_fused_cpu_groups_gradient_of_the_groups_alone_and_determinism():

@@ -1,7 +1,7 @@
 """Property-based tests (hypothesis) across every backend that can run here: random M, K, D
 (including 1 and primes), dtypes, non-contiguous views, values spanning many orders of magnitude —
-each backend within its stated tolerance of the float64 reference (tcvae_kernels/testing.py), and
-the estimator's invariances. Profiles: ~200 examples per property in CI, --hypothesis-profile=long
+each backend within its stated tolerance of the float64 reference (tcvae_kernels/testing.py), the
+fused grouped op on random partitions of the dimensions, and the estimator's invariances. Profiles: ~200 examples per property in CI, --hypothesis-profile=long
 for thousands."""
 
 import math
@@ -74,6 +74,21 @@ def test_every_backend_matches_the_reference(problem):
             continue
         _assert_ok(check_backend(be, z, mu, lv, w), f"{getattr(be, 'name', be)} {tuple(z.shape)}x{mu.shape[0]} "
                    f"{z.dtype} {estimator}")
+
+
+@pytest.mark.skipif(bool(backend_reasons("cpu", *(torch.zeros(2, 1),) * 3)), reason="the CPU kernel is not built")
+@given(problems(), st.data())
+def test_fused_groups_match_the_reference(problem, data):
+    """The CPU backend's fused grouped pass on a random partition of the dimensions (random group
+    count and order; groups of one dimension and of all of them included) against the float64
+    reference, under the base op's tolerance rule."""
+    z, mu, lv, estimator, n = problem
+    d = z.shape[1]
+    dims = data.draw(st.permutations(range(d)))
+    cuts = sorted(data.draw(st.sets(st.integers(1, d - 1), max_size=d - 1))) if d > 1 else []
+    groups = [list(dims[a:b]) for a, b in zip([0] + cuts, cuts + [d])]
+    res = check_backend("cpu", z, mu, lv, log_weights(estimator, mu.shape[0], n), groups=groups)
+    _assert_ok(res, f"cpu groups {groups} {tuple(z.shape)}x{mu.shape[0]} {z.dtype} {estimator}")
 
 
 @given(problems(), st.integers(0, 2**31 - 1))

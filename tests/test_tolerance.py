@@ -1,0 +1,92 @@
+"""The tolerance rule itself (tcvae_kernels/testing.py): it accepts the reference and rejects
+backends that are wrong by more than the rule allows — also where some elements of a float16
+gradient overflow (they used to make the error and the allowance both infinite: a free pass)."""
+
+import torch
+
+from tcvae_kernels.dispatch import Backend
+from tcvae_kernels.estimators import log_weights
+from tcvae_kernels.reference import log_qz_reference
+from tcvae_kernels.testing import check_backend
+
+from helpers import float16_overflow_case, make_inputs
+
+Z, MU, LV = float16_overflow_case()
+
+
+class _Perturbed(Backend):
+    """The reference, with grad_logvar[:, col] moved by ``shift`` per unit of sum(upstream of
+    log_qz) (the forward values unchanged), or the forward log_qz moved by ``shift_out``."""
+
+    name = "perturbed"
+
+    def __init__(self, col=1, shift=0.0, shift_out=0.0):
+        self.col, self.shift, self.shift_out = col, shift, shift_out
+
+    def log_qz(self, z, mu, logvar, weights, deterministic=False):
+        q, qd = log_qz_reference(z, mu, logvar, weights)
+        t = logvar[:, self.col].float().sum()
+        return q + self.shift * (t - t.detach()) + self.shift_out, qd
+
+
+def test_the_reference_passes_and_overflowing_elements_are_checked():
+    w = log_weights("mws", 1, 10)
+    res = check_backend(_Perturbed(), Z, MU, LV, w)
+    assert res.ok, res
+    # grad_logvar overflows float16 in some elements, yet its error and allowance stay finite
+    assert 0 < res.allowed["grad_logvar"] < float("inf")
+
+
+def test_a_wrong_float16_gradient_fails_beside_overflowing_elements():
+    w = log_weights("mws", 1, 10)
+    # element 1 of grad_logvar is about 2.8e4 (float16 ulp 16): move it by ~30 ulps
+    res = check_backend(_Perturbed(col=1, shift=500.0), Z, MU, LV, w,
+                        upstream=(torch.ones(1, dtype=torch.float64), torch.ones(1, 5, dtype=torch.float64)))
+    assert not res.ok and res.errors["grad_logvar"] > res.allowed["grad_logvar"]
+
+
+class _ClampGradToHalf(torch.autograd.Function):
+    """float16 -> float32 on the way in; on the way back the float32 gradient is clamped to the
+    float16 range (±65504) instead of overflowing to ±inf."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.float()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.clamp(-65504, 65504).to(torch.float16)
+
+
+class _Clamped(Backend):
+    name = "clamped"
+
+    def log_qz(self, z, mu, logvar, weights, deterministic=False):
+        return log_qz_reference(z.float(), mu.float(), _ClampGradToHalf.apply(logvar), weights)
+
+
+def test_a_finite_result_where_the_truth_overflows_fails():
+    w = log_weights("mws", 1, 10)
+    up = (torch.ones(1, dtype=torch.float64), torch.ones(1, 5, dtype=torch.float64))
+    truth = check_backend(_Perturbed(), Z, MU, LV, w, upstream=up)
+    assert truth.ok and not truth.overflow
+    res = check_backend(_Clamped(), Z, MU, LV, w, upstream=up)
+    assert res.overflow == ("grad_logvar",) and not res.ok
+    # the elements that do not overflow are exact, so only the overflow rule catches it
+    assert res.errors["grad_logvar"] <= res.allowed["grad_logvar"]
+
+
+def test_float32_errors_beyond_the_rule_fail_and_within_it_pass():
+    z, mu, lv = make_inputs(9, 9, 4, dtype=torch.float32)
+    w = log_weights("mss", 9, 100)
+    assert check_backend(_Perturbed(shift_out=1e-6), z, mu, lv, w).ok  # below float32 resolution of ~|log q|
+    res = check_backend(_Perturbed(shift_out=1e-3), z, mu, lv, w)
+    assert not res.ok and res.errors["log_qz"] > res.allowed["log_qz"]
+    res = check_backend(_Perturbed(shift=1e-2), z, mu, lv, w)
+    assert not res.ok and res.errors["grad_logvar"] > res.allowed["grad_logvar"]
+
+
+def test_nan_where_the_truth_is_finite_fails():
+    z, mu, lv = make_inputs(5, 5, 3, dtype=torch.float32)
+    res = check_backend(_Perturbed(shift_out=float("nan")), z, mu, lv, log_weights("mss", 5, 100))
+    assert "log_qz" in res.nan and not res.ok

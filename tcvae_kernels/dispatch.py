@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from ._validation import accumulation_dtype
 from .estimators import LogWeights
 
 #: Every backend name a user may pass, besides "auto".
@@ -59,23 +60,34 @@ class Backend:
         is its column of log_qz_dims, a group of all dimensions is log_qz. Low-precision inputs are
         upcast first, so the slices' gradients are summed in float32 and rounded to the input dtype
         once (summed in float16, partial gradients can overflow to ±inf and add up to NaN)."""
-        acc = torch.float64 if z.dtype == torch.float64 else torch.float32
+        acc = accumulation_dtype(z.dtype)
         z, mu, logvar = (t.to(acc) for t in (z, mu, logvar))
         lqz, lqzd = self.log_qz(z, mu, logvar, weights, deterministic=deterministic)
-        cols = []
-        for g in groups:
-            if len(g) == 1:
-                cols.append(lqzd[:, g[0]])
-            elif len(g) == z.shape[1]:
-                cols.append(lqz)
-            else:
-                sel = torch.as_tensor(g, device=z.device)
-                cols.append(self.log_qz(z[:, sel], mu[:, sel], logvar[:, sel], weights, deterministic=deterministic)[0])
-        return lqz, lqzd, torch.stack(cols, dim=1)
+
+        def joint(k, g):
+            sel = torch.as_tensor(g, device=z.device)
+            return self.log_qz(z[:, sel], mu[:, sel], logvar[:, sel], weights, deterministic=deterministic)[0]
+
+        return lqz, lqzd, group_columns(groups, lqz, lqzd, joint)
 
     def reasons(self, z, mu, logvar) -> list[str]:
         why = self.unavailable_reason()
         return [why] if why else self.not_supported_reasons(z, mu, logvar)
+
+
+def group_columns(groups, lqz, lqzd, joint) -> torch.Tensor:
+    """log_qz_groups [M, G]: a group of one dimension is its column of log_qz_dims, a group of all
+    dimensions is log_qz, and the k-th other group (in order) is ``joint(k, group)``."""
+    d, cols, k = lqzd.shape[1], [], 0
+    for g in groups:
+        if len(g) == 1:
+            cols.append(lqzd[:, g[0]])
+        elif len(g) == d:
+            cols.append(lqz)
+        else:
+            cols.append(joint(k, g))
+            k += 1
+    return torch.stack(cols, dim=1)
 
 
 class TorchBackend(Backend):

@@ -20,7 +20,7 @@ import itertools
 import torch
 
 from ._autograd import make_backward, no_double_backward, setup_context, setup_nothing
-from .dispatch import Backend, register_backend
+from .dispatch import Backend, group_columns, register_backend
 
 try:
     from . import _C  # noqa: F401  (loading the library registers the ops)
@@ -118,16 +118,7 @@ class CpuBackend(ExtensionBackend):
                                                       weights.w_other, weights.offset)
         if permuted:  # back to the caller's order of dimensions
             qd = qd.index_select(1, torch.as_tensor(sorted(range(d), key=order.__getitem__), device=z.device))
-        cols, k = [], 0
-        for g in groups:
-            if len(g) == 1:
-                cols.append(qd[:, g[0]])
-            elif len(g) == d:
-                cols.append(q)
-            else:
-                cols.append(qg[:, k])
-                k += 1
-        return q, qd, torch.stack(cols, dim=1)
+        return q, qd, group_columns(groups, q, qd, lambda k, g: qg[:, k])
 
 
 class CudaBackend(ExtensionBackend):

@@ -9,6 +9,10 @@
 //
 // SIMD: at::vec::Vectorized<T> (Sleef exp under AVX2/AVX512), vectorized along components j, on
 // components transposed to [D, K_padded]; padding components have c = -inf (l = -inf).
+//
+// tcvae::log_qz_groups adds, in the same pass, the joints of groups of dimensions (HFVAE; struct
+// Segments below); tcvae::log_qz is its case with no groups. (DimGroup / for_each_group are
+// something else: runs of up to 4 dimensions evaluated together for instruction-level parallelism.)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>

@@ -6,8 +6,8 @@ the global batch (the op's K ≠ M path), with the estimator's weights defined o
 and query i of rank r located at global index r·M_local + i (the op's ``offset``). Gradients of
 the gathered components flow back to the ranks that own them (the all-gather's backward sums the
 contributions of every rank). Per step and rank: one all-gather of 2·M_global·D floats (mu and
-logvar side by side) plus one of the ranks' batch shapes, and in the backward one reduce-scatter
-of the same size. Memory per rank: O((M_local + M_global)·D).
+logvar side by side) plus one of the ranks' batch shapes, and in the backward the same volume
+reduced (a reduce-scatter with NCCL, an all-reduce with Gloo). Memory per rank: O((M_local + M_global)·D).
 """
 
 from __future__ import annotations

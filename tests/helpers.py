@@ -52,6 +52,12 @@ def brute_force(z, mu, logvar, weights):
     return torch.tensor(log_qz, dtype=torch.float64), torch.tensor(log_qz_dims, dtype=torch.float64)
 
 
+def assert_ok(res, what):
+    """Assert a tcvae_kernels.testing.CheckResult passed; the message names what failed."""
+    assert res.ok, f"{what}: NaN in {list(res.nan)}; " + ", ".join(
+        f"{k} {res.errors[k]:.2e} > {res.allowed[k]:.2e}" for k in res.errors if res.errors[k] > res.allowed[k])
+
+
 def weights_for(estimator, k, n=None):
     return log_weights(estimator, k, n if n is not None else 10 * k)
 

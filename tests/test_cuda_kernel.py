@@ -13,7 +13,7 @@ from tcvae_kernels.dispatch import backend_reasons
 from tcvae_kernels.estimators import LogWeights, log_weights
 from tcvae_kernels.testing import check_backend
 
-from helpers import fresh_seed, make_inputs
+from helpers import assert_ok, fresh_seed, make_inputs
 
 pytestmark = pytest.mark.skipif(ops.LOAD_ERROR is not None, reason=f"extension not built: {ops.LOAD_ERROR}")
 
@@ -33,9 +33,6 @@ def _backend(spec):
     return ops.CudaEmulationBackend(splits=spec[1]) if isinstance(spec, tuple) else spec
 
 
-def _assert_ok(res, what):
-    assert res.ok, f"{what}: " + ", ".join(
-        f"{k} {res.errors[k]:.2e} > {res.allowed[k]:.2e}" for k in res.errors if res.errors[k] > res.allowed[k])
 
 
 # D covers every register width (8, 16, 32, 64) and its edges; K spans several 32-component tiles
@@ -49,7 +46,7 @@ def test_matches_reference(spec, device, dtype):
     g = torch.Generator().manual_seed(fresh_seed())
     for m, k, d, est in SHAPES:
         z, mu, lv = make_case(m, k, d, "normal", dtype, device, g)
-        _assert_ok(check_backend(_backend(spec), z, mu, lv, log_weights(est, k, 10 * max(m, k))), f"{m}x{k}x{d} {est}")
+        assert_ok(check_backend(_backend(spec), z, mu, lv, log_weights(est, k, 10 * max(m, k))), f"{m}x{k}x{d} {est}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -60,10 +57,10 @@ def test_extreme_and_far_values(spec, device, dtype):
         z, mu, lv = make_case(m, k, d, "extreme", dtype, device, g)
         lv[0], lv[1] = -20.0, 20.0
         w = log_weights(est, k, 10 * max(m, k))
-        _assert_ok(check_backend(_backend(spec), z, mu, lv, w), "extreme")
+        assert_ok(check_backend(_backend(spec), z, mu, lv, w), "extreme")
         z_far = z.clone()
         z_far[::2] += 1e7  # every l < -1e4 for these rows: the exact fallback
-        _assert_ok(check_backend(_backend(spec), z_far, mu, lv, w), "far")
+        assert_ok(check_backend(_backend(spec), z_far, mu, lv, w), "far")
 
 
 @pytest.mark.parametrize("spec,device", _targets())
@@ -71,10 +68,10 @@ def test_non_contiguous_offset_and_nan(spec, device):
     be = _backend(spec)
     g = torch.Generator().manual_seed(fresh_seed())
     z, mu, lv = make_case(45, 45, 10, "noncontiguous", torch.float32, device, g)
-    _assert_ok(check_backend(be, z, mu, lv, log_weights("mss", 45, 1000)), "non-contiguous")
+    assert_ok(check_backend(be, z, mu, lv, log_weights("mss", 45, 1000)), "non-contiguous")
     z, mu, lv = make_inputs(6, 14, 4, device=device)
-    _assert_ok(check_backend(be, z, mu, lv, log_weights("mss", 14, 100, offset=5)), "offset")
-    _assert_ok(check_backend(be, z, mu, lv, LogWeights(-1.0, -3.0, -2.0, offset=12)), "offset past K")
+    assert_ok(check_backend(be, z, mu, lv, log_weights("mss", 14, 100, offset=5)), "offset")
+    assert_ok(check_backend(be, z, mu, lv, LogWeights(-1.0, -3.0, -2.0, offset=12)), "offset past K")
     z, mu, lv = make_inputs(6, 6, 3, dtype=torch.float32, device=device)
     z[2, 1] = float("nan")
     z[4, 0] = float("inf")
@@ -108,7 +105,7 @@ def test_cuda_backend_reasons_without_gpu():
 @pytest.mark.parametrize("m,d", [(1024, 10), (4096, 32), (2053, 64), (1000, 3)])
 def test_realistic_sizes_on_cuda(m, d):
     z, mu, lv = make_inputs(m, m, d, dtype=torch.float32, device="cuda")
-    _assert_ok(check_backend("cuda", z, mu, lv, log_weights("mss", m, 50 * m)), f"{m}x{d}")
+    assert_ok(check_backend("cuda", z, mu, lv, log_weights("mss", m, 50 * m)), f"{m}x{d}")
 
 
 @pytest.mark.skipif(not HAS_GPU, reason="needs a GPU")

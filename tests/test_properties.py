@@ -17,6 +17,8 @@ from tcvae_kernels.dispatch import backend_reasons
 from tcvae_kernels.estimators import log_weights
 from tcvae_kernels.testing import check_backend
 
+from helpers import assert_ok
+
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -59,9 +61,6 @@ def problems(draw, max_size=33):
     return z, mu, lv, estimator, 10 * max(m, k) + draw(st.integers(0, 1000))
 
 
-def _assert_ok(res, what):
-    assert res.ok, f"{what}: " + ", ".join(
-        f"{k} {res.errors[k]:.2e} > {res.allowed[k]:.2e}" for k in res.errors if res.errors[k] > res.allowed[k])
 
 
 @pytest.mark.skipif(not FUSED, reason="no fused backend available")
@@ -72,7 +71,7 @@ def test_every_backend_matches_the_reference(problem):
     for be in FUSED:
         if isinstance(be, str) and backend_reasons(be, z, mu, lv):
             continue
-        _assert_ok(check_backend(be, z, mu, lv, w), f"{getattr(be, 'name', be)} {tuple(z.shape)}x{mu.shape[0]} "
+        assert_ok(check_backend(be, z, mu, lv, w), f"{getattr(be, 'name', be)} {tuple(z.shape)}x{mu.shape[0]} "
                    f"{z.dtype} {estimator}")
 
 
@@ -88,7 +87,7 @@ def test_fused_groups_match_the_reference(problem, data):
     cuts = sorted(data.draw(st.sets(st.integers(1, d - 1), max_size=d - 1))) if d > 1 else []
     groups = [list(dims[a:b]) for a, b in zip([0] + cuts, cuts + [d])]
     res = check_backend("cpu", z, mu, lv, log_weights(estimator, mu.shape[0], n), groups=groups)
-    _assert_ok(res, f"cpu groups {groups} {tuple(z.shape)}x{mu.shape[0]} {z.dtype} {estimator}")
+    assert_ok(res, f"cpu groups {groups} {tuple(z.shape)}x{mu.shape[0]} {z.dtype} {estimator}")
 
 
 @given(problems(), st.integers(0, 2**31 - 1))

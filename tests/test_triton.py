@@ -12,7 +12,7 @@ from tcvae_kernels.dispatch import backend_reasons
 from tcvae_kernels.estimators import log_weights
 from tcvae_kernels.testing import check_backend
 
-from helpers import fresh_seed, make_inputs
+from helpers import assert_ok, fresh_seed, make_inputs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 _probe = torch.zeros(2, 1, device=DEVICE)
@@ -27,9 +27,6 @@ else:  # pragma: no cover
 SMALL = DEVICE == "cpu"  # the interpreter: keep sizes small
 
 
-def _assert_ok(res, what):
-    assert res.ok, f"{what}: " + ", ".join(
-        f"{k} {res.errors[k]:.2e} > {res.allowed[k]:.2e}" for k in res.errors if res.errors[k] > res.allowed[k])
 
 
 @pytest.mark.parametrize("cfg", range(4), ids=lambda i: "cfg{}".format(i))
@@ -42,7 +39,7 @@ def test_every_config_and_backward_mode(cfg, deterministic):
     with tkn.force_config(config):
         for m, k, d, est in shapes:
             z, mu, lv = make_inputs(m, k, d, dtype=torch.float32, device=DEVICE, seed=int(torch.randint(0, 2**31, (1,), generator=g)))
-            _assert_ok(check_backend("triton", z, mu, lv, log_weights(est, k, 10 * max(m, k)),
+            assert_ok(check_backend("triton", z, mu, lv, log_weights(est, k, 10 * max(m, k)),
                                      deterministic=deterministic), f"{config} {m}x{k}x{d} {est}")
 
 
@@ -51,7 +48,7 @@ def test_split_k_matches_reference(splits):
     z, mu, lv = make_inputs(37, 150, 5, dtype=torch.float64, device=DEVICE)
     for det in (False, True):
         with tkn.force_config(tkn.CONFIGS[2], splits=splits):
-            _assert_ok(check_backend("triton", z, mu, lv, log_weights("mss", 150, 1000), deterministic=det),
+            assert_ok(check_backend("triton", z, mu, lv, log_weights("mss", 150, 1000), deterministic=det),
                        f"splits={splits} det={det}")
 
 
@@ -59,7 +56,7 @@ def test_split_k_with_far_queries_uses_the_exact_path():
     z, mu, lv = make_inputs(20, 90, 4, dtype=torch.float32, device=DEVICE)
     z[::2] += 1e4
     with tkn.force_config(tkn.CONFIGS[0], splits=3):
-        _assert_ok(check_backend("triton", z, mu, lv, log_weights("mss", 90, 1000)), "far + splits")
+        assert_ok(check_backend("triton", z, mu, lv, log_weights("mss", 90, 1000)), "far + splits")
 
 
 def test_opcheck_triton_ops():
@@ -94,7 +91,7 @@ def test_torch_compile_fullgraph_on_cuda():
 def test_realistic_sizes_on_cuda(m, d):
     z, mu, lv = make_inputs(m, m, d, dtype=torch.float32, device="cuda")
     for det in (False, True):
-        _assert_ok(check_backend("triton", z, mu, lv, log_weights("mss", m, 50 * m), deterministic=det),
+        assert_ok(check_backend("triton", z, mu, lv, log_weights("mss", m, 50 * m), deterministic=det),
                    f"{m}x{d} det={det}")
 
 

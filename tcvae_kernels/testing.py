@@ -5,7 +5,12 @@ Tolerance rule, per input dtype (errors are max-abs over all elements):
 
 * float64: the backend and the reference both round each of ~K·D terms once; we require
   ``err <= 1e-9 * (1 + max|truth|)`` for outputs and ``1e-8 * (1 + max|truth|)`` for gradients
-  (≥ 5 orders of magnitude above float64 rounding of sums of ≤ 1e4 terms).
+  (≥ 5 orders of magnitude above float64 rounding of sums of ≤ 1e4 terms), plus twice the
+  reference's own float64 error, estimated as the difference between its evaluations with
+  exponents in base e (the truth) and in base 2. That is ~1e-15 relative on ordinary inputs; on
+  ill-conditioned ones (z 10⁴ from components 10⁻² apart: exponents of 5·10⁷, whose last bits set
+  the softmax over components) the truth itself is accurate only to ~2e-8 relative, the size of
+  a fused kernel's error there (found by the property tests).
 * float32, float16, bfloat16 (all computed in float32): flash-attention's rule. The truth is the
   reference in float64 *on the same rounded inputs*; the backend's error must be at most twice
   the error of the reference evaluated in float32, plus a floor of ``8·eps32·scale`` (a few ulps,
@@ -209,18 +214,19 @@ def check_backend(
             allowed[name] = (1e-9 if i < n_out else 1e-8) * scale
         else:
             allowed[name] = 8 * EPS32 * scale
+    # the reference's own error in the input precision (gradients rounded to z.dtype like ours),
+    # evaluated with exponents in base e and in base 2; in float64 the base-e evaluation is the truth
+    for base2 in (True,) if z.dtype == torch.float64 else (False, True):
+        ref = run(_Reference(base2), z.dtype)
+        for i, (r_, t_) in enumerate(zip(ref, truth)):
+            # its rounding error where it is finite (a NaN or an overflow of the reference is not
+            # rounding, and grants no allowance)
+            d = abs_errors(r_, t_)
+            d = d[torch.isfinite(d)]
+            ref_err[names[i]] = max(ref_err.get(names[i], 0.0), d.max().item() if d.numel() else 0.0)
+    for name in ref_err:
+        allowed[name] += 2 * ref_err[name]
     if z.dtype != torch.float64:
-        # float32 evaluations of the reference (gradients rounded to z.dtype like ours), base e and 2
-        for base2 in (False, True):
-            ref32 = run(_Reference(base2), z.dtype)
-            for i, (r_, t_) in enumerate(zip(ref32, truth)):
-                # its rounding error where it is finite (a NaN or an overflow of the reference is not
-                # rounding, and grants no allowance)
-                d = abs_errors(r_, t_)
-                d = d[torch.isfinite(d)]
-                ref_err[names[i]] = max(ref_err.get(names[i], 0.0), d.max().item() if d.numel() else 0.0)
-        for name in ref_err:
-            allowed[name] += 2 * ref_err[name]
         if any(errors[n] > allowed[n] for n in errors):
             # backward-stability allowance (see the module docstring), computed only when needed
             g = torch.Generator().manual_seed(4321)

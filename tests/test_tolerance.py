@@ -96,3 +96,30 @@ def test_nan_where_the_truth_is_finite_fails():
     z, mu, lv = make_inputs(5, 5, 3, dtype=torch.float32)
     res = check_backend(_Perturbed(shift_out=float("nan")), z, mu, lv, log_weights("mss", 5, 100))
     assert "log_qz" in res.nan and not res.ok
+
+
+def test_float64_on_ill_conditioned_inputs():
+    """z 3·10⁴ from components 10⁻² apart: exponents of ~5·10⁸ whose last bits set the softmax, so
+    two valid float64 evaluations (the reference in base e and in base 2) differ far beyond the
+    fixed float64 bound. The rule accepts the base-2 one, and still rejects an error 10× larger."""
+    g = torch.Generator().manual_seed(5)
+    mu = 1e-2 * torch.randn(13, 5, generator=g, dtype=torch.float64)
+    z = 3e4 * torch.randn(13, 5, generator=g, dtype=torch.float64)
+    lv = torch.zeros(13, 5, dtype=torch.float64)
+    w = log_weights("mss", 13, 130)
+
+    class Base2(Backend):
+        name = "base2"
+
+        def log_qz(self, z, mu, logvar, weights, deterministic=False):
+            return log_qz_reference(z, mu, logvar, weights, base2=True)
+
+    res = check_backend(Base2(), z, mu, lv, w)
+    assert res.ok, res
+    # this backend is the base-2 reference, so its error is the spread and the allowance is the
+    # fixed bound plus twice the spread: the fixed bound alone would have failed it
+    assert any(res.errors[k] > res.allowed[k] - 2 * res.errors[k] for k in res.errors)
+    spread = res.errors["grad_logvar"]
+    bad = check_backend(_Perturbed(shift=10 * spread + 1.0), z, mu, lv, w,
+                        upstream=(torch.ones(13, dtype=torch.float64), torch.zeros(13, 5, dtype=torch.float64)))
+    assert not bad.ok and bad.errors["grad_logvar"] > bad.allowed["grad_logvar"]

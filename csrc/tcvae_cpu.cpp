@@ -586,7 +586,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_cpu(const at::Tensor& z, const at::Tensor& mu,
                                                                       const at::Tensor& logvar, double w_self,
-                                                                      double w_next, double w_other, int64_t offset) {
+                                                                      double w_next, double w_other, int64_t offset,
+                                                                      bool /*grad_terms: the CPU backward needs none*/) {
   auto out = log_qz_groups_cpu(z, mu, logvar, {}, w_self, w_next, w_other, offset);
   return {std::get<0>(out), std::get<1>(out), std::get<3>(out), std::get<4>(out)};
 }
@@ -648,7 +649,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_groups_backward_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward_cpu(
     const at::Tensor& grad_q, const at::Tensor& grad_qd, const at::Tensor& z, const at::Tensor& mu,
     const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd, double w_self, double w_next,
-    double w_other, int64_t offset) {
+    double w_other, int64_t offset, bool /*grad_terms*/) {
   const at::Tensor none = aux_q.new_empty({z.size(0), 0});
   return log_qz_groups_backward_cpu(grad_q, grad_qd, none, z, mu, logvar, aux_q, aux_qd, none.unsqueeze(2), {},
                                     w_self, w_next, w_other, offset);
@@ -667,13 +668,15 @@ std::string build_info() {
 }  // namespace
 
 TORCH_LIBRARY(tcvae, m) {
-  // log_qz returns (log_qz [M], log_qz_dims [M, D], aux_q [M, 2], aux_qd [M, D, 2]); the aux tensors
-  // are the kernel's saved logsumexp states, meaningful only to log_qz_backward of the same device.
-  m.def("log_qz(Tensor z, Tensor mu, Tensor logvar, float w_self, float w_next, float w_other, int offset)"
-        " -> (Tensor, Tensor, Tensor, Tensor)");
+  // log_qz returns (log_qz [M], log_qz_dims [M, D], aux_q [M, 2], aux_qd [M, D, A]); the aux tensors
+  // are the kernel's saved logsumexp states (and on CUDA, A = 4, the forward's sums of the grad_z
+  // terms), meaningful only to log_qz_backward of the same device. grad_terms: whether a backward
+  // will follow (the CUDA forward then sums those terms; False skips them, and the backward).
+  m.def("log_qz(Tensor z, Tensor mu, Tensor logvar, float w_self, float w_next, float w_other, int offset,"
+        " bool grad_terms=True) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("log_qz_backward(Tensor grad_log_qz, Tensor grad_log_qz_dims, Tensor z, Tensor mu, Tensor logvar,"
-        " Tensor aux_q, Tensor aux_qd, float w_self, float w_next, float w_other, int offset)"
-        " -> (Tensor, Tensor, Tensor)");
+        " Tensor aux_q, Tensor aux_qd, float w_self, float w_next, float w_other, int offset,"
+        " bool grad_terms=True) -> (Tensor, Tensor, Tensor)");
   // The same with a partition of (some of) the dimensions into groups: group g covers dimensions
   // [group_ends[g-1], group_ends[g]) (from 0), the rest belongs to no group. Adds log_qz_groups [M, G]
   // and its saved state aux_qg [M, G, 2] (outputs 3 and 6).

@@ -1,11 +1,14 @@
-// Host side of the fused (CUDA-style) kernels, device-agnostic: ATen ops prepare the component
-// layout, allocate the split-K partial buffers, combine them, and call a launcher policy L:
-//   L::forward<T, DP>, L::exact<T, DP>, L::backward_rows<T, DP>, L::backward_cols<T, DP>, L::splits
+// Host side of the fused (CUDA-style) kernels, device-agnostic: ATen ops prepare the padded,
+// transposed layouts of tcvae_fused.h, allocate the split-K partial buffers, combine them, and call
+// a launcher policy L:
+//   L::forward<T, GRAD>(FwdArgs, splits, k_per_split), L::exact<T, GRAD>(...),
+//   L::backward_cols<T>(BwdInputs, gmu, glv, splits, m_per_split), L::splits(rows, cols, like)
 // tcvae_cuda.cu supplies the CUDA launcher; tcvae_emulate.cpp one that runs the same per-thread
 // code (tcvae_fused.h) serially on the CPU, for tests.
 //
 // Outputs follow the op contract of tcvae_cpu.cpp: (log_qz, log_qz_dims, aux_q [M, 2], aux_qd
-// [M, D, 2]) with aux = (m, r) in base 2 and log_qz = w_other + ln2·(m + r).
+// [M, D, 4]) with aux = (m, r) in base 2, log_qz = w_other + ln2·(m + r), and aux_qd[..., 2:4] =
+// (tn, jn), the two terms of grad_z the forward sums (zeros when grad_terms is false).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -20,78 +23,105 @@ namespace fused {
 
 constexpr double kTiny = 8.673617379884035e-19;  // 2^-60: smaller marginal sums are recomputed exactly
 
-inline int64_t padded_dims(int64_t d) {
-  const int64_t dp = d <= 8 ? 8 : (d <= 16 ? 16 : (d <= 32 ? 32 : 64));
-  TORCH_CHECK(d <= kMaxDP, "tcvae: the CUDA kernels support D <= ", kMaxDP, " latent dimensions (got ", d,
-              "); use backend='triton' for larger D");
-  return dp;
-}
+inline int64_t padded(int64_t n) { return std::max<int64_t>(kPad, (n + kPad - 1) / kPad * kPad); }
 
-// comp [K, 3, DP]: mu, h2 = 0.5·exp(-logvar)·log2e, c2 = -0.5·(logvar + log 2π)·log2e (float64 math,
-// one rounding to the compute dtype), zeros on padding dims.
-inline at::Tensor make_components(const at::Tensor& mu, const at::Tensor& logvar, int64_t dp, at::ScalarType acc) {
-  const int64_t d = mu.size(1);
-  const at::Tensor lv = logvar.to(at::kDouble);
-  at::Tensor comp = at::zeros({mu.size(0), 3, dp}, mu.options().dtype(acc));
+// z_t [D, MP] (zeros on padding), comp [D, 3, KP] = (s, nm, c2) (padding 1, 0, -inf: x2 = -inf
+// for every z, also z = ±inf, where s = 0 would give 0·inf = NaN) and csum [KP] = sum_d c2
+// (padding -inf), computed in float64 and rounded once to the compute dtype.
+struct Layouts {
+  at::Tensor z_t, comp, csum;
+};
+
+inline Layouts make_layouts(const at::Tensor& z, const at::Tensor& mu, const at::Tensor& logvar, at::ScalarType acc) {
   using at::indexing::Slice;
-  comp.index_put_({Slice(), 0, Slice(0, d)}, mu.to(acc));
-  comp.index_put_({Slice(), 1, Slice(0, d)}, (0.5 * at::exp(-lv) * kLog2E).to(acc));
-  comp.index_put_({Slice(), 2, Slice(0, d)}, (-0.5 * (lv + kLog2Pi) * kLog2E).to(acc));
-  return comp;
+  const int64_t m = z.size(0), k = mu.size(0), d = z.size(1), mp = padded(m), kp = padded(k);
+  const double inf = std::numeric_limits<double>::infinity();
+  at::Tensor z_t = at::zeros({d, mp}, z.options().dtype(acc));
+  z_t.index_put_({Slice(), Slice(0, m)}, z.t().to(acc));
+  const at::Tensor lv = logvar.to(at::kDouble);
+  const at::Tensor s = at::exp(-0.5 * lv) * std::sqrt(0.5 * kLog2E);  // sqrt(h2)
+  const at::Tensor c2 = -0.5 * (lv + kLog2Pi) * kLog2E;
+  at::Tensor comp = at::zeros({d, 3, kp}, mu.options().dtype(acc));
+  comp.index_put_({Slice(), 0, Slice(k, kp)}, 1.0);
+  comp.index_put_({Slice(), 2, Slice(k, kp)}, -inf);
+  comp.index_put_({Slice(), 0, Slice(0, k)}, s.t().to(acc));
+  comp.index_put_({Slice(), 1, Slice(0, k)}, (-mu.to(at::kDouble) * s).t().to(acc));
+  comp.index_put_({Slice(), 2, Slice(0, k)}, c2.t().to(acc));
+  at::Tensor csum = at::full({kp}, -inf, mu.options().dtype(acc));
+  csum.index_put_({Slice(0, k)}, c2.sum(1).to(acc));
+  return {z_t.contiguous(), comp.contiguous(), csum};
 }
 
-inline at::Tensor pad_dims(const at::Tensor& t, int64_t dp) {  // [M, D] -> [M, DP], zeros appended
-  return at::constant_pad_nd(t, {0, dp - t.size(1)}, 0).contiguous();
-}
-
-template <typename F>
-inline void dispatch_dp(int64_t dp, F&& f) {
-  switch (dp) {
-    case 8: f(std::integral_constant<int, 8>{}); break;
-    case 16: f(std::integral_constant<int, 16>{}); break;
-    case 32: f(std::integral_constant<int, 32>{}); break;
-    default: f(std::integral_constant<int, 64>{}); break;
-  }
+inline at::Tensor pad_last(const at::Tensor& t, int64_t n, double value) {  // [..., M] -> [..., n]
+  return at::constant_pad_nd(t, {0, n - t.size(-1)}, value).contiguous();
 }
 
 template <class L>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_forward(const at::Tensor& z, const at::Tensor& mu,
                                                                          const at::Tensor& logvar, double w_self,
                                                                          double w_next, double w_other, int64_t offset,
-                                                                         int64_t force_splits) {
+                                                                         bool grad_terms, int64_t force_splits) {
+  using at::indexing::Slice;
   const auto acc = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const int64_t m = z.size(0), k = mu.size(0), d = z.size(1), dp = padded_dims(d);
-  const at::Tensor zc = z.to(acc).contiguous();
-  const at::Tensor comp = make_components(mu, logvar, dp, acc);
-  const int64_t splits = force_splits > 0 ? std::min(force_splits, k) : L::splits(m, k, z);
-  const int64_t k_per_split = (k + splits - 1) / splits;
-  const auto opts = zc.options();
-  at::Tensor part = at::zeros({splits, m, d}, opts), jm = at::empty({splits, m}, opts), js = at::empty({splits, m}, opts);
-  at::Tensor qm = at::zeros({m, d}, opts);
-  at::Tensor qr;
+  const int64_t m = z.size(0), k = mu.size(0), d = z.size(1), mp = padded(m), kp = padded(k);
+  const Layouts lay = make_layouts(z, mu, logvar, acc);
+  const int64_t tiles = kp / kSplitTile;
+  const int64_t splits = force_splits > 0 ? std::min(force_splits, tiles) : L::splits(mp, kp, z);
+  const int64_t k_per_split = (tiles + splits - 1) / splits * kSplitTile;  // a multiple of every kTile
+  const auto opts = lay.z_t.options();
+  at::Tensor part = at::zeros({splits, d, mp}, opts), jm = at::empty({splits, mp}, opts),
+             js = at::empty({splits, mp}, opts);
+  at::Tensor tpart = grad_terms ? at::zeros_like(part) : part, jpart = grad_terms ? at::zeros_like(part) : part;
+  at::Tensor qm = at::zeros({d, mp}, opts);
+  at::Tensor qr, tn;
   AT_DISPATCH_FLOATING_TYPES(acc, "tcvae_fused_forward", [&] {
     const auto ds = scalar_t((w_self - w_other) * kLog2E), dn = scalar_t((w_next - w_other) * kLog2E);
-    dispatch_dp(dp, [&](auto dpc) {
-      constexpr int DP = decltype(dpc)::value;
-      L::template forward<scalar_t, DP>(zc.data_ptr<scalar_t>(), comp.data_ptr<scalar_t>(), part.data_ptr<scalar_t>(),
-                                        jm.data_ptr<scalar_t>(), js.data_ptr<scalar_t>(), m, k, int(d), offset, ds, dn,
-                                        splits, k_per_split, z);
-      const at::Tensor acc_sum = part.sum(0);
-      qr = at::log2(acc_sum);
-      L::template exact<scalar_t, DP>(zc.data_ptr<scalar_t>(), comp.data_ptr<scalar_t>(), acc_sum.data_ptr<scalar_t>(),
-                                      qm.data_ptr<scalar_t>(), qr.data_ptr<scalar_t>(), m, k, int(d), offset, ds, dn,
-                                      scalar_t(kTiny), z);
-    });
+    const FwdArgs<scalar_t> args{lay.z_t.data_ptr<scalar_t>(), lay.comp.data_ptr<scalar_t>(),
+                                 lay.csum.data_ptr<scalar_t>(), part.data_ptr<scalar_t>(),
+                                 tpart.data_ptr<scalar_t>(),   jpart.data_ptr<scalar_t>(),
+                                 jm.data_ptr<scalar_t>(),      js.data_ptr<scalar_t>(),
+                                 m, mp, k, kp, offset, int(d), ds, dn};
+    if (grad_terms)
+      L::template forward<scalar_t, true>(args, splits, k_per_split, z);
+    else
+      L::template forward<scalar_t, false>(args, splits, k_per_split, z);
+    const at::Tensor acc_sum = part.sum(0);  // [D, MP]
+    qr = at::log2(acc_sum);
+    tn = grad_terms ? tpart.sum(0) / acc_sum : qm;  // rows of the exact path overwritten next
+    const scalar_t* zp = lay.z_t.data_ptr<scalar_t>();
+    const scalar_t* cp = lay.comp.data_ptr<scalar_t>();
+    if (grad_terms)
+      L::template exact<scalar_t, true>(zp, cp, acc_sum.data_ptr<scalar_t>(), qm.data_ptr<scalar_t>(),
+                                        qr.data_ptr<scalar_t>(), tn.data_ptr<scalar_t>(), m, mp, k, kp, int(d), offset,
+                                        ds, dn, scalar_t(kTiny), z);
+    else
+      L::template exact<scalar_t, false>(zp, cp, acc_sum.data_ptr<scalar_t>(), qm.data_ptr<scalar_t>(),
+                                         qr.data_ptr<scalar_t>(), qm.data_ptr<scalar_t>(), m, mp, k, kp, int(d), offset,
+                                         ds, dn, scalar_t(kTiny), z);
   });
   // joint: combine the splits' (max, sum) states; all -inf gives (-inf, 0), NaN stays NaN
+  jm = jm.index({Slice(), Slice(0, m)});
+  js = js.index({Slice(), Slice(0, m)});
   const at::Tensor top = std::get<0>(jm.max(0));
   const at::Tensor neg_inf = top == -std::numeric_limits<double>::infinity();
   const at::Tensor top_safe = at::where(neg_inf, at::zeros_like(top), top);
-  at::Tensor r = at::log2((js * at::exp2(jm - top_safe)).sum(0));
+  const at::Tensor scale = at::exp2(jm - top_safe);  // [S, M]
+  const at::Tensor total = (js * scale).sum(0);
+  at::Tensor r = at::log2(total);
   r = at::where(neg_inf & ~at::isnan(r), at::zeros_like(r), r);
+  qm = qm.index({Slice(), Slice(0, m)}).t();
+  qr = qr.index({Slice(), Slice(0, m)}).t();
+  at::Tensor tn_m, jn;
+  if (grad_terms) {
+    tn_m = tn.index({Slice(), Slice(0, m)}).t();
+    jn = (jpart.index({Slice(), Slice(), Slice(0, m)}) * scale.unsqueeze(1)).sum(0) / total;
+    jn = at::where(total == 0, at::zeros_like(jn), jn).t();  // all -inf (non-finite inputs only)
+  } else {
+    tn_m = jn = at::zeros_like(qm);
+  }
   const at::Tensor log_qz = (w_other + kLn2 * (top.to(at::kDouble) + r.to(at::kDouble))).to(acc);
   const at::Tensor log_qz_dims = (w_other + kLn2 * (qm.to(at::kDouble) + qr.to(at::kDouble))).to(acc);
-  return {log_qz, log_qz_dims, at::stack({top, r}, 1), at::stack({qm, qr}, 2)};
+  return {log_qz, log_qz_dims, at::stack({top, r}, 1), at::stack({qm, qr, tn_m, jn}, 2)};
 }
 
 template <class L>
@@ -99,40 +129,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward(const at::Tensor&
                                                                const at::Tensor& z, const at::Tensor& mu,
                                                                const at::Tensor& logvar, const at::Tensor& aux_q,
                                                                const at::Tensor& aux_qd, double w_self, double w_next,
-                                                               double w_other, int64_t offset, int64_t force_splits) {
+                                                               double w_other, int64_t offset, bool grad_terms,
+                                                               int64_t force_splits) {
+  using at::indexing::Slice;
+  TORCH_CHECK(grad_terms, "tcvae: the forward ran with grad_terms=False: its outputs have no backward");
+  TORCH_CHECK(aux_qd.dim() == 3 && aux_qd.size(2) == 4, "tcvae: aux_qd [M, D, 4] of the fused forward expected");
   const auto acc = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const int64_t m = z.size(0), k = mu.size(0), d = z.size(1), dp = padded_dims(d);
-  const at::Tensor zc = z.to(acc).contiguous();
-  const at::Tensor comp = make_components(mu, logvar, dp, acc);
-  const at::Tensor a = grad_q.to(acc).contiguous(), aq = aux_q.to(acc).contiguous();
-  // bq = b·2^(-r) and qm per (query, dim), padded to DP with zeros
-  const at::Tensor qm = aux_qd.select(2, 0).to(acc), qr = aux_qd.select(2, 1).to(acc);
-  const at::Tensor bq = pad_dims(grad_qd.to(acc) * at::exp2(-qr), dp), qm_p = pad_dims(qm, dp);
-  const int64_t row_splits = force_splits > 0 ? std::min(force_splits, k) : L::splits(m, k, z);
-  const int64_t col_splits = force_splits > 0 ? std::min(force_splits, m) : L::splits(k, m, z);
-  const auto opts = zc.options();
-  at::Tensor gz = at::zeros({row_splits, m, d}, opts);
-  at::Tensor gmu = at::zeros({col_splits, k, d}, opts), glv = at::zeros({col_splits, k, d}, opts);
-  // per query for the column pass: [M, 3, DP] (z, bq, qm) and [M, 3] (a, m, r)
-  const at::Tensor qpack = at::stack({pad_dims(zc, dp), bq, qm_p}, 1).contiguous();
-  const at::Tensor qscal = at::stack({a, aq.select(1, 0), aq.select(1, 1)}, 1).contiguous();
+  const int64_t m = z.size(0), k = mu.size(0), d = z.size(1), mp = padded(m), kp = padded(k);
+  const at::Tensor a0 = grad_q.to(acc), b0 = grad_qd.to(acc), aq = aux_qd.to(acc);
+  // grad_z = -2 ln2 · (a·jn + b·tn): the forward summed both terms
+  const at::Tensor grad_z = (-2.0 * kLn2) * (a0.unsqueeze(1) * aq.select(2, 3) + b0 * aq.select(2, 2));
+  const Layouts lay = make_layouts(z, mu, logvar, acc);
+  const double inf = std::numeric_limits<double>::infinity();
+  // per query, padded: a (0), joint m (+inf: P = 0·2^-inf = 0) and r; bq = b·2^(-r) (0), qm (0)
+  const at::Tensor a = pad_last(a0, mp, 0.0);
+  const at::Tensor pm = pad_last(aux_q.select(1, 0).to(acc), mp, inf);
+  const at::Tensor pr = pad_last(aux_q.select(1, 1).to(acc), mp, 0.0);
+  const at::Tensor qm0 = aq.select(2, 0).t();
+  const at::Tensor qm = pad_last(qm0, mp, 0.0);
+  const at::Tensor bq = pad_last((b0 * at::exp2(-aq.select(2, 1))).t(), mp, 0.0);
+  // qflag [MP / kFlagTile]: groups of queries that hold a row of the exact path (qm != 0)
+  const at::Tensor qflag = pad_last((qm0 != 0).any(0).to(at::kInt), mp, 0.0).view({mp / kFlagTile, kFlagTile}).amax(1)
+                               .contiguous();
+  const int64_t col_splits = force_splits > 0 ? std::min(force_splits, mp / kSplitTile) : L::splits(kp, mp, z);
+  const auto opts = lay.z_t.options();
+  at::Tensor gmu = at::zeros({col_splits, d, kp}, opts), glv = at::zeros({col_splits, d, kp}, opts);
   AT_DISPATCH_FLOATING_TYPES(acc, "tcvae_fused_backward", [&] {
-    const auto ds = scalar_t((w_self - w_other) * kLog2E), dn = scalar_t((w_next - w_other) * kLog2E);
-    dispatch_dp(dp, [&](auto dpc) {
-      constexpr int DP = decltype(dpc)::value;
-      L::template backward_rows<scalar_t, DP>(zc.data_ptr<scalar_t>(), comp.data_ptr<scalar_t>(),
-                                              a.data_ptr<scalar_t>(), aq.data_ptr<scalar_t>(), bq.data_ptr<scalar_t>(),
-                                              qm_p.data_ptr<scalar_t>(), gz.data_ptr<scalar_t>(), m, k, int(d), offset,
-                                              ds, dn, row_splits, (k + row_splits - 1) / row_splits, z);
-      L::template backward_cols<scalar_t, DP>(comp.data_ptr<scalar_t>(), qpack.data_ptr<scalar_t>(),
-                                              qscal.data_ptr<scalar_t>(), gmu.data_ptr<scalar_t>(),
-                                              glv.data_ptr<scalar_t>(), m, k, int(d), offset, ds, dn,
-                                              scalar_t(0.5 * kLog2E), col_splits, (m + col_splits - 1) / col_splits, z);
-    });
+    BwdInputs<scalar_t> in{lay.z_t.data_ptr<scalar_t>(), lay.comp.data_ptr<scalar_t>(), lay.csum.data_ptr<scalar_t>(),
+                           a.data_ptr<scalar_t>(), pm.data_ptr<scalar_t>(), pr.data_ptr<scalar_t>(),
+                           bq.data_ptr<scalar_t>(), qm.data_ptr<scalar_t>(), qflag.data_ptr<int32_t>(),
+                           mp, kp, k, offset, int(d),
+                           scalar_t((w_self - w_other) * kLog2E), scalar_t((w_next - w_other) * kLog2E),
+                           scalar_t(0.5 * kLog2E)};
+    L::template backward_cols<scalar_t>(in, gmu.data_ptr<scalar_t>(), glv.data_ptr<scalar_t>(), col_splits,
+                                        (mp / kSplitTile + col_splits - 1) / col_splits * kSplitTile, z);
   });
-  const at::Tensor grad_z = (-2.0 * kLn2) * gz.sum(0);
-  const at::Tensor grad_mu = (2.0 * kLn2) * gmu.sum(0);
-  const at::Tensor grad_lv = kLn2 * glv.sum(0);
+  const at::Tensor grad_mu = (2.0 * kLn2) * (gmu.sum(0) * lay.comp.select(1, 0)).index({Slice(), Slice(0, k)}).t();
+  const at::Tensor grad_lv = kLn2 * glv.sum(0).index({Slice(), Slice(0, k)}).t();
   return {grad_z.to(z.scalar_type()), grad_mu.to(mu.scalar_type()), grad_lv.to(logvar.scalar_type())};
 }
 

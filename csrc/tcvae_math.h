@@ -16,7 +16,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define TCVAE_HD __host__ __device__ __forceinline__
@@ -32,8 +34,15 @@ constexpr double kLn2 = 0.69314718055994530942;     // ln(2)
 
 // Coefficients of p(f) ≈ 2^f on [-0.5, 0.5], degree 6 (weighted least squares on Chebyshev nodes):
 // relative error 1.9e-9 in exact arithmetic, < 1e-7 (under 1 ulp) evaluated by Horner in float32.
-constexpr float kExp2Poly[7] = {1.0f, 0.6931471824645996f, 0.24022646248340607f, 0.05550329014658928f,
-                                0.009618519805371761f, 0.0013399859890341759f, 0.00015337577497120947f};
+// (scalars: usable in device code, which cannot read a host constexpr array)
+constexpr float kExp2C0 = 1.0f;
+constexpr float kExp2C1 = 0.6931471824645996f;
+constexpr float kExp2C2 = 0.24022646248340607f;
+constexpr float kExp2C3 = 0.05550329014658928f;
+constexpr float kExp2C4 = 0.009618519805371761f;
+constexpr float kExp2C5 = 0.0013399859890341759f;
+constexpr float kExp2C6 = 0.00015337577497120947f;
+constexpr float kExp2Poly[7] = {kExp2C0, kExp2C1, kExp2C2, kExp2C3, kExp2C4, kExp2C5, kExp2C6};
 
 // Base-2 exponent floor: 2^x for x below it is exactly 0. float: at x = -127 the kernels' 2^n scale
 // has a zero exponent field, i.e. is +0 (results between 2^-127 and 2^-126 are denormal and flushed
@@ -95,6 +104,51 @@ TCVAE_HD double exp2_(double x) { return exp2(x); }
 TCVAE_HD float log2_(float x) { return log2f(x); }
 TCVAE_HD double log2_(double x) { return log2(x); }
 
+// 2^x on the FMA pipe (GPU kernels: a share of the exponentials off the special-function unit,
+// as FlashAttention-4 does). Cody–Waite split x = n + f, n = rint(x), f in [-0.5, 0.5] (exact);
+// 2^f by the degree-6 polynomial kExp2Poly (Horner, under 1 ulp); times 2^n built in the exponent
+// field (exact while 2^n is normal). 12 instructions: max, 3 adds, a shift, 6 FMAs, a multiply.
+// Contract (tests/test_exp2_fma.py, every float32 input): at most 2 ulp from the correctly rounded
+// 2^x for x in [-126, 64) (the kernels feed x2 < 64); for x < -126 a value in [0, 2^-126), which
+// flush-to-zero arithmetic (the GPU build's) reads as 0, as MUFU.EX2 returns; -inf gives such a
+// value; NaN propagates.
+TCVAE_HD float max_nan(float a, float b) {  // max that propagates NaN
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  return (a != a || a > b) ? a : b;
+#endif
+}
+
+TCVAE_HD double max_nan(double a, double b) { return (a != a || a > b) ? a : b; }
+
+TCVAE_HD float exp2_fma(float x) {
+  constexpr float kShifter = 12583039.0f;  // 1.5·2^23 + 127: t's low mantissa bits hold n + 127
+  const float xc = max_nan(x, -126.5f);    // n >= -126: the scale 2^n stays a normal number
+  const float t = xc + kShifter;           // rounds xc to an integer (round to nearest even)
+  const float f = xc - (t - kShifter);     // exact
+  float p = kExp2C6;
+  p = fma_(p, f, kExp2C5);
+  p = fma_(p, f, kExp2C4);
+  p = fma_(p, f, kExp2C3);
+  p = fma_(p, f, kExp2C2);
+  p = fma_(p, f, kExp2C1);
+  p = fma_(p, f, kExp2C0);
+  uint32_t bits;  // 2^n = (n + 127) << 23: the shift drops t's sign, exponent and the 1.5·2^23 bit
+#if defined(__CUDA_ARCH__)
+  bits = __float_as_uint(t) << 23;
+  return p * __uint_as_float(bits);
+#else
+  std::memcpy(&bits, &t, sizeof bits);
+  bits <<= 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+#endif
+}
+
 // x2 = c2 - diff^2·h2 with one rounding after the product (the expression every kernel of one
 // device evaluates identically, so sums of x2 are recomputed bitwise in the backward).
 template <typename T>
@@ -117,6 +171,21 @@ struct OnlineLse2 {
     } else {
       s = s + exp2_(x - m);  // also the NaN path: NaN > m is false
     }
+  }
+
+  // n values at once (GPU kernels): one maximum, one rescale, n exponentials. Same results as n
+  // add() calls up to rounding: NaN propagates; all -inf leaves (-inf, 0).
+  template <int N>
+  TCVAE_HD void add_tile(const T (&x)[N]) {
+    T mt = m;
+#pragma unroll
+    for (int n = 0; n < N; ++n) mt = max_nan(x[n], mt);
+    const T ms = mt == -std::numeric_limits<T>::infinity() ? T(0) : mt;  // all -inf: shift by 0
+    T sum = s * exp2_(m - ms);
+#pragma unroll
+    for (int n = 0; n < N; ++n) sum += exp2_(x[n] - ms);
+    m = mt;
+    s = sum;
   }
 };
 

@@ -4,10 +4,20 @@ Each backend says why it cannot run (``unavailable_reason`` for the installation
 ``not_supported_reasons`` for the inputs); an explicit request for a backend that cannot run
 raises :class:`BackendNotSupportedError` listing those reasons, and ``"auto"`` takes the first
 backend of the device's preference list that can run, falling back to ``"torch"``.
+
+Safety net: a backend with ``self_check = True`` (the GPU kernels) is checked once per (device,
+dtype) before ``"auto"`` first uses it: forward and the three gradients on a small case (300
+queries and components, D = 5, one query 30 units from every component) against the float64 reference
+under the tolerance rule of :mod:`tcvae_kernels.testing`. If it fails or raises, ``"auto"`` uses
+the next backend and warns once with the reason. An explicit ``backend=`` is never second-guessed;
+``TCVAE_AUTO_CHECK=0`` turns the check off; under ``torch.compile`` tracing it is not run (an
+earlier eager check's verdict is used).
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Callable
 
 import torch
@@ -38,6 +48,8 @@ class Backend:
 
     name: str = ""
     description: str = ""
+    #: ``"auto"`` checks this backend against the reference once per (device, dtype) before use
+    self_check: bool = False
 
     def unavailable_reason(self) -> str | None:
         """Why this installation cannot run the backend at all (None if it can)."""
@@ -121,6 +133,7 @@ def get_backend(name: str) -> Backend | None:
 class TritonBackend(Backend):
     name = "triton"
     description = "fused Triton kernels (tcvae_kernels/triton_kernels.py), O(M·D) memory"
+    self_check = True
 
     def unavailable_reason(self):
         import importlib.util
@@ -146,8 +159,14 @@ class TritonBackend(Backend):
         from .triton_kernels import log_qz_op
 
         q, qd, _, _ = log_qz_op(z, mu, logvar, weights.w_self, weights.w_next, weights.w_other, weights.offset,
-                                bool(deterministic))
+                                bool(deterministic), needs_grad(z, mu, logvar))
         return q, qd
+
+
+def needs_grad(*tensors) -> bool:
+    """Whether autograd will ask for gradients of these inputs: the GPU forwards then also sum the
+    terms of grad_z (a third more work), else they skip them."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 register_backend("torch", TorchBackend)
@@ -193,6 +212,59 @@ def select_backend(backend: str, z: torch.Tensor, mu: torch.Tensor, logvar: torc
             )
         return get_backend(backend)
     for name in AUTO_ORDER.get(z.device.type, ("torch",)):
-        if not backend_reasons(name, z, mu, logvar):
-            return get_backend(name)
+        if backend_reasons(name, z, mu, logvar):
+            continue
+        be = get_backend(name)
+        if be.self_check and self_check_failure(be, z.device, z.dtype):
+            continue
+        return be
     return get_backend("torch")
+
+
+AUTO_CHECK_ENV = "TCVAE_AUTO_CHECK"
+#: (backend name, device, dtype) -> why its one-time check failed, or None (passed)
+_SELF_CHECKS: dict[tuple[str, str, torch.dtype], str | None] = {}
+
+
+def self_check_failure(be: Backend, device, dtype: torch.dtype) -> str | None:
+    """Why ``be`` failed its one-time check on (device, dtype), or None when it passed (or the check
+    is off: ``TCVAE_AUTO_CHECK=0``, or during ``torch.compile`` tracing before any eager check)."""
+    key = (be.name, str(torch.device(device)), dtype)
+    if key in _SELF_CHECKS:
+        return _SELF_CHECKS[key]
+    if os.environ.get(AUTO_CHECK_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    if torch.compiler.is_compiling():
+        return None
+    why = _run_self_check(be, torch.device(device), dtype)
+    _SELF_CHECKS[key] = why
+    if why:
+        warnings.warn(f"tcvae_kernels: backend {be.name!r} failed its one-time check against the reference on "
+                      f"{device} {dtype} ({why}); backend='auto' uses the next backend. Please report this with "
+                      f"`python -m tcvae_kernels check --all`; {AUTO_CHECK_ENV}=0 skips the check.",
+                      RuntimeWarning, stacklevel=4)
+    return why
+
+
+def _run_self_check(be: Backend, device: torch.device, dtype: torch.dtype) -> str | None:
+    from .estimators import log_weights
+    from .testing import check_backend
+
+    g = torch.Generator().manual_seed(20261201)
+    m, d = 300, 5  # several row blocks and component tiles: tiles with and without the self weights
+    mu = torch.randn(m, d, generator=g, dtype=torch.float64)
+    lv = torch.empty(m, d, dtype=torch.float64).uniform_(-2.0, 1.0, generator=g)
+    z = mu + torch.exp(0.5 * lv) * torch.randn(m, d, generator=g, dtype=torch.float64)
+    z[m // 2] += 30.0  # a query ≥ 18 σ from every component: the kernels' exact fallback (the rule's
+    # allowance grows with the inputs' conditioning, so not farther: it would hide other errors)
+    args = [t.to(device=device, dtype=dtype) for t in (z, mu, lv)]
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            res = check_backend(be, *args, log_weights("mss", m, 10 * m))
+    except Exception as e:  # noqa: BLE001 (any failure of the backend disqualifies it)
+        return f"it raised {type(e).__name__}: {e}"
+    if res.ok:
+        return None
+    bad = [f"{k} error {res.errors[k]:.2e} > allowed {res.allowed[k]:.2e}" for k in res.errors
+           if res.errors[k] > res.allowed[k]]
+    return "; ".join(([f"NaN in {', '.join(res.nan)}"] if res.nan else []) + bad)

@@ -20,7 +20,7 @@ import itertools
 import torch
 
 from ._autograd import make_backward, no_double_backward, setup_context, setup_nothing
-from .dispatch import Backend, group_columns, register_backend
+from .dispatch import Backend, group_columns, needs_grad, register_backend
 
 try:
     from . import _C  # noqa: F401  (loading the library registers the ops)
@@ -44,21 +44,25 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 if LOAD_ERROR is None:
 
     @torch.library.register_fake("tcvae::log_qz")
-    def _log_qz_fake(z, mu, logvar, w_self, w_next, w_other, offset):
+    def _log_qz_fake(z, mu, logvar, w_self, w_next, w_other, offset, grad_terms=True):
         torch._check(z.dim() == 2 and mu.dim() == 2 and mu.shape == logvar.shape)
         torch._check(z.shape[1] == mu.shape[1])
         acc = _acc(z.dtype)
         m, d = z.shape
+        # aux_qd: (m, r) on the CPU; (m, r, tn, jn) on CUDA, whose forward also sums the grad_z terms
+        states = 4 if z.device.type == "cuda" else 2
         return (z.new_empty((m,), dtype=acc), z.new_empty((m, d), dtype=acc),
-                z.new_empty((m, 2), dtype=acc), z.new_empty((m, d, 2), dtype=acc))
+                z.new_empty((m, 2), dtype=acc), z.new_empty((m, d, states), dtype=acc))
 
     @torch.library.register_fake("tcvae::log_qz_backward")
-    def _log_qz_backward_fake(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, w_self, w_next, w_other, offset):
+    def _log_qz_backward_fake(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, w_self, w_next, w_other, offset,
+                              grad_terms=True):
         return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)
 
     @torch.library.register_fake("tcvae::log_qz_groups")
     def _log_qz_groups_fake(z, mu, logvar, group_ends, w_self, w_next, w_other, offset):
-        q, qd, aq, aqd = _log_qz_fake(z, mu, logvar, w_self, w_next, w_other, offset)
+        q, qd, aq, _ = _log_qz_fake(z, mu, logvar, w_self, w_next, w_other, offset)
+        aqd = z.new_empty((*qd.shape, 2), dtype=q.dtype)  # a CPU-only op: (m, r)
         g = len(group_ends)
         return q, qd, z.new_empty((z.shape[0], g), dtype=q.dtype), aq, aqd, z.new_empty((z.shape[0], g, 2), dtype=q.dtype)
 
@@ -88,8 +92,9 @@ class ExtensionBackend(Backend):
         return []
 
     def log_qz(self, z, mu, logvar, weights, deterministic=False):
-        # the CPU kernel is always deterministic (fixed-order reduction of per-chunk partials)
-        q, qd, _, _ = torch.ops.tcvae.log_qz(z, mu, logvar, weights.w_self, weights.w_next, weights.w_other, weights.offset)
+        # both kernels are always deterministic (fixed-order reductions, no atomics)
+        q, qd, _, _ = torch.ops.tcvae.log_qz(z, mu, logvar, weights.w_self, weights.w_next, weights.w_other,
+                                             weights.offset, needs_grad(z, mu, logvar))
         return q, qd
 
 
@@ -125,9 +130,7 @@ class CudaBackend(ExtensionBackend):
     name = "cuda"
     device_type = "cuda"
     description = "fused CUDA C++ kernels (csrc/tcvae_cuda.cu), O(M·D) memory, deterministic"
-
-    #: latent dimensions held in registers per thread (csrc/tcvae_fused.h, kMaxDP)
-    MAX_D = 64
+    self_check = True
 
     def unavailable_reason(self):
         if LOAD_ERROR:
@@ -137,12 +140,6 @@ class CudaBackend(ExtensionBackend):
                     "time); reinstall with FORCE_CUDA=1 and CUDA_HOME set")
         return None
 
-    def not_supported_reasons(self, z, mu, logvar):
-        why = super().not_supported_reasons(z, mu, logvar)
-        if z.shape[1] > self.MAX_D:
-            why.append(f"backend 'cuda' supports D <= {self.MAX_D} latent dimensions (got {z.shape[1]}); "
-                       "backend 'triton' handles any D")
-        return why
 
 
 register_backend("cpu", CpuBackend)
@@ -152,7 +149,8 @@ register_backend("cuda", CudaBackend)
 class _EmulatedCudaFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, mu, logvar, weights, splits):
-        q, qd, aq, aqd = torch.ops.tcvae._emulate_log_qz(z, mu, logvar, *weights, splits)
+        q, qd, aq, aqd = torch.ops.tcvae._emulate_log_qz(z, mu, logvar, *weights, splits,
+                                                         any(ctx.needs_input_grad[:3]))
         ctx.save_for_backward(z, mu, logvar, aq, aqd)
         ctx.weights, ctx.splits = weights, splits
         return q, qd
@@ -179,10 +177,7 @@ class CudaEmulationBackend(Backend):
         return LOAD_ERROR
 
     def not_supported_reasons(self, z, mu, logvar):
-        why = [] if z.device.type == "cpu" else ["the emulation runs on CPU tensors"]
-        if z.shape[1] > CudaBackend.MAX_D:
-            why.append(f"D <= {CudaBackend.MAX_D}")
-        return why
+        return [] if z.device.type == "cpu" else ["the emulation runs on CPU tensors"]
 
     def log_qz(self, z, mu, logvar, weights, deterministic=False):
         return _EmulatedCudaFn.apply(z, mu, logvar, tuple(weights), self.splits)

@@ -1,35 +1,45 @@
 """Fused Triton kernels of ``log_qz`` (forward and backward) for NVIDIA GPUs.
 
-Math: tcvae_kernels/reference.py. Same base-2 formulation as the CPU kernel (csrc/tcvae_cpu.cpp):
-for query i, component j and dimension d,
+Math: tcvae_kernels/reference.py. Base 2, with each component's quadratic pre-scaled: for query
+i, component j and dimension d,
 
-    x2[i,j,d] = c2[d,j] - (z[i,d] - mu[d,j])^2 · h2[d,j] = l[i,j,d]·log2 e
-                with h2 = 0.5·exp(-logvar)·log2 e, c2 = -0.5·(logvar + log 2π)·log2 e
+    u[i,j,d]  = (z[i,d] - mu[j,d])·s[j,d] = z·s + nm,  s = sqrt(0.5·exp(-logvar)·log2 e), nm = -mu·s
+    x2[i,j,d] = c2[j,d] - u²  = l[i,j,d]·log2 e,       c2 = -0.5·(logvar + log 2π)·log2 e
     dw[i,j]   = (w_self - w_other)·log2 e at j = s_i, (w_next - w_other)·log2 e at j = s_i+1 mod K
     log_qz_dims[i,d] = w_other + ln2 · log2(sum_j 2^(x2 + dw))
     log_qz[i]        = w_other + ln2 · log2(sum_j 2^(S[i,j] + dw)),  S = sum_d x2  (online max)
 
-2^x2 cannot overflow (finite h means x2 < 64 in float32), so the marginal sums need no running
-maximum; sums that underflow below 2^-60 (z far from every component) are recomputed exactly.
+so an element costs two FMAs (u, x2), one add (S), one exp2 and one add (the marginal sum): a
+backward-stable evaluation (the rounding of nm = -mu·s is a relative perturbation of mu of one
+ulp). 2^x2 cannot overflow (x2 < 64 for finite s), so the marginal sums need no running maximum;
+sums that underflow below 2^-60 (z far from every component) are recomputed exactly.
 
-Tiling (FlashAttention-like, with D as the reduction loop instead of a matmul): a program owns
-BLOCK_M query rows and a slice of the components (split-K, so small batches still fill the GPU);
-for each [BLOCK_M, BLOCK_K] tile it loops over d, adding x2 into the joint tile S (elementwise, in a
-fixed order, so every kernel recomputes S bitwise) and adding the row sums of 2^(x2 + dw) into the
-marginal accumulators (global [M, D] scratch owned by the program: any D works, there is no
-[BLOCK_M, D] register tile; large D only lengthens the loop). Memory: O((M + K)·D + splits·M·D).
+Layout, the point of the design: every reduction stays inside a thread. The forward and the row
+backward work on [BLOCK_K, BLOCK_M] tiles (components × queries) whose default layout gives each
+thread whole columns (threadsPerWarp = [1, 32]): a thread owns BLOCK_M/(32·num_warps) queries and
+loops over the tile's components in registers, so sums over components are register adds — no
+shuffles, no barriers. The column backward uses [BLOCK_M, BLOCK_K] tiles (queries × components),
+a thread owning components and summing over queries. Inputs are padded (queries to a multiple of
+PAD_M, components to PAD_K) so no load or store needs a mask: padded components have s = 1, nm = 0,
+c2 = -inf (x2 = -inf, weight 0); padded queries have z = 0 and zero upstream gradients.
+    z_t   [D, MP]      queries transposed (contiguous over queries)
+    comp  [D, 3, KP]   per dimension: s, nm, c2 over components
+The weight corrections dw are non-zero on two components per query only: tiles that cannot hold
+one (all but about BLOCK_M/BLOCK_K + 2 per row block) take a loop without them.
 
-Rows whose marginal sum underflows 2^-60 (z far from every component) are recomputed
-exactly by ``_marginal_exact_kernel`` (two passes: maximum, then sum); its programs exit at once
-when their rows need nothing, so no host synchronisation is needed.
+Forward: a program owns BLOCK_M queries and a slice of the components (split-K, so small batches
+still fill the GPU); per tile it loops over d, adding x2 into the joint tile S (in the order
+d = 0, 1, ..., so every kernel recomputes S bitwise) and the in-thread sums of 2^(x2 + dw) into the
+marginal accumulators (global [SPLITS, D, MP] scratch owned by the program: any D works).
+Backward (recompute, FlashAttention-style), with the forward's saved (m, r) states:
+    G = P + bq·2^(x2 + dw - qm),  P = a_i·2^((S + dw - m_i) - r_i),  bq = b·2^(-r_id)
+    grad_z = -2 ln2 · sum_j G·u·s,  grad_mu = 2 ln2 · s · sum_i G·u,  grad_logvar = ln2 · sum_i G·(u² - log2(e)/2)
+``_bwd_rows_kernel`` (reduction over components in-thread) gives grad_z, ``_bwd_cols_kernel``
+(reduction over queries in-thread) grad_mu and grad_logvar: both deterministic, no atomics.
 
-Backward (recompute): G = a_i·2^((S + dw - m_i) - r_i) + b_id·2^((x2 + dw - m_id) - r_id), with
-the forward's saved (m, r). ``_bwd_rows_kernel`` accumulates grad_z; the column gradients (mu,
-logvar) either come from the same kernel through atomics (default: one pass of exponentials) or,
-with ``deterministic=True``, from ``_bwd_cols_kernel``, a second pass over the components that
-reduces over queries in a fixed order (twice the exponentials, bitwise reproducible).
-
-Runs unchanged under ``TRITON_INTERPRET=1`` on CPU tensors (how CI tests it, at small sizes).
+Runs unchanged under ``TRITON_INTERPRET=1`` on CPU tensors (how CI tests it, at small sizes);
+``python -m tcvae_kernels gpu-report`` compiles every kernel and config for sm_80/sm_90 and reads
+the machine code (registers, local memory, barriers, instructions per element).
 """
 
 from __future__ import annotations
@@ -47,222 +57,264 @@ LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 LOG_2PI = math.log(2.0 * math.pi)
 TINY = 2.0**-60  # marginal sums below this are recomputed exactly
+PAD_M = 256  # queries are padded to a multiple of this (the largest BLOCK_M)
+PAD_K = 256  # components likewise (the largest BLOCK_K)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-#: The autotuning set (keyed on D and dtype), each config also exercised by the interpreter tests.
+#: The autotuning sets (keyed on D, GRAD and dtype), each entry also exercised by the interpreter
+#: tests. "rows": forward, tiles [BLOCK_K, BLOCK_M], a thread owning BLOCK_M/(32·num_warps) queries;
+#: "cols": column backward, tiles [BLOCK_M, BLOCK_K], a thread owning BLOCK_K/(32·num_warps)
+#: components. Every entry compiles without local memory and without barriers in its loops for
+#: float32 at sm_80 and sm_90 (tests/test_gpu_code.py). maxnreg: ptxas otherwise stops at 128 or
+#: 192 registers and spills. Pruned (gpu-report): rows 256×32 and cols 32×256 / 64×128 (local
+#: memory at 255 registers).
 CONFIGS = [
-    dict(BLOCK_M=64, BLOCK_K=64, num_warps=4),
-    dict(BLOCK_M=128, BLOCK_K=64, num_warps=8),
-    dict(BLOCK_M=64, BLOCK_K=32, num_warps=4),
-    dict(BLOCK_M=32, BLOCK_K=128, num_warps=4),
+    dict(rows=dict(BLOCK_M=128, BLOCK_K=32, num_warps=4, maxnreg=255),
+         cols=dict(BLOCK_M=32, BLOCK_K=128, num_warps=4, maxnreg=255)),
+    dict(rows=dict(BLOCK_M=256, BLOCK_K=16, num_warps=4, maxnreg=255),
+         cols=dict(BLOCK_M=16, BLOCK_K=256, num_warps=4, maxnreg=255)),
+    dict(rows=dict(BLOCK_M=64, BLOCK_K=32, num_warps=2, maxnreg=255),
+         cols=dict(BLOCK_M=32, BLOCK_K=64, num_warps=2, maxnreg=255)),
 ]
 
 
 @triton.jit
-def _weight_corrections(rows, cols, K, offset, consts_ptr):
-    """dw [BLOCK_M, BLOCK_K] in base 2: the self / next corrections of rows at columns.
-    consts_ptr: [3] in the compute dtype: (w_self - w_other)·log2e, (w_next - w_other)·log2e, 0.5·log2e."""
-    d_self = tl.load(consts_ptr)
+def _x2(z2, s2, nm2, c2_2):
+    """u = z·s + nm and x2 = c2 - u² for broadcast operands (one FMA each): the single expression
+    every kernel evaluates."""
+    u = tl.fma(s2, z2, nm2)
+    return u, tl.fma(-u, u, c2_2)
+
+
+@triton.jit
+def _dw(rows2, cols2, K, offset, consts_ptr):
+    """dw for broadcast row / column indices: d_self at j = s_i = i + offset (0 <= s_i < K), d_next
+    at j = s_i + 1 mod K (unless that is s_i itself, K = 1), else 0."""
+    d_self = tl.load(consts_ptr)  # consts [3] in the compute dtype: d_self, d_next, log2(e)/2
     d_next = tl.load(consts_ptr + 1)
-    s = rows + offset
+    s = rows2 + offset
     has_self = (s >= 0) & (s < K)
     nxt = tl.where(s + 1 == K, 0, s + 1)
-    is_self = (cols[None, :] == s[:, None]) & has_self[:, None]
-    is_next = (cols[None, :] == nxt[:, None]) & has_self[:, None] & (nxt[:, None] != s[:, None])
+    is_self = (cols2 == s) & has_self
+    is_next = (cols2 == nxt) & has_self & (nxt != s)
     return tl.where(is_self, d_self, tl.where(is_next, d_next, 0.0))
 
 
 @triton.jit
-def _x2_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, rows, cols, row_ok, col_ok, d, K, D):
-    """x2[rows, cols, d] as a [BLOCK_M, BLOCK_K] tile; masked components give -inf."""
-    zd = tl.load(z_ptr + rows * D + d, mask=row_ok, other=0.0)  # z[rows, d]
-    mu = tl.load(mu_ptr + d * K + cols, mask=col_ok, other=0.0)  # mu_t[d, cols]
-    h2 = tl.load(h2_ptr + d * K + cols, mask=col_ok, other=1.0)  # h2_t[d, cols]
-    c2 = tl.load(c2_ptr + d * K + cols, mask=col_ok, other=float("-inf"))  # c2_t[d, cols]
-    diff = zd[:, None] - mu[None, :]
-    return c2[None, :] - diff * diff * h2[None, :], diff, h2
+def _touches_weights(r0, k0, offset, BM: tl.constexpr, BK: tl.constexpr):
+    """Whether the tile rows [r0, r0+BM) × columns [k0, k0+BK) may hold a self or next weight
+    (conservative: the columns meet [r0+offset, r0+offset+BM], or hold column 0, where s+1 wraps)."""
+    return ((k0 <= r0 + offset + BM) & (k0 + BK > r0 + offset)) | (k0 == 0)
+
+
+@triton.jit
+def _fwd_dims(z_ptr, comp_ptr, acc_ptr, t_ptr, rows, cols, Sq, dw, MP, KP, D, WITH_DW: tl.constexpr,
+              GRAD: tl.constexpr):
+    """The d loop of one forward tile [BK, BM]: Sq -= u²; acc[d, rows] += sum_j e, e = 2^(x2 + dw);
+    with GRAD also t[d, rows] += sum_j e·u·s."""
+    for d in range(D):
+        zd = tl.load(z_ptr + d * MP + rows)  # z_t[d, rows]           [BM]
+        cp = comp_ptr + d * 3 * KP + cols  # comp[d, :, cols]
+        s = tl.load(cp)[:, None]
+        u, x = _x2(zd[None, :], s, tl.load(cp + KP)[:, None], tl.load(cp + 2 * KP)[:, None])
+        Sq = tl.fma(-u, u, Sq)
+        if WITH_DW:
+            x = x + dw
+        e = tl.exp2(x)
+        a_ptrs = acc_ptr + d * MP + rows
+        tl.store(a_ptrs, tl.load(a_ptrs) + tl.sum(e, axis=0))  # in-thread sum over components
+        if GRAD:
+            t_ptrs = t_ptr + d * MP + rows
+            tl.store(t_ptrs, tl.load(t_ptrs) + tl.sum(e * u * s, axis=0))
+    return Sq
+
+
+@triton.jit
+def _fwd_joint_dims(z_ptr, comp_ptr, j_ptr, rows, cols, P, scale, MP, KP, D):
+    """The joint gradient term of one forward tile: j[d, rows] = j·scale + sum_j P·u·s."""
+    for d in range(D):
+        zd = tl.load(z_ptr + d * MP + rows)
+        cp = comp_ptr + d * 3 * KP + cols
+        s = tl.load(cp)[:, None]
+        u = tl.fma(s, zd[None, :], tl.load(cp + KP)[:, None])
+        j_ptrs = j_ptr + d * MP + rows
+        tl.store(j_ptrs, tl.load(j_ptrs) * scale + tl.sum(P * u * s, axis=0))
 
 
 @triton.jit
 def _fwd_kernel(
-    z_ptr,  # [M, D] queries, row-major
-    mu_ptr,  # [D, K] component means, transposed
-    h2_ptr,  # [D, K] 0.5·exp(-logvar)·log2 e
-    c2_ptr,  # [D, K] -0.5·(logvar + log 2π)·log2 e
-    acc_ptr,  # [SPLITS, M, D] out: marginal sums sum_j 2^(x2 + dw) over this split's components
-    jm_ptr,  # [SPLITS, M] out: joint running maximum (base 2) of this split
-    js_ptr,  # [SPLITS, M] out: joint sum of 2^(S + dw - jm) of this split
-    M, K, D, offset, consts_ptr, SPLITS,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    z_ptr,  # [D, MP] queries, transposed
+    comp_ptr,  # [D, 3, KP] s, nm, c2
+    csum_ptr,  # [KP] sum_d c2 (padding: -inf)
+    acc_ptr,  # [SPLITS, D, MP] out: marginal sums sum_j e over this split's components, e = 2^(x2 + dw)
+    t_ptr,  # [SPLITS, D, MP] out (GRAD): sum_j e·u·s
+    j_ptr,  # [SPLITS, D, MP] out (GRAD): sum_j 2^(L - jm)·u·s, L = S + dw
+    jm_ptr,  # [SPLITS, MP] out: joint running maximum (base 2) of this split
+    js_ptr,  # [SPLITS, MP] out: joint sum of 2^(L - jm) of this split
+    MP, KP, K, D, offset, consts_ptr, SPLITS,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GRAD: tl.constexpr,
 ):
-    pid_m = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1).to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    row_ok = rows < M
-    k_per_split = tl.cdiv(tl.cdiv(K, SPLITS), BLOCK_K) * BLOCK_K  # components of this split
+    pid_m = tl.program_id(0)
+    split = tl.program_id(1)
+    r0 = pid_m * BLOCK_M
+    rows = tl.max_contiguous(r0 + tl.arange(0, BLOCK_M), 1)  # no vector accesses: one layout for all [BM]
+    k_per_split = tl.cdiv(tl.cdiv(KP, SPLITS), BLOCK_K) * BLOCK_K  # components of this split
     k_lo = split * k_per_split
-    k_hi = tl.minimum(k_lo + k_per_split, K)
-    acc_base = acc_ptr + split * M * D
+    k_hi = tl.minimum(k_lo + k_per_split, KP)
+    base = split.to(tl.int64) * D * MP
     m_run = tl.full([BLOCK_M], float("-inf"), z_ptr.dtype.element_ty)
     s_run = tl.zeros([BLOCK_M], z_ptr.dtype.element_ty)
     for k0 in range(k_lo, k_hi, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-        col_ok = cols < k_hi
-        dw = _weight_corrections(rows, cols, K, offset, consts_ptr)
-        S = tl.zeros([BLOCK_M, BLOCK_K], z_ptr.dtype.element_ty)
-        for d in range(D):
-            x, diff, h2 = _x2_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, rows, cols, row_ok, col_ok, d, K, D)
-            S += x  # S[i, j] = sum_d x2, in the order d = 0, 1, ... (bitwise in every kernel)
-            part = tl.sum(tl.exp2(x + dw), axis=1)  # marginal: 2^(x2 + dw) cannot overflow
-            a_ptrs = acc_base + rows * D + d
-            tl.store(a_ptrs, tl.load(a_ptrs, mask=row_ok, other=0.0) + part, mask=row_ok)
-        L = S + dw
-        m_new = tl.maximum(m_run, tl.max(L, axis=1), propagate_nan=tl.PropagateNan.ALL)
+        cols = k0 + tl.arange(0, BLOCK_K)
+        Sq = tl.zeros([BLOCK_K, BLOCK_M], z_ptr.dtype.element_ty)
+        csum = tl.load(csum_ptr + cols)[:, None]
+        if _touches_weights(r0, k0, offset, BLOCK_M, BLOCK_K):
+            dw = _dw(rows[None, :], cols[:, None], K, offset, consts_ptr)
+            L = (_fwd_dims(z_ptr, comp_ptr, acc_ptr + base, t_ptr + base, rows, cols, Sq, dw, MP, KP, D, True, GRAD)
+                 + csum) + dw
+        else:
+            L = _fwd_dims(z_ptr, comp_ptr, acc_ptr + base, t_ptr + base, rows, cols, Sq, 0.0, MP, KP, D, False,
+                          GRAD) + csum
+        m_new = tl.maximum(m_run, tl.max(L, axis=0), propagate_nan=tl.PropagateNan.ALL)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: shift by 0
-        s_run = s_run * tl.exp2(m_run - m_safe) + tl.sum(tl.exp2(L - m_safe[:, None]), axis=1)
+        scale = tl.exp2(m_run - m_safe)
+        P = tl.exp2(L - m_safe[None, :])
+        s_run = s_run * scale + tl.sum(P, axis=0)
+        if GRAD:
+            _fwd_joint_dims(z_ptr, comp_ptr, j_ptr + base, rows, cols, P, scale, MP, KP, D)
         m_run = m_new
-    tl.store(jm_ptr + split * M + rows, m_run, mask=row_ok)
-    tl.store(js_ptr + split * M + rows, s_run, mask=row_ok)
+    tl.store(jm_ptr + split * MP + rows, m_run)
+    tl.store(js_ptr + split * MP + rows, s_run)
 
 
 @triton.jit
 def _marginal_exact_kernel(
-    z_ptr, mu_ptr, h2_ptr, c2_ptr,  # as in _fwd_kernel
-    acc_ptr,  # [M, D] marginal sums over all components
-    m_ptr,  # [M, D] out (only where acc < tiny): exact maximum of x2 + dw over components
-    r_ptr,  # [M, D] out (same rows): log2 sum_j 2^(x2 + dw - m)
-    M, K, D, offset, consts_ptr, tiny,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    z_ptr, comp_ptr,  # as in _fwd_kernel
+    acc_ptr,  # [D, MP] marginal sums over all components
+    m_ptr,  # [D, MP] out (only where acc < tiny): exact maximum of x2 + dw over components
+    r_ptr,  # [D, MP] out (same entries): log2 sum_j 2^(x2 + dw - m)
+    t_ptr,  # [D, MP] out (same entries, GRAD): sum_j 2^(x2 + dw - m - r)·u·s
+    M, MP, KP, K, D, offset, consts_ptr, tiny,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GRAD: tl.constexpr,
 ):
-    pid_m = tl.program_id(0).to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    """Two passes (maximum, then sum) for the rare rows whose marginal sums underflowed; programs
+    whose rows need nothing exit after reading acc, so the host never synchronises."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
-    n_need = tl.full([], 0, tl.int32)
-    for d in range(D):
-        a = tl.load(acc_ptr + rows * D + d, mask=row_ok, other=1.0)
-        n_need += tl.sum((a < tiny).to(tl.int32), axis=0)  # NaN < tiny is false: NaN stays NaN
-    if n_need > 0:
+    need_any = tl.zeros([BLOCK_M], tl.int32)
+    for d in range(D):  # per-thread flags in the loop, one reduction across threads after it
+        a = tl.load(acc_ptr + d * MP + rows)
+        need_any = need_any | ((a < tiny) & row_ok).to(tl.int32)  # NaN < tiny is false: NaN stays
+    if tl.sum(need_any, axis=0) > 0:
         for d in range(D):
-            a = tl.load(acc_ptr + rows * D + d, mask=row_ok, other=1.0)
-            need = (a < tiny) & row_ok
+            need = (tl.load(acc_ptr + d * MP + rows) < tiny) & row_ok
+            zd = tl.load(z_ptr + d * MP + rows)
             mx = tl.full([BLOCK_M], float("-inf"), z_ptr.dtype.element_ty)
-            for k0 in range(0, K, BLOCK_K):
-                cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-                col_ok = cols < K
-                x, diff, h2 = _x2_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, rows, cols, row_ok, col_ok, d, K, D)
-                x = x + _weight_corrections(rows, cols, K, offset, consts_ptr)
-                mx = tl.maximum(mx, tl.max(x, axis=1), propagate_nan=tl.PropagateNan.ALL)
+            for k0 in range(0, KP, BLOCK_K):
+                cols = k0 + tl.arange(0, BLOCK_K)
+                cp = comp_ptr + d * 3 * KP + cols
+                u, x = _x2(zd[None, :], tl.load(cp)[:, None], tl.load(cp + KP)[:, None], tl.load(cp + 2 * KP)[:, None])
+                x = x + _dw(rows[None, :], cols[:, None], K, offset, consts_ptr)
+                mx = tl.maximum(mx, tl.max(x, axis=0), propagate_nan=tl.PropagateNan.ALL)
             m_safe = tl.where(mx == float("-inf"), 0.0, mx)
             sm = tl.zeros([BLOCK_M], z_ptr.dtype.element_ty)
-            for k0 in range(0, K, BLOCK_K):
-                cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-                col_ok = cols < K
-                x, diff, h2 = _x2_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, rows, cols, row_ok, col_ok, d, K, D)
-                x = x + _weight_corrections(rows, cols, K, offset, consts_ptr)
-                sm += tl.sum(tl.exp2(x - m_safe[:, None]), axis=1)
+            st = tl.zeros([BLOCK_M], z_ptr.dtype.element_ty)
+            for k0 in range(0, KP, BLOCK_K):
+                cols = k0 + tl.arange(0, BLOCK_K)
+                cp = comp_ptr + d * 3 * KP + cols
+                s = tl.load(cp)[:, None]
+                u, x = _x2(zd[None, :], s, tl.load(cp + KP)[:, None], tl.load(cp + 2 * KP)[:, None])
+                x = x + _dw(rows[None, :], cols[:, None], K, offset, consts_ptr)
+                e = tl.exp2(x - m_safe[None, :])
+                sm += tl.sum(e, axis=0)
+                if GRAD:
+                    st += tl.sum(e * u * s, axis=0)
             # all -inf: r = 0 (value -inf); a NaN term (max reductions may skip NaN) keeps r = NaN
             r = tl.where((mx == float("-inf")) & (sm == sm), 0.0, tl.log2(sm))
-            tl.store(m_ptr + rows * D + d, mx, mask=need)
-            tl.store(r_ptr + rows * D + d, r, mask=need)
+            tl.store(m_ptr + d * MP + rows, mx, mask=need)
+            tl.store(r_ptr + d * MP + rows, r, mask=need)
+            if GRAD:
+                tl.store(t_ptr + d * MP + rows, tl.where(sm > 0, st / sm, 0.0), mask=need)
 
 
 @triton.jit
-def _joint_softmax_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, rows, cols, row_ok, col_ok, dw, a, pm, pr, K, D):
-    """a_i · 2^((S + dw - m_i) - r_i) [BLOCK_M, BLOCK_K], S = sum_d x2 recomputed as in the forward."""
-    S = tl.zeros([rows.shape[0], cols.shape[0]], z_ptr.dtype.element_ty)
+def _joint_sq(z_ptr, comp_ptr, z_rows, cols, Sq, MP, KP, D):
+    """Sq = -sum_d u² over a [BM, BK] tile (column backward), recomputed exactly as in the forward."""
     for d in range(D):
-        x, diff, h2 = _x2_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, rows, cols, row_ok, col_ok, d, K, D)
-        S += x
-    return a[:, None] * tl.exp2((S + dw - pm[:, None]) - pr[:, None])
+        zd = tl.load(z_ptr + d * MP + z_rows)
+        cp = comp_ptr + d * 3 * KP + cols
+        u = tl.fma(tl.load(cp)[None, :], zd[:, None], tl.load(cp + KP)[None, :])
+        Sq = tl.fma(-u, u, Sq)
+    return Sq
 
 
 @triton.jit
-def _gradient_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, qm_ptr, qr_ptr, b_ptr, consts_ptr, rows, cols, row_ok, col_ok,
-                   d, dw, P, K, D):
-    """For dimension d: U = G·diff·h2 and V = G·(diff²·h2 - 0.5·log2e), G = P + b·2^((x2 + dw - m) - r)."""
-    x, diff, h2 = _x2_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, rows, cols, row_ok, col_ok, d, K, D)
-    qm = tl.load(qm_ptr + rows * D + d, mask=row_ok, other=0.0)
-    qr = tl.load(qr_ptr + rows * D + d, mask=row_ok, other=0.0)
-    bd = tl.load(b_ptr + rows * D + d, mask=row_ok, other=0.0)
-    Q = tl.exp2((x + dw - qm[:, None]) - qr[:, None])  # marginal softmax
-    G = tl.where(row_ok[:, None] & col_ok[None, :], P + bd[:, None] * Q, 0.0)
-    U = G * diff * h2[None, :]
-    V = G * (diff * diff * h2[None, :] - tl.load(consts_ptr + 2))
-    return U, V
-
-
-@triton.jit
-def _bwd_rows_kernel(
-    z_ptr, mu_ptr, h2_ptr, c2_ptr,  # as in _fwd_kernel
-    jm_ptr, jr_ptr,  # [M] joint (m, r) saved by the forward
-    qm_ptr, qr_ptr,  # [M, D] marginal (m, r) saved by the forward
-    a_ptr,  # [M] upstream gradient of log_qz
-    b_ptr,  # [M, D] upstream gradient of log_qz_dims
-    gz_ptr,  # [SPLITS, M, D] out: sum_j U over this split's components (U = G·diff·h2)
-    gmu_ptr,  # [D, K] out (ATOMIC): sum_i U, accumulated with atomics
-    glv_ptr,  # [D, K] out (ATOMIC): sum_i G·(diff^2·h2 - 0.5·log2e)
-    M, K, D, offset, consts_ptr, SPLITS,
-    ATOMIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    pid_m = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1).to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    row_ok = rows < M
-    k_per_split = tl.cdiv(tl.cdiv(K, SPLITS), BLOCK_K) * BLOCK_K  # components of this split
-    k_lo = split * k_per_split
-    k_hi = tl.minimum(k_lo + k_per_split, K)
-    gz_base = gz_ptr + split * M * D
-    a = tl.load(a_ptr + rows, mask=row_ok, other=0.0)
-    pm = tl.load(jm_ptr + rows, mask=row_ok, other=0.0)
-    pr = tl.load(jr_ptr + rows, mask=row_ok, other=0.0)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-        col_ok = cols < k_hi
-        dw = _weight_corrections(rows, cols, K, offset, consts_ptr)
-        P = _joint_softmax_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, rows, cols, row_ok, col_ok, dw, a, pm, pr, K, D)
-        for d in range(D):
-            U, V = _gradient_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, qm_ptr, qr_ptr, b_ptr, consts_ptr, rows, cols,
-                                  row_ok, col_ok, d, dw, P, K, D)
-            g_ptrs = gz_base + rows * D + d
-            tl.store(g_ptrs, tl.load(g_ptrs, mask=row_ok, other=0.0) + tl.sum(U, axis=1), mask=row_ok)
-            if ATOMIC:
-                tl.atomic_add(gmu_ptr + d * K + cols, tl.sum(U, axis=0), mask=col_ok)
-                tl.atomic_add(glv_ptr + d * K + cols, tl.sum(V, axis=0), mask=col_ok)
+def _bwd_cols_dims(z_ptr, comp_ptr, bq_ptr, qm_ptr, gmu_ptr, glv_ptr, rows, cols, P, dw, MP, KP, D, consts_ptr,
+                   WITH_DW: tl.constexpr, WITH_QM: tl.constexpr):
+    """gmu[d, cols] += sum_i G·u and glv[d, cols] += sum_i G·(u² - log2(e)/2) over one [BM, BK] tile,
+    G = P + bq·2^(x2 + dw - qm) (WITH_QM: the tile holds rows of the exact path, else qm = 0)."""
+    half_log2e = tl.load(consts_ptr + 2)
+    for d in range(D):
+        zd = tl.load(z_ptr + d * MP + rows)
+        cp = comp_ptr + d * 3 * KP + cols
+        u, x = _x2(zd[:, None], tl.load(cp)[None, :], tl.load(cp + KP)[None, :], tl.load(cp + 2 * KP)[None, :])
+        if WITH_DW:
+            x = x + dw
+        if WITH_QM:
+            x = x - tl.load(qm_ptr + d * MP + rows)[:, None]
+        bq = tl.load(bq_ptr + d * MP + rows)
+        G = tl.fma(bq[:, None], tl.exp2(x), P)
+        p_mu = gmu_ptr + d * KP + cols
+        p_lv = glv_ptr + d * KP + cols
+        tl.store(p_mu, tl.load(p_mu) + tl.sum(G * u, axis=0))
+        tl.store(p_lv, tl.load(p_lv) + tl.sum(G * tl.fma(u, u, -half_log2e), axis=0))
 
 
 @triton.jit
 def _bwd_cols_kernel(
-    z_ptr, mu_ptr, h2_ptr, c2_ptr, jm_ptr, jr_ptr, qm_ptr, qr_ptr, a_ptr, b_ptr,  # as in _bwd_rows_kernel
-    gmu_ptr,  # [SPLITS, D, K] out: sum over this split's queries of U
-    glv_ptr,  # [SPLITS, D, K] out: sum over this split's queries of G·(diff^2·h2 - 0.5·log2e)
-    M, K, D, offset, consts_ptr, SPLITS,
+    z_ptr, comp_ptr, csum_ptr,  # as in _fwd_kernel
+    jm_ptr, jr_ptr,  # [MP] joint (m, r) saved by the forward (padded queries: m = +inf)
+    a_ptr,  # [MP] upstream gradient of log_qz (0 on padded queries)
+    bq_ptr,  # [D, MP] b·2^(-r) (b: upstream gradient of log_qz_dims)
+    qm_ptr,  # [D, MP] marginal m saved by the forward (0 except on rows of the exact path)
+    qflag_ptr,  # [MP] int32: 1 on rows of the exact path (some qm != 0)
+    gmu_ptr,  # [SPLITS, D, KP] out: sum over this split's queries of G·u
+    glv_ptr,  # [SPLITS, D, KP] out: sum over this split's queries of G·(u² - log2(e)/2)
+    MP, KP, K, D, offset, consts_ptr, SPLITS,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_k = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1).to(tl.int64)
-    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
-    col_ok = cols < K
-    m_per_split = tl.cdiv(tl.cdiv(M, SPLITS), BLOCK_M) * BLOCK_M  # queries of this split
+    pid_k = tl.program_id(0)
+    split = tl.program_id(1)
+    k0 = pid_k * BLOCK_K
+    cols = tl.max_contiguous(k0 + tl.arange(0, BLOCK_K), 1)  # no vector accesses: one layout for all [BK]
+    m_per_split = tl.cdiv(tl.cdiv(MP, SPLITS), BLOCK_M) * BLOCK_M  # queries of this split
     m_lo = split * m_per_split
-    m_hi = tl.minimum(m_lo + m_per_split, M)
-    gmu_base = gmu_ptr + split * D * K
-    glv_base = glv_ptr + split * D * K
-    for m0 in range(m_lo, m_hi, BLOCK_M):
-        rows = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
-        row_ok = rows < m_hi
-        dw = _weight_corrections(rows, cols, K, offset, consts_ptr)
-        a = tl.load(a_ptr + rows, mask=row_ok, other=0.0)
-        pm = tl.load(jm_ptr + rows, mask=row_ok, other=0.0)
-        pr = tl.load(jr_ptr + rows, mask=row_ok, other=0.0)
-        P = _joint_softmax_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, rows, cols, row_ok, col_ok, dw, a, pm, pr, K, D)
-        for d in range(D):
-            U, V = _gradient_tile(z_ptr, mu_ptr, h2_ptr, c2_ptr, qm_ptr, qr_ptr, b_ptr, consts_ptr, rows, cols,
-                                  row_ok, col_ok, d, dw, P, K, D)
-            p_mu = gmu_base + d * K + cols
-            p_lv = glv_base + d * K + cols
-            tl.store(p_mu, tl.load(p_mu, mask=col_ok, other=0.0) + tl.sum(U, axis=0), mask=col_ok)
-            tl.store(p_lv, tl.load(p_lv, mask=col_ok, other=0.0) + tl.sum(V, axis=0), mask=col_ok)
+    m_hi = tl.minimum(m_lo + m_per_split, MP)
+    gmu_base = gmu_ptr + split.to(tl.int64) * D * KP
+    glv_base = glv_ptr + split.to(tl.int64) * D * KP
+    csum = tl.load(csum_ptr + cols)[None, :]
+    for r0 in range(m_lo, m_hi, BLOCK_M):
+        rows = r0 + tl.arange(0, BLOCK_M)
+        a = tl.load(a_ptr + rows)
+        pm = tl.load(jm_ptr + rows)
+        pr = tl.load(jr_ptr + rows)
+        exact = tl.max(tl.load(qflag_ptr + rows), axis=0) > 0  # in-thread: a thread holds every row
+        L = _joint_sq(z_ptr, comp_ptr, rows, cols, tl.zeros([BLOCK_M, BLOCK_K], z_ptr.dtype.element_ty),
+                      MP, KP, D) + csum
+        if _touches_weights(r0, k0, offset, BLOCK_M, BLOCK_K):
+            dw = _dw(rows[:, None], cols[None, :], K, offset, consts_ptr)
+            P = a[:, None] * tl.exp2(((L + dw) - pm[:, None]) - pr[:, None])  # a_i · joint softmax
+            _bwd_cols_dims(z_ptr, comp_ptr, bq_ptr, qm_ptr, gmu_base, glv_base, rows, cols, P, dw,
+                           MP, KP, D, consts_ptr, True, True)
+        else:
+            P = a[:, None] * tl.exp2((L - pm[:, None]) - pr[:, None])
+            if exact:
+                _bwd_cols_dims(z_ptr, comp_ptr, bq_ptr, qm_ptr, gmu_base, glv_base, rows, cols, P, 0.0,
+                               MP, KP, D, consts_ptr, False, True)
+            else:
+                _bwd_cols_dims(z_ptr, comp_ptr, bq_ptr, qm_ptr, gmu_base, glv_base, rows, cols, P, 0.0,
+                               MP, KP, D, consts_ptr, False, False)
 
 
 @triton.jit
@@ -319,133 +371,195 @@ class force_config:
         _forced_config, _forced_splits = self.saved
 
 
-def _autotuned(kernel, reset):
+def _autotuned(kernel, kind, reset):
     return triton.autotune(
-        configs=[triton.Config({"BLOCK_M": c["BLOCK_M"], "BLOCK_K": c["BLOCK_K"]}, num_warps=c["num_warps"])
-                 for c in CONFIGS],
-        key=["D"],  # the autotuner also keys on the dtypes of the tensor arguments
+        configs=[triton.Config({"BLOCK_M": c[kind]["BLOCK_M"], "BLOCK_K": c[kind]["BLOCK_K"]},
+                               num_warps=c[kind]["num_warps"], maxnreg=c[kind]["maxnreg"]) for c in CONFIGS],
+        key=["D", "GRAD"],  # and on the dtypes of the tensor arguments
         reset_to_zero=reset,
     )(kernel)
 
 
-_fwd_tuned = _autotuned(_fwd_kernel, ["acc_ptr"])
-_bwd_rows_tuned = _autotuned(_bwd_rows_kernel, ["gz_ptr", "gmu_ptr", "glv_ptr"])
-_bwd_cols_tuned = _autotuned(_bwd_cols_kernel, ["gmu_ptr", "glv_ptr"])
+#: name -> (kernel, which CONFIGS entry it takes, its other constexprs); gpu_report compiles each.
+#: "+grad": the forward that also sums the terms of grad_z (autograd's forward).
+KERNELS = {
+    "_fwd_kernel": (_fwd_kernel, "rows", {"GRAD": False}),
+    "_fwd_kernel+grad": (_fwd_kernel, "rows", {"GRAD": True}),
+    "_marginal_exact_kernel": (_marginal_exact_kernel, "rows", {"GRAD": True}),
+    "_bwd_cols_kernel": (_bwd_cols_kernel, "cols", {}),
+}
+_TUNED = {
+    _fwd_kernel: _autotuned(_fwd_kernel, "rows", ["acc_ptr", "t_ptr", "j_ptr"]),
+    _bwd_cols_kernel: _autotuned(_bwd_cols_kernel, "cols", ["gmu_ptr", "glv_ptr"]),
+}
 
 
-def _launch(raw, tuned, grid, *args, **const):
-    """Launch ``raw`` with a fixed config (forced, or the first one under the interpreter), else ``tuned``."""
+def _launch(name, grid, *args, **const):
+    """Launch kernel ``name`` with a fixed config (forced; the first under the interpreter or for
+    kernels that are not autotuned), else through its autotuner."""
     from torch.library import wrap_triton
 
+    raw, kind, fixed = KERNELS[name]
+    tuned = _TUNED.get(raw)
+    const = {**fixed, **const}
     cfg = _forced_config or (CONFIGS[0] if INTERPRET or tuned is None else None)
     if cfg is None:
         wrap_triton(tuned)[grid](*args, **const)
     else:
-        meta = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_K": cfg["BLOCK_K"]}
-        wrap_triton(raw)[grid(meta)](*args, **const, **meta, num_warps=cfg["num_warps"])
+        c = cfg[kind]
+        meta = {"BLOCK_M": c["BLOCK_M"], "BLOCK_K": c["BLOCK_K"]}
+        opts = {} if INTERPRET else {"maxnreg": c["maxnreg"]}
+        wrap_triton(raw)[grid(meta)](*args, **const, **meta, num_warps=c["num_warps"], **opts)
 
 
-def _num_splits(rows: int, cols: int, device: torch.device, block: int = 64) -> int:
-    """Split the reduction axis so that about two programs per SM run (FlashDecoding-style)."""
+def _num_splits(rows: int, cols: int, device: torch.device) -> int:
+    """Split the reduction axis so that about two programs per SM run (FlashDecoding-style),
+    counting programs of 128 rows and keeping at least 4 tiles of 128 per split."""
     if _forced_splits is not None:
         return max(1, min(_forced_splits, cols))
     if device.type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    row_blocks = triton.cdiv(rows, block)
-    return max(1, min(triton.cdiv(2 * sms, row_blocks), triton.cdiv(cols, 4 * block)))
+    return max(1, min(triton.cdiv(2 * sms, triton.cdiv(rows, 128)), triton.cdiv(cols, 512)))
 
 
 def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _prepare(mu, logvar, w_self, w_next, w_other):
-    """Components transposed to [D, K] in base 2 (float64 arithmetic, then the compute dtype), and
-    the constants (w_self - w_other)·log2e, (w_next - w_other)·log2e, 0.5·log2e."""
-    acc = _acc_dtype(mu.dtype)
+def _pads() -> tuple[int, int]:
+    """Multiples the queries and components are padded to: every tile of the configuration in use
+    (forced, or the first under the interpreter) fits, else every tile the autotuner may pick."""
+    cfg = _forced_config or (CONFIGS[0] if INTERPRET else None)
+    if cfg is None:
+        return PAD_M, PAD_K
+    return (max(cfg["rows"]["BLOCK_M"], cfg["cols"]["BLOCK_M"]), max(cfg["rows"]["BLOCK_K"], cfg["cols"]["BLOCK_K"]))
+
+
+def _padded(n: int, to: int) -> int:
+    return max(to, triton.cdiv(n, to) * to)
+
+
+def _prepare(z, mu, logvar, w_self, w_next, w_other):
+    """Padded, transposed inputs in the compute dtype (float64 arithmetic, one rounding):
+    z_t [D, MP], comp [D, 3, KP] = (s, nm, c2) (padding: 1, 0, -inf), csum [KP] = sum_d c2
+    (padding -inf), and consts [3] = ((w_self - w_other)·log2e, (w_next - w_other)·log2e, log2(e)/2)."""
+    acc = _acc_dtype(z.dtype)
+    m, d = z.shape
+    k = mu.shape[0]
+    pad_m, pad_k = _pads()
+    mp, kp = _padded(m, pad_m), _padded(k, pad_k)
+    z_t = torch.zeros((d, mp), dtype=acc, device=z.device)
+    z_t[:, :m] = z.t()
     lv = logvar.to(torch.float64)
-    comps = (
-        mu.to(acc).t().contiguous(),
-        (0.5 * torch.exp(-lv) * LOG2E).to(acc).t().contiguous(),
-        (-0.5 * (lv + LOG_2PI) * LOG2E).to(acc).t().contiguous(),
-    )
-    consts = torch.tensor([(w_self - w_other) * LOG2E, (w_next - w_other) * LOG2E, 0.5 * LOG2E],
-                          dtype=acc, device=mu.device)
-    return comps, consts
+    s = torch.exp(-0.5 * lv) * math.sqrt(0.5 * LOG2E)  # sqrt(h2), h2 = 0.5·exp(-logvar)·log2e
+    c2 = -0.5 * (lv + LOG_2PI) * LOG2E
+    comp = torch.zeros((d, 3, kp), dtype=acc, device=z.device)
+    comp[:, 0, k:] = 1.0  # padding (1, 0, -inf): x2 = -inf for every z (s = 0 would give 0·inf = NaN at z = ±inf)
+    comp[:, 2, k:] = float("-inf")
+    comp[:, 0, :k] = s.t().to(acc)
+    comp[:, 1, :k] = (-mu.to(torch.float64) * s).t().to(acc)
+    comp[:, 2, :k] = c2.t().to(acc)
+    csum = torch.full((kp,), float("-inf"), dtype=acc, device=z.device)
+    csum[:k] = c2.sum(dim=1).to(acc)
+    consts = torch.tensor([(w_self - w_other) * LOG2E, (w_next - w_other) * LOG2E, 0.5 * LOG2E], dtype=acc,
+                          device=z.device)
+    return z_t, comp, csum, mp, kp, consts
 
 
 @torch.library.triton_op("tcvae_triton::log_qz", mutates_args=())
 def log_qz_op(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, w_self: float, w_next: float,
-              w_other: float, offset: int, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log_qz [M], log_qz_dims [M, D], aux_q [M, 2], aux_qd [M, D, 2]) in the compute dtype; aux are
-    the (m, r) logsumexp states in base 2 for the backward. ``deterministic`` only travels to it."""
+              w_other: float, offset: int, deterministic: bool,
+              grad_terms: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log_qz [M], log_qz_dims [M, D], aux_q [M, 2], aux_qd [M, D, 4]) in the compute dtype. aux_q
+    is the joint (m, r) logsumexp state in base 2, aux_qd the marginal one, (qm, qr), followed by the
+    two terms of grad_z that the forward sums on the way (``grad_terms``; zeros without it):
+    tn[i, d] = sum_j pi[i,j,d]·u·s and jn[i, d] = sum_j p[i,j]·u·s, pi and p the marginal and joint
+    softmax weights over components. ``deterministic`` only travels to the backward (which never
+    uses atomics)."""
     acc = _acc_dtype(z.dtype)
     m, d = z.shape
     k = mu.shape[0]
-    (mu_t, h2_t, c2_t), consts = _prepare(mu, logvar, w_self, w_next, w_other)
-    zc = z.to(acc).contiguous()
-    splits = _num_splits(m, k, z.device)
-    part = torch.zeros((splits, m, d), dtype=acc, device=z.device)
-    jm = torch.empty((splits, m), dtype=acc, device=z.device)
-    js = torch.empty((splits, m), dtype=acc, device=z.device)
-    _launch(_fwd_kernel, _fwd_tuned, lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), splits),
-            zc, mu_t, h2_t, c2_t, part, jm, js, m, k, d, offset, consts, splits)
+    z_t, comp, csum, mp, kp, consts = _prepare(z, mu, logvar, w_self, w_next, w_other)
+    splits = _num_splits(m, kp, z.device)
+    part = torch.zeros((splits, d, mp), dtype=acc, device=z.device)
+    tpart = torch.zeros_like(part) if grad_terms else part
+    jpart = torch.zeros_like(part) if grad_terms else part
+    jm = torch.empty((splits, mp), dtype=acc, device=z.device)
+    js = torch.empty((splits, mp), dtype=acc, device=z.device)
+    _launch("_fwd_kernel+grad" if grad_terms else "_fwd_kernel",
+            lambda meta: (triton.cdiv(mp, meta["BLOCK_M"]), splits),
+            z_t, comp, csum, part, tpart, jpart, jm, js, mp, kp, k, d, offset, consts, splits)
+    jm, js = jm[:, :m], js[:, :m]
     # joint: combine the splits' (max, sum) states
     top = jm.max(dim=0).values
     top_safe = torch.where(top == float("-inf"), torch.zeros_like(top), top)
-    r = torch.log2((js * torch.exp2(jm - top_safe)).sum(dim=0))
+    scale = torch.exp2(jm - top_safe)  # [splits, M]
+    total = (js * scale).sum(dim=0)
+    r = torch.log2(total)
     r = torch.where((top == float("-inf")) & ~torch.isnan(r), torch.zeros_like(r), r)  # NaN stays NaN
     aux_q = torch.stack([top, r], dim=1)
     # marginals: sum of the splits; sums below 2^-60 recomputed exactly
-    acc_sum = part.sum(dim=0)
-    qm = torch.zeros((m, d), dtype=acc, device=z.device)
+    acc_sum = part.sum(dim=0)  # [D, MP]
+    qm = torch.zeros((d, mp), dtype=acc, device=z.device)
     qr = torch.log2(acc_sum)
-    _launch(_marginal_exact_kernel, None, lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),),
-            zc, mu_t, h2_t, c2_t, acc_sum, qm, qr, m, k, d, offset, consts, TINY)
-    aux_qd = torch.stack([qm, qr], dim=2)
+    if grad_terms:
+        tn = tpart.sum(dim=0) / acc_sum  # exact rows (acc_sum < tiny, also 0) overwritten below
+        jn = (jpart[:, :, :m] * scale[:, None, :]).sum(dim=0) / total
+        jn = torch.where(total == 0, torch.zeros_like(jn), jn)  # all -inf (non-finite inputs only)
+    else:
+        tn = qm
+    _launch("_marginal_exact_kernel", lambda meta: (triton.cdiv(mp, meta["BLOCK_M"]),),
+            z_t, comp, acc_sum, qm, qr, tn, m, mp, kp, k, d, offset, consts, TINY, GRAD=grad_terms)
+    qm, qr = qm[:, :m].t(), qr[:, :m].t()
+    if grad_terms:
+        aux_qd = torch.stack([qm, qr, tn[:, :m].t(), jn.t()], dim=2)
+    else:
+        zero = torch.zeros_like(qm)
+        aux_qd = torch.stack([qm, qr, zero, zero], dim=2)
     log_qz = (w_other + LN2 * (top.double() + r.double())).to(acc)
     log_qz_dims = (w_other + LN2 * (qm.double() + qr.double())).to(acc)
     return log_qz, log_qz_dims, aux_q, aux_qd
 
 
+def _pad_rows(t: torch.Tensor, mp: int, value: float) -> torch.Tensor:
+    """[..., M] -> [..., MP], the padding filled with ``value``."""
+    out = torch.full((*t.shape[:-1], mp), value, dtype=t.dtype, device=t.device)
+    out[..., : t.shape[-1]] = t
+    return out
+
+
 @torch.library.triton_op("tcvae_triton::log_qz_backward", mutates_args=())
 def log_qz_backward_op(grad_q: torch.Tensor, grad_qd: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
                        logvar: torch.Tensor, aux_q: torch.Tensor, aux_qd: torch.Tensor, w_self: float,
-                       w_next: float, w_other: float, offset: int,
-                       deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(grad_z, grad_mu, grad_logvar) in the inputs' dtypes."""
+                       w_next: float, w_other: float, offset: int, deterministic: bool,
+                       grad_terms: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_z, grad_mu, grad_logvar) in the inputs' dtypes, always bitwise reproducible.
+    grad_z = -2 ln2 · (a·jn + b·tn) from the forward's sums (a, b: the upstream gradients of log_qz
+    and log_qz_dims); grad_mu and grad_logvar from one pass that sums over queries inside a thread."""
+    if not grad_terms:
+        raise RuntimeError("tcvae_triton::log_qz ran with grad_terms=False: its outputs have no backward")
     acc = _acc_dtype(z.dtype)
     m, d = z.shape
     k = mu.shape[0]
-    (mu_t, h2_t, c2_t), consts = _prepare(mu, logvar, w_self, w_next, w_other)
-    zc = z.to(acc).contiguous()
-    a = grad_q.to(acc).contiguous()
-    b = grad_qd.to(acc).contiguous()
-    jm, jr = aux_q[:, 0].contiguous(), aux_q[:, 1].contiguous()
-    qm, qr = aux_qd[..., 0].contiguous(), aux_qd[..., 1].contiguous()
-    splits = _num_splits(m, k, z.device)
-    gz = torch.zeros((splits, m, d), dtype=acc, device=z.device)
-    rows_grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), splits)  # noqa: E731
-    common = (zc, mu_t, h2_t, c2_t, jm, jr, qm, qr, a, b)
-    if deterministic:
-        dummy = torch.zeros(1, dtype=acc, device=z.device)
-        _launch(_bwd_rows_kernel, _bwd_rows_tuned, rows_grid, *common, gz, dummy, dummy,
-                m, k, d, offset, consts, splits, ATOMIC=False)
-        col_splits = _num_splits(k, m, z.device)
-        gmu_p = torch.zeros((col_splits, d, k), dtype=acc, device=z.device)
-        glv_p = torch.zeros((col_splits, d, k), dtype=acc, device=z.device)
-        _launch(_bwd_cols_kernel, _bwd_cols_tuned, lambda meta: (triton.cdiv(k, meta["BLOCK_K"]), col_splits),
-                *common, gmu_p, glv_p, m, k, d, offset, consts, col_splits)
-        gmu, glv = gmu_p.sum(dim=0), glv_p.sum(dim=0)
-    else:
-        gmu = torch.zeros((d, k), dtype=acc, device=z.device)
-        glv = torch.zeros((d, k), dtype=acc, device=z.device)
-        _launch(_bwd_rows_kernel, _bwd_rows_tuned, rows_grid, *common, gz, gmu, glv,
-                m, k, d, offset, consts, splits, ATOMIC=True)
-    grad_z = (-2.0 * LN2) * gz.sum(dim=0)
-    grad_mu = (2.0 * LN2) * gmu.t()
-    grad_lv = LN2 * glv.t()
+    a0, b0 = grad_q.to(acc), grad_qd.to(acc)
+    grad_z = (-2.0 * LN2) * (a0[:, None] * aux_qd[..., 3].to(acc) + b0 * aux_qd[..., 2].to(acc))
+    z_t, comp, csum, mp, kp, consts = _prepare(z, mu, logvar, w_self, w_next, w_other)
+    inf = float("inf")
+    a = _pad_rows(a0, mp, 0.0)
+    jm = _pad_rows(aux_q[:, 0].to(acc), mp, inf)  # padded queries: P = 0·2^(-inf) = 0
+    jr = _pad_rows(aux_q[:, 1].to(acc), mp, 0.0)
+    qm0 = aux_qd[..., 0].to(acc).t()
+    qm = _pad_rows(qm0, mp, 0.0)  # [D, MP]
+    qflag = _pad_rows((qm0 != 0).any(dim=0).to(torch.int32), mp, 0)  # rows of the exact path
+    bq = _pad_rows((b0 * torch.exp2(-aux_qd[..., 1].to(acc))).t(), mp, 0.0)  # b·2^(-r)
+    col_splits = _num_splits(k, mp, z.device)
+    gmu = torch.zeros((col_splits, d, kp), dtype=acc, device=z.device)
+    glv = torch.zeros((col_splits, d, kp), dtype=acc, device=z.device)
+    _launch("_bwd_cols_kernel", lambda meta: (triton.cdiv(kp, meta["BLOCK_K"]), col_splits),
+            z_t, comp, csum, jm, jr, a, bq, qm, qflag, gmu, glv, mp, kp, k, d, offset, consts, col_splits)
+    grad_mu = (2.0 * LN2) * (gmu.sum(dim=0) * comp[:, 0])[:, :k].t()  # sum_i G·u·s
+    grad_lv = LN2 * glv.sum(dim=0)[:, :k].t()
     return grad_z.to(z.dtype), grad_mu.to(mu.dtype), grad_lv.to(logvar.dtype)
 
 

@@ -35,9 +35,10 @@ def _backend(spec):
 
 
 
-# D covers every register width (8, 16, 32, 64) and its edges; K spans several 32-component tiles
+# D: 1, odd, even and past 64; M and K: 1, tiles of 32 and blocks of 128 and their edges
 SHAPES = [(1, 1, 1, "mws"), (2, 2, 3, "mss"), (7, 7, 8, "mss"), (9, 40, 9, "mss"), (130, 129, 16, "mws"),
-          (33, 70, 17, "uniform"), (65, 65, 33, "mss"), (20, 33, 64, "mws")]
+          (33, 70, 17, "uniform"), (65, 65, 33, "mss"), (20, 33, 64, "mws"),
+          (129, 130, 3, "mss")]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -96,9 +97,12 @@ def test_cuda_backend_reasons_without_gpu():
     assert reasons  # CPU tensors (and, on a machine without the CUDA build, the build itself)
     if ops.build_info().get("cuda") == "1":
         assert any("runs on cuda tensors" in r for r in reasons)
-    big = torch.zeros(3, 65)
-    if ops.build_info().get("cuda") == "1":
-        assert any("D <= 64" in r for r in backend_reasons("cuda", big, big, big))
+
+
+def test_emulation_handles_large_d():
+    """No register array depends on D any more: D = 100 runs through the same code."""
+    z, mu, lv = make_inputs(9, 40, 100, dtype=torch.float32)
+    assert_ok(check_backend(ops.CudaEmulationBackend(splits=2), z, mu, lv, log_weights("mss", 40, 400)), "D=100")
 
 
 @pytest.mark.skipif(not HAS_GPU, reason="needs a GPU")

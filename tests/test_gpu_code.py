@@ -1,0 +1,187 @@
+"""Facts about the compiled GPU code, checked without a GPU (python -m tcvae_kernels gpu-report):
+every Triton kernel compiles for sm_80 and sm_90 with every config the autotuner may pick; no
+float32 kernel (Triton, CUDA) uses local memory; no barrier sits in an innermost loop; and the
+throughput model predicts the targets (forward within 1.25x of the MUFU floor, the training step
+within 1.5x of two sweeps' floor for CUDA). Planted variants show that each check can fail."""
+
+import functools
+
+import pytest
+import torch
+
+from tcvae_kernels import ops
+
+triton = pytest.importorskip("triton")
+from tcvae_kernels import gpu_report as gr  # noqa: E402
+
+try:
+    gr.tool("cuobjdump")
+    HAVE_TOOLS = True
+except FileNotFoundError:  # pragma: no cover
+    HAVE_TOOLS = False
+pytestmark = pytest.mark.skipif(not HAVE_TOOLS, reason="cuobjdump not found (ships with triton)")
+
+ARCHS = (80, 90)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_reports():
+    return tuple(gr.triton_reports(ARCHS))
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_reports():
+    return tuple(gr.cuda_reports(ARCHS))
+
+
+def _label(r):
+    return f"{r.source}:{r.name}[{r.config}]@sm_{r.arch}"
+
+
+def test_every_triton_kernel_and_config_compiles_for_both_archs():
+    from tcvae_kernels import triton_kernels as tkn
+
+    got = {(r.name, r.config, r.arch) for r in triton_reports()}
+    for name, (_, kind, _) in tkn.KERNELS.items():
+        for cfg in tkn.CONFIGS:
+            for arch in ARCHS:
+                assert (name, gr.triton_config_label(cfg[kind]), arch) in got
+
+
+def test_no_triton_kernel_uses_local_memory():
+    bad = [f"{_label(r)}: stack {r.stack} B, {r.local_ops} LDL/STL" for r in triton_reports() if r.stack or r.local_ops]
+    assert not bad, bad
+
+
+def test_no_barrier_in_innermost_loops_triton():
+    bad = [f"{_label(r)}: {r.barriers_in_inner_loops}" for r in triton_reports() if r.barriers_in_inner_loops]
+    assert not bad, bad
+
+
+def test_triton_hot_loops_have_no_shuffles():
+    bad = [_label(r) for r in triton_reports() if r.hot and any(k.startswith("SHFL") for k in r.hot)]
+    assert not bad, bad
+
+
+needs_cuda_build = pytest.mark.skipif(ops.LOAD_ERROR is not None or ops.build_info().get("cuda") != "1",
+                                      reason="extension built without its CUDA kernels")
+
+
+@needs_cuda_build
+def test_cuda_fatbin_holds_every_kernel_for_both_archs():
+    got = {(r.name, r.config, r.arch) for r in cuda_reports()}
+    for name in gr.CUDA_KERNELS:
+        for dtype in ("float", "double"):
+            for arch in ARCHS:
+                assert (name, dtype, arch) in got, (name, dtype, arch)
+
+
+@needs_cuda_build
+def test_no_float32_cuda_kernel_uses_local_memory():
+    bad = [f"{_label(r)}: stack {r.stack} B, {r.local_ops} LDL/STL" for r in cuda_reports()
+           if r.config == "float" and (r.stack or r.local_ops)]
+    assert not bad, bad
+
+
+@needs_cuda_build
+def test_no_barrier_in_innermost_loops_cuda():
+    bad = [_label(r) for r in cuda_reports() if r.barriers_in_inner_loops]
+    assert not bad, bad
+
+
+#: fwd+bwd (the training step: forward with the grad_z terms, then the column backward) as a multiple
+#: of two sweeps' MUFU floor. CUDA meets the 1.5x target; Triton's in-tile sums compile to trees of
+#: FMUL+FADD where CUDA chains FFMAs (about 3 more instructions per element over both kernels), so
+#: it stays at ~1.6x: this bound keeps it from sliding back (bench/RESULTS.md, "GPU kernels").
+TRAIN_BOUND = {"cuda": gr.TARGETS["forward+backward"], "triton": 1.65}
+
+
+@pytest.mark.parametrize("source", ["triton", pytest.param("cuda", marks=needs_cuda_build)])
+def test_model_predicts_the_targets(source):
+    reports = list(triton_reports() if source == "triton" else cuda_reports())
+    rows = [r for r in gr.predict(reports) if r["source"] == source]
+    assert {r["D"] for r in rows} == set(gr.SIZES)
+    for r in rows:
+        assert r["forward_ratio"] <= gr.TARGETS["forward"], r
+        assert 1.0 < r["fwd_bwd_ratio"] <= TRAIN_BOUND[source], r  # two sweeps' floor cannot be beaten with two
+
+
+@needs_cuda_build
+def test_cuda_forward_beats_the_mufu_floor():
+    """A share of the marginal exp2s on the FMA pipe (exp2_fma) takes the CUDA forward below the
+    special-function unit's limit in the model (bench/poly_share.py tunes the share)."""
+    rows = [r for r in gr.predict(list(cuda_reports())) if r["source"] == "cuda"]
+    assert rows and all(r["forward_ratio"] < 0.95 for r in rows), rows
+
+
+# ------------------------------------------------------------------- the checks can fail: planted
+
+
+@functools.lru_cache(maxsize=None)
+def planted():
+    return {r.name: r for r in gr.planted_reports(90)}
+
+
+def test_planted_spill_is_caught():
+    r = planted()["_planted_spill"]
+    assert r.stack > 0 and r.local_ops > 0
+
+
+def test_planted_barrier_in_loop_is_caught():
+    r = planted()["_planted_barrier"]
+    assert r.barriers_in_inner_loops > 0
+
+
+def test_sass_parser_and_model_on_a_known_listing():
+    """A hand-written loop: 2 FFMA, 1 MUFU, 1 FADD and the branch per element of 1 per iteration."""
+    text = """
+        Function : k
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   FFMA R2, R3, R4, R5 ;
+        /*0020*/                   FFMA R2, -R2, R2, R6 ;
+        /*0030*/                   MUFU.EX2 R7, R2 ;
+        /*0040*/                   FADD R8, R8, R7 ;
+        /*0050*/               @P0 BRA 0x10 ;
+        /*0060*/                   EXIT ;
+    """
+    ins = gr.parse_sass(text)["k"]
+    assert gr.loops(ins) == [(0x10, 0x50)]
+    rep = gr.analyze("t", "k", 90, "c", ins, {"REG": 9, "STACK": 0}, 1)
+    assert rep.hot == {"FFMA": 2.0, "MUFU.EX2": 1.0, "FADD": 1.0, "BRA": 1.0}
+    clk, pipe = gr.clocks_per_warp_element(rep.per_element(10))
+    assert pipe == "mufu" and clk == 2.0  # 1 MUFU at 0.5/clk beats 5 instructions at 4/clk
+
+
+def test_tile_path_takes_the_cheapest_branch_and_every_loop_kind():
+    """A tile loop with a diagonal-tile branch (two exp loops) and a skippable loop without exp:
+    the model charges the cheaper exp loop, the loop without exp, and only the outer instructions on
+    that path (not the other branch's)."""
+    text = """
+        Function : k
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   FADD R2, R2, R3 ;
+        /*0020*/               @P0 BRA 0x70 ;
+        /*0030*/                   FFMA R4, R4, R5, R6 ;
+        /*0040*/                   MUFU.EX2 R5, R4 ;
+        /*0050*/               @P1 BRA 0x30 ;
+        /*0060*/                   BRA 0xb0 ;
+        /*0070*/                   FFMA R4, R4, R5, R6 ;
+        /*0080*/                   FSEL R4, R4, RZ, P2 ;
+        /*0090*/                   MUFU.EX2 R5, R4 ;
+        /*00a0*/               @P1 BRA 0x70 ;
+        /*00b0*/                   FMNMX R7, R7, R5, !PT ;
+        /*00c0*/               @P2 BRA 0x100 ;
+        /*00d0*/                   FFMA R8, R8, R5, R6 ;
+        /*00e0*/                   FMUL R9, R8, R8 ;
+        /*00f0*/               @P3 BRA 0xd0 ;
+        /*0100*/               @P4 BRA 0x10 ;
+        /*0110*/                   EXIT ;
+    """
+    ins = gr.parse_sass(text)["k"]
+    assert [t[3] for t in ins[:3]] == [False, False, True]  # predication parsed
+    taken, outer = gr.tile_path(ins, (0x10, 0x100), gr.innermost(gr.loops(ins)))
+    assert taken == [(0x30, 0x50), (0xD0, 0xF0)]
+    assert outer == {"FADD": 1, "BRA": 4, "FMNMX": 1}
+    rep = gr.analyze("t", "k", 90, "c", ins, {}, 1)
+    assert rep.hot == {"FFMA": 2.0, "MUFU.EX2": 1.0, "BRA": 2.0, "FMUL": 1.0}
+    assert rep.per_element(10)["FMNMX"] == pytest.approx(0.1)

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one call (run on the lent GPU machine, from the repository root):
-#   bench/gpu_check.sh [all|build|test|sanitize|bench] [OUT_DIR]
-# build    : pip install --no-build-isolation --no-deps -e .  (compiles the CUDA kernel for this GPU)
-# test     : the whole test suite on CUDA (Triton compiled, not interpreted) + `check --all`
-# sanitize : compute-sanitizer memcheck / racecheck / initcheck on small cases of the GPU backends
+#   bench/gpu_check.sh [all|build|test|sanitize|kernels|bench] [OUT_DIR]
+# Each stage is meant to fit one 10-minute call of the device tool (estimates for one H100/H200):
+# build    : pip install --no-build-isolation --no-deps -e .  (compiles the CUDA kernel for this GPU; ~3 min)
+# test     : the whole test suite on CUDA (Triton compiled, not interpreted) + `check --all` (~6 min)
+# sanitize : compute-sanitizer memcheck / racecheck / initcheck on small cases of the GPU backends (~3 min)
+# kernels  : every GPU kernel timed at M = K = 16384, D ∈ {10, 32, 64} beside the throughput model's
+#            prediction (bench/gpu_kernels.py; ~3 min)
 # bench    : eager, torch.compile, KeOps (if installed), triton, cuda at M ∈ {1024, 4096, 16384},
 #            D ∈ {10, 32, 64}, forward and forward+backward, vs the measured exp2 (MUFU) peak;
-#            then the memory check at M = 65536, D = 64
+#            then the memory check at M = 65536, D = 64 (~8 min)
 # Results (logs, results.md/json/png) go to OUT_DIR (default: $OUT, else bench/out/gpu).
 set -uo pipefail
 stage="${1:-all}"
@@ -51,6 +54,10 @@ PY
       done
     fi
   done
+fi
+
+if [[ "$stage" == all || "$stage" == kernels ]]; then
+  run $py bench/gpu_kernels.py --out "$out/kernels.md" 2>&1 | tee "$out/kernels.log"
 fi
 
 if [[ "$stage" == all || "$stage" == bench ]]; then

@@ -8,7 +8,7 @@ Public API::
     BetaTCVAELoss(dataset_size, alpha=1.0, beta=6.0, gamma=1.0, estimator="mss", backend="auto")
     BetaVAELoss(beta), FactorVAELoss(gamma, latent_dim=...), HFVAELoss(dataset_size, groups, ...)
     grouped_decompose(z, mu, logvar, groups=..., dataset_size=...) -> GroupedDecomposition
-    available_backends()
+    available_backends(), compiled_backends(), backend_status()
 
 The math is written once, in :mod:`tcvae_kernels.reference`.
 """
@@ -23,13 +23,13 @@ from .api import (
     log_qz,
     total_correlation,
 )
-from .dispatch import BACKEND_NAMES, BackendNotSupportedError, available_backends
+from .dispatch import BACKEND_NAMES, BackendNotSupportedError, available_backends, backend_status, compiled_backends
 from .estimators import ESTIMATORS, LogWeights, log_weights
 from .loss import BetaTCVAELoss, BetaVAELoss, FactorVAELoss, HFVAELoss, default_discriminator, permute_dims
 from . import ops as _ops  # noqa: F401  (registers the compiled backends)
 from . import data, evaluate, metrics
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "BACKEND_NAMES",
@@ -48,6 +48,8 @@ __all__ = [
     "LogQz",
     "LogWeights",
     "available_backends",
+    "backend_status",
+    "compiled_backends",
     "decompose",
     "log_qz",
     "log_weights",

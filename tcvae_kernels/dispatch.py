@@ -59,6 +59,11 @@ class Backend:
         """Why the backend cannot run on these (validated) inputs; empty if it can."""
         return []
 
+    def devices(self) -> list[str]:
+        """Device types on which this backend can run in this process (given what is installed
+        and which devices exist); empty if none."""
+        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
     def log_qz(self, z, mu, logvar, weights: LogWeights, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``deterministic``: bitwise reproducible gradients even where the fast path uses atomics."""
         raise NotImplementedError
@@ -142,6 +147,12 @@ class TritonBackend(Backend):
             return "triton is not installed (pip install triton)"
         return None
 
+    def devices(self):
+        import os
+
+        out = ["cuda"] if torch.cuda.is_available() else []
+        return out + (["cpu"] if os.environ.get("TRITON_INTERPRET", "0") == "1" else [])
+
     def not_supported_reasons(self, z, mu, logvar):
         import os
 
@@ -177,14 +188,45 @@ def _missing_reason(name: str) -> str:
     return f"backend {name!r} is not part of this build of tcvae_kernels"
 
 
-def available_backends() -> list[str]:
-    """Names of the backends this installation can run (on some device)."""
+def available_backends(device: str | torch.device | None = None) -> list[str]:
+    """Names of the backends that can run here: built and installed, and with a device of their
+    kind in this process (``cuda`` and ``triton`` need a GPU). With ``device`` ("cpu", "cuda",
+    ...): those that run on tensors of that device type. What is installed regardless of the
+    devices: :func:`compiled_backends`; why a backend is missing: :func:`backend_status`."""
+    kind = None if device is None else torch.device(device).type
+    names = []
+    for name in compiled_backends():
+        devs = get_backend(name).devices()
+        if devs and (kind is None or kind in devs):
+            names.append(name)
+    return names
+
+
+def compiled_backends() -> list[str]:
+    """Names of the backends this installation ships and has built (the extension loads, triton is
+    importable), whether or not a device for them exists in this process."""
     names = []
     for name in BACKEND_NAMES:
         be = get_backend(name)
         if be is not None and be.unavailable_reason() is None:
             names.append(name)
     return names
+
+
+def backend_status() -> dict[str, str]:
+    """Per backend name: "available (cpu, cuda)", or why it cannot run here."""
+    out = {}
+    for name in BACKEND_NAMES:
+        be = get_backend(name)
+        if be is None:
+            out[name] = _missing_reason(name)
+        elif be.unavailable_reason():
+            out[name] = be.unavailable_reason()
+        elif not be.devices():
+            out[name] = "built, but no device for it in this process (no CUDA GPU visible)"
+        else:
+            out[name] = "available (" + ", ".join(be.devices()) + ")"
+    return out
 
 
 def backend_reasons(name: str, z, mu, logvar) -> list[str]:
@@ -208,7 +250,8 @@ def select_backend(backend: str, z: torch.Tensor, mu: torch.Tensor, logvar: torc
                 f"backend={backend!r} cannot run on these inputs "
                 f"(z: {tuple(z.shape)} {z.dtype} on {z.device}):\n"
                 + "\n".join(f"  - {r}" for r in why)
-                + "\nuse backend='auto' to pick one that can, or see tcvae_kernels.available_backends()"
+                + f"\nuse backend='auto' to pick one that can; on {z.device.type} tensors here: "
+                + f"{available_backends(z.device)} (tcvae_kernels.backend_status() says why the others cannot)"
             )
         return get_backend(backend)
     for name in AUTO_ORDER.get(z.device.type, ("torch",)):

@@ -37,6 +37,16 @@ def build_info() -> dict:
     return dict(item.split("=", 1) for item in torch.ops.tcvae.build_info().split(";"))
 
 
+def cuda_build_reason() -> str:
+    """Why the build left out the CUDA kernel, as setup.py recorded it."""
+    try:
+        from . import _build_config
+
+        return _build_config.CUDA_REASON or "unknown"
+    except ImportError:
+        return "unknown: no record of the build (tcvae_kernels/_build_config.py)"
+
+
 def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -71,6 +81,12 @@ if LOAD_ERROR is None:
                                      w_self, w_next, w_other, offset):
         return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)
 
+    # Under torch.autocast the ops compute in float32: float16/bfloat16 inputs are upcast and the
+    # outputs stay float32 (autocast's rule for softmax-like reductions).
+    for _name in ("log_qz", "log_qz_groups"):
+        for _dev in ("cpu", "cuda"):
+            torch.library.register_autocast(f"tcvae::{_name}", _dev, torch.float32)
+
     for _name in ("log_qz", "log_qz_groups"):
         torch.library.register_autograd(
             f"tcvae::{_name}", make_backward(getattr(torch.ops.tcvae, f"{_name}_backward")), setup_context=setup_context
@@ -90,6 +106,11 @@ class ExtensionBackend(Backend):
         if z.device.type != self.device_type:
             return [f"backend {self.name!r} runs on {self.device_type} tensors, got {z.device.type}"]
         return []
+
+    def devices(self):
+        if self.device_type == "cuda" and not torch.cuda.is_available():
+            return []
+        return [self.device_type]
 
     def log_qz(self, z, mu, logvar, weights, deterministic=False):
         # both kernels are always deterministic (fixed-order reductions, no atomics)
@@ -136,8 +157,8 @@ class CudaBackend(ExtensionBackend):
         if LOAD_ERROR:
             return LOAD_ERROR
         if build_info().get("cuda") != "1":
-            return ("the extension was built without its CUDA kernel (torch without CUDA or no nvcc at build "
-                    "time); reinstall with FORCE_CUDA=1 and CUDA_HOME set")
+            return (f"the extension was built without its CUDA kernel ({cuda_build_reason()}); reinstall "
+                    "with CUDA_HOME pointing at a CUDA toolkit (or FORCE_CUDA=1)")
         return None
 
 

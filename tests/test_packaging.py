@@ -1,0 +1,129 @@
+"""Installing the way users install: a plain ``pip install`` of the source tree into a fresh venv
+(build isolation: pip installs torch for the build; no CUDA_HOME in the environment), and a wheel
+built with ``python -m build --wheel --no-isolation`` installed into another fresh venv. Both are
+imported from outside the source tree and must give the fused ``cpu`` backend. Slow (each installs
+torch from this machine's local disk and compiles the extension): about 8 minutes together."""
+
+import os
+import shutil
+import subprocess
+import sys
+import venv
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SMOKE = r"""
+import os, sys, torch, tcvae_kernels as tk
+assert not tk.__file__.startswith(sys.argv[1]), tk.__file__  # the installed copy, not the source tree
+assert "cpu" in tk.available_backends(), tk.backend_status()
+z = torch.randn(33, 5)
+q = tk.log_qz(z, z, torch.zeros(33, 5), dataset_size=330, backend="cpu")
+ref = tk.log_qz(z, z, torch.zeros(33, 5), dataset_size=330, backend="torch")
+assert torch.allclose(q.log_qz, ref.log_qz, atol=1e-4)
+print("ok", tk.__version__, tk.compiled_backends())
+"""
+
+
+def _source_copy(dest: str) -> str:
+    """The files of a clean clone (tracked and untracked-but-not-ignored), without build outputs."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split("\n")
+    for f in filter(None, files):
+        src = os.path.join(ROOT, f)
+        if os.path.isfile(src):
+            os.makedirs(os.path.dirname(os.path.join(dest, f)), exist_ok=True)
+            shutil.copy2(src, os.path.join(dest, f))
+    return dest
+
+
+def _env_without_cuda_home():
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "CUDA_PATH", "TRITON_INTERPRET",
+                                                            "PYTHONPATH", "VIRTUAL_ENV")}
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    return env
+
+
+def _fresh_venv(path: str) -> str:
+    venv.EnvBuilder(with_pip=True, clear=True).create(path)
+    return os.path.join(path, "bin", "python")
+
+
+def _run(cmd, cwd, env, timeout):
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return r
+
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None or not os.path.isdir(os.path.join(ROOT, ".git")),
+                                reason="needs the git checkout")
+
+
+def test_plain_pip_install_into_a_fresh_venv(tmp_path):
+    src = _source_copy(str(tmp_path / "src"))
+    py = _fresh_venv(str(tmp_path / "venv"))
+    env = _env_without_cuda_home()
+    r = _run([py, "-m", "pip", "install", "-v", src], cwd=str(tmp_path), env=env, timeout=1800)
+    said = [line for line in (r.stdout + r.stderr).splitlines() if "tcvae_kernels: building" in line]
+    assert said, "the build must say what it builds"
+    out = _run([py, "-c", SMOKE, src], cwd=str(tmp_path), env=env, timeout=600).stdout
+    assert out.startswith("ok")
+
+
+def test_wheel_builds_and_installs_into_a_fresh_venv(tmp_path):
+    src = _source_copy(str(tmp_path / "src"))
+    env = _env_without_cuda_home()
+    env["FORCE_ONLY_CPU"] = "1"  # the CUDA detection is exercised by the plain install above
+    _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist"), src],
+         cwd=src, env=env, timeout=1800)
+    wheels = os.listdir(tmp_path / "dist")
+    assert len(wheels) == 1 and wheels[0].endswith(".whl"), wheels
+    py = _fresh_venv(str(tmp_path / "venv"))
+    _run([py, "-m", "pip", "install", str(tmp_path / "dist" / wheels[0])], cwd=str(tmp_path), env=env, timeout=1800)
+    out = _run([py, "-c", SMOKE, src], cwd=str(tmp_path), env=env, timeout=600).stdout
+    assert out.startswith("ok") and "'cuda'" not in out  # a CPU-only wheel, and it says so
+
+
+def _setup_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tcvae_setup_probe", os.path.join(ROOT, "setup.py"))
+    src = open(os.path.join(ROOT, "setup.py")).read()
+    head = src[: src.index("ext_modules, cmdclass = _extensions()")]  # the helpers, without running setup()
+    mod = type(sys)("tcvae_setup_probe")
+    mod.__file__ = spec.origin
+    exec(compile(head, spec.origin, "exec"), mod.__dict__)
+    return mod
+
+
+def _fake_toolkit(root, release="13.0", runtime=True):
+    os.makedirs(os.path.join(root, "bin"))
+    nvcc = os.path.join(root, "bin", "nvcc")
+    with open(nvcc, "w") as f:
+        f.write(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.1'\n")
+    os.chmod(nvcc, 0o755)
+    if runtime:
+        os.makedirs(os.path.join(root, "lib64"))
+        open(os.path.join(root, "lib64", "libcudart.so"), "w").close()
+    return root
+
+
+def test_cuda_detection_explains_what_is_missing(tmp_path, monkeypatch):
+    """A wrapper nvcc without the runtime library (torch's guess here: /usr/local) is skipped with
+    the reason; a toolkit of another major CUDA version is too; a complete one is taken."""
+    setup = _setup_module()
+    wrapper = _fake_toolkit(str(tmp_path / "wrapper"), runtime=False)
+    old = _fake_toolkit(str(tmp_path / "cuda12"), release="12.4")
+    good = _fake_toolkit(str(tmp_path / "cuda13"))
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    home, why = setup._find_cuda("13.0", wrapper, default=None)
+    assert home is None and f"{wrapper} (torch's guess) has no libcudart" in why
+    home, why = setup._find_cuda(None, good, default=None)
+    assert home is None and "CPU build" in why
+    monkeypatch.setenv("CUDA_HOME", old)
+    home, why = setup._find_cuda("13.0", wrapper, default=None)
+    assert home is None and f"{old} ($CUDA_HOME) is CUDA 12.4, torch was built with CUDA 13.0" in why
+    home, why = setup._find_cuda("13.0", wrapper, default=good)  # the default location, after the others
+    assert home == good and "CUDA 13.0" in why

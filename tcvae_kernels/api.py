@@ -5,6 +5,8 @@ The formulas are in :mod:`tcvae_kernels.reference`; the weights in :mod:`tcvae_k
 
 from __future__ import annotations
 
+import functools
+
 from typing import NamedTuple
 
 import torch
@@ -70,6 +72,28 @@ def normalize_groups(groups, d: int) -> list[list[int]]:
     if flat != list(range(d)):
         raise ValueError(f"index-list groups must partition range(D={d}): each dimension exactly once, got {groups!r}")
     return [list(g) for g in groups]
+
+
+def autocast_active(z: torch.Tensor) -> bool:
+    """Whether a torch.autocast region is active for z's device type."""
+    return torch.is_autocast_enabled(z.device.type)
+
+
+def _under_autocast(fn):
+    """Run ``fn(z, mu, logvar, ...)`` in float32 with autocast off when an autocast region is active
+    for z's device (float16/bfloat16 inputs upcast, differentiably): the estimates are logsumexps
+    over M·D log densities, an "autocast to float32" kind of op, like torch's softmax and logsumexp."""
+
+    @functools.wraps(fn)
+    def wrapped(z, mu, logvar, *args, **kwargs):
+        if not (isinstance(z, torch.Tensor) and autocast_active(z)):
+            return fn(z, mu, logvar, *args, **kwargs)
+        up = [t.float() if isinstance(t, torch.Tensor) and t.dtype in (torch.float16, torch.bfloat16) else t
+              for t in (z, mu, logvar)]
+        with torch.autocast(z.device.type, enabled=False):
+            return fn(*up, *args, **kwargs)
+
+    return wrapped
 
 
 def _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic=False, *,
@@ -140,15 +164,20 @@ def log_qz(
     Returns:
         ``LogQz(log_qz [M], log_qz_dims [M, D])`` — or ``LogQzGroups(..., log_qz_groups [M, G])``
         with ``groups`` — in the input dtype (computed in float32 for float16/bfloat16, float64 for
-        float64). Differentiable w.r.t. all three inputs.
+        float64). Inside a ``torch.autocast`` region for the inputs' device, float16/bfloat16
+        inputs are upcast and the results are float32 (autocast's rule for softmax-like ops); the
+        fused ops themselves are registered to do the same when called directly. Differentiable
+        w.r.t. all three inputs.
     """
-    lqz, lqzd, lqg = _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic,
-                                 groups=groups, process_group=process_group)
+    out = z.dtype if not (isinstance(z, torch.Tensor) and autocast_active(z)) else torch.promote_types(z.dtype, torch.float32)
+    lqz, lqzd, lqg = _under_autocast(_log_qz_acc)(z, mu, logvar, dataset_size, estimator, backend, check_finite,
+                                                  deterministic, groups=groups, process_group=process_group)
     if lqg is None:
-        return LogQz(lqz.to(z.dtype), lqzd.to(z.dtype))
-    return LogQzGroups(lqz.to(z.dtype), lqzd.to(z.dtype), lqg.to(z.dtype))
+        return LogQz(lqz.to(out), lqzd.to(out))
+    return LogQzGroups(lqz.to(out), lqzd.to(out), lqg.to(out))
 
 
+@_under_autocast
 def decompose(
     z: torch.Tensor,
     mu: torch.Tensor,
@@ -183,6 +212,7 @@ def decompose(
     )
 
 
+@_under_autocast
 def total_correlation(
     z: torch.Tensor,
     mu: torch.Tensor,
@@ -201,6 +231,7 @@ def total_correlation(
     return (lqz - lqzd.sum(dim=1)).mean()
 
 
+@_under_autocast
 def grouped_decompose(
     z: torch.Tensor,
     mu: torch.Tensor,

@@ -79,6 +79,12 @@ CONFIGS = [
 ]
 
 
+#: Under TRITON_INTERPRET=1 (CPU tests) unless a test forces an entry of CONFIGS: the smallest
+#: tiles, so inputs pad to 32 and the interpreter, whose cost is per operation, runs few tiles.
+INTERPRET_CONFIG = dict(rows=dict(BLOCK_M=32, BLOCK_K=32, num_warps=1, maxnreg=255),
+                        cols=dict(BLOCK_M=32, BLOCK_K=32, num_warps=1, maxnreg=255))
+
+
 @triton.jit
 def _x2(z2, s2, nm2, c2_2):
     """u = z·s + nm and x2 = c2 - u² for broadcast operands (one FMA each): the single expression
@@ -402,7 +408,7 @@ def _launch(name, grid, *args, **const):
     raw, kind, fixed = KERNELS[name]
     tuned = _TUNED.get(raw)
     const = {**fixed, **const}
-    cfg = _forced_config or (CONFIGS[0] if INTERPRET or tuned is None else None)
+    cfg = _forced_config or (INTERPRET_CONFIG if INTERPRET else (CONFIGS[0] if tuned is None else None))
     if cfg is None:
         wrap_triton(tuned)[grid](*args, **const)
     else:
@@ -429,8 +435,8 @@ def _acc_dtype(dtype):
 
 def _pads() -> tuple[int, int]:
     """Multiples the queries and components are padded to: every tile of the configuration in use
-    (forced, or the first under the interpreter) fits, else every tile the autotuner may pick."""
-    cfg = _forced_config or (CONFIGS[0] if INTERPRET else None)
+    (forced, or INTERPRET_CONFIG under the interpreter) fits, else every tile the autotuner may pick."""
+    cfg = _forced_config or (INTERPRET_CONFIG if INTERPRET else None)
     if cfg is None:
         return PAD_M, PAD_K
     return (max(cfg["rows"]["BLOCK_M"], cfg["cols"]["BLOCK_M"]), max(cfg["rows"]["BLOCK_K"], cfg["cols"]["BLOCK_K"]))
@@ -564,4 +570,6 @@ def log_qz_backward_op(grad_q: torch.Tensor, grad_qd: torch.Tensor, z: torch.Ten
 
 
 log_qz_op.register_autograd(make_backward(log_qz_backward_op), setup_context=setup_context)
+for _dev in ("cuda", "cpu"):  # under torch.autocast: computed and returned in float32 (CPU: the interpreter)
+    torch.library.register_autocast(log_qz_op, _dev, torch.float32)
 log_qz_backward_op.register_autograd(no_double_backward, setup_context=setup_nothing)

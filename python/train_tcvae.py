@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -31,6 +30,7 @@ from torch.nn import functional as F
 import tcvae_kernels as tk
 from tcvae_kernels import data as tkdata
 from tcvae_kernels import metrics
+from tcvae_kernels.progress import progress
 
 
 class ConvVAE(nn.Module):
@@ -77,15 +77,6 @@ def terms(last) -> tuple[float, float, float]:
     if hasattr(last, "tc"):
         return nan, last.tc.item(), last.kl.item()
     return nan, nan, last.kl.item()
-
-
-def progress(step, total, start, extra):
-    done = step / total
-    rate = step / max(time.perf_counter() - start, 1e-9)
-    eta = (total - step) / max(rate, 1e-9)
-    bar = "#" * int(30 * done) + "." * (30 - int(30 * done))
-    sys.stdout.write(f"\r[{bar}] {step}/{total} {rate:.1f} it/s eta {eta:4.0f}s {extra}")
-    sys.stdout.flush()
 
 
 @torch.no_grad()
@@ -205,7 +196,7 @@ def main(argv=None) -> dict:
     ckpt_path = os.path.join(a.out, "checkpoint.pt")
     history, step = [], 0
     if a.resume and os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = torch.load(ckpt_path, map_location=device, weights_only=True)  # tensors and plain containers only
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         loss_fn.load_state_dict(ck["loss"])
@@ -216,9 +207,9 @@ def main(argv=None) -> dict:
         print(f"resumed from step {step}")
     print(f"{a.loss} β={a.beta} on shapes (N={n}), batch {a.batch_size}, {a.steps} steps, device {device}, "
           f"backend {a.backend}")
-    start, first_step = time.perf_counter(), step
     model.train()
     sums, count = np.zeros(4), 0
+    bar = progress(total=a.steps, initial=step, desc="train", unit="step")
     while step < a.steps:
         f = data.sample_factors(a.batch_size, rng)
         x = torch.from_numpy(data.sample_observations_from_factors(f)).to(device)
@@ -240,16 +231,18 @@ def main(argv=None) -> dict:
         step += 1
         sums += np.array([recon.item(), *terms(loss_fn.last)])
         count += 1
-        progress(step - first_step, a.steps - first_step, start,
-                 f"loss {loss.item():.1f} recon {recon.item():.1f} tc {terms(loss_fn.last)[1]:.2f}")
+        bar.set_postfix(loss=f"{loss.item():.1f}", recon=f"{recon.item():.1f}", tc=f"{terms(loss_fn.last)[1]:.2f}",
+                        refresh=False)
+        bar.update(1)
         if step % a.steps_per_epoch == 0 or step == a.steps:
-            r, mi, tc, dkl = sums / count
+            r, mi, tc, dkl = (float(v) for v in sums / count)  # plain floats: the checkpoint loads weights_only
             history.append({"epoch": len(history) + 1, "step": step, "recon": r, "mi": mi, "tc": tc, "dim_kl": dkl})
-            print(f"\nepoch {len(history)} (step {step}): recon {r:.2f}  MI {mi:.3f}  TC {tc:.3f}  dim-KL {dkl:.3f}")
+            bar.write(f"epoch {len(history)} (step {step}): recon {r:.2f}  MI {mi:.3f}  TC {tc:.3f}  dim-KL {dkl:.3f}")
             sums, count = np.zeros(4), 0
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "loss": loss_fn.state_dict(),
                         "d_opt": d_opt.state_dict() if d_opt is not None else None,
                         "history": history, "step": step, "args": vars(a)}, ckpt_path)
+    bar.close()
     result = {"loss": a.loss, "beta": a.beta, "steps": step, "history": history}
     if not a.no_eval:
         model.eval()
@@ -257,17 +250,17 @@ def main(argv=None) -> dict:
         index = tkdata.grid_subset(data, a.eval_strides)
         mu_all, lv_all = encode_all(model, data, index, device)
         mig_result = metrics.mig(mu_all, lv_all, data.index_to_factors(index), data.factor_sizes,
-                                 samples=a.mig_samples, generator=torch.Generator().manual_seed(a.seed))
+                                 samples=a.mig_samples, generator=torch.Generator().manual_seed(a.seed), progress=True)
         full = tk.evaluate.decomposition_from_samples(
             *tk.evaluate.sample_posteriors(mu_all, lv_all, a.mig_samples, torch.Generator().manual_seed(a.seed + 1)),
-            mu_all, lv_all)
+            mu_all, lv_all, progress=True)
 
         def represent(x):
             with torch.no_grad():
                 return model.encode(torch.from_numpy(x).to(device))[0].cpu().numpy()
 
         fvae = metrics.factor_vae_score(represent, data, np.random.default_rng(a.seed + 2),
-                                        num_train=a.factor_vae_train, num_eval=a.factor_vae_eval)
+                                        num_train=a.factor_vae_train, num_eval=a.factor_vae_eval, progress=True)
         save_pictures(model, history, mig_result, data, a.out, device)
         result.update(
             mig=mig_result["mig"], mig_per_factor=dict(zip(data.factor_names, mig_result["per_factor"].tolist())),

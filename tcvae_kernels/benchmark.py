@@ -266,24 +266,25 @@ def worker(spec: dict) -> list[dict]:
             pykeops.set_build_folder(spec["keops_cache"])
     if method == "exp":
         return [{"method": "exp", "exp_per_s": exp_throughput(device, dtype)}]
+    from .progress import progress
+
     records = []
-    for d in spec["dims"]:
-        for m in spec["sizes"]:
-            inputs = make_inputs(m, d, device, dtype)
-            fn = build_method(method, m, 10 * m, dtype, device)
-            for mode in spec["modes"]:
-                rec = {"method": method, "M": m, "D": d, "mode": mode}
-                need = estimated_bytes(method, mode, m, d, inputs[0].element_size())
-                if need > 0.6 * _available_bytes(device):
-                    rec["skipped"] = f"needs ~{need / 2**30:.0f} GiB"
-                else:
-                    try:
-                        t, peak, reps = measure(fn, mode, inputs, device, spec["min_time"], spec["max_reps"])
-                        rec.update(seconds=t, peak_bytes=peak, reps=reps)
-                    except (RuntimeError, MemoryError) as e:  # e.g. CUDA OOM
-                        rec["skipped"] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
-                records.append(rec)
-                print(json.dumps(rec), file=sys.stderr, flush=True)
+    cells = [(d, m) for d in spec["dims"] for m in spec["sizes"]]
+    for d, m in progress(cells, desc=f"[bench] {method}", unit="size"):
+        inputs = make_inputs(m, d, device, dtype)
+        fn = build_method(method, m, 10 * m, dtype, device)
+        for mode in spec["modes"]:
+            rec = {"method": method, "M": m, "D": d, "mode": mode}
+            need = estimated_bytes(method, mode, m, d, inputs[0].element_size())
+            if need > 0.6 * _available_bytes(device):
+                rec["skipped"] = f"needs ~{need / 2**30:.0f} GiB"
+            else:
+                try:
+                    t, peak, reps = measure(fn, mode, inputs, device, spec["min_time"], spec["max_reps"])
+                    rec.update(seconds=t, peak_bytes=peak, reps=reps)
+                except (RuntimeError, MemoryError) as e:  # e.g. CUDA OOM
+                    rec["skipped"] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+            records.append(rec)
     return records
 
 
@@ -457,7 +458,6 @@ def main(argv=None) -> int:
         if why:
             records.append({"method": meth, "skipped": why})
             continue
-        print(f"[bench] {meth} ...", file=sys.stderr, flush=True)
         spec = dict(method=meth, device=a.device, dtype=a.dtype, threads=threads, sizes=sizes, dims=dims,
                     modes=a.modes, min_time=a.min_time, max_reps=a.max_reps,
                     keops_cache=os.path.abspath(os.path.join(out_dir or ".", "keops_cache")) if out_dir else None)

@@ -13,6 +13,7 @@ import torch
 
 from .dispatch import BACKEND_NAMES, backend_reasons
 from .estimators import log_weights
+from .progress import progress
 from .testing import check_backend
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -67,7 +68,8 @@ def run_checks(backends, devices, dtypes, cases, seed, out=None):
                 dtype = DTYPES[dtype_name]
                 passed, total, worst, skipped = 0, 0, None, None
                 t0 = time.perf_counter()
-                for m, k, d, est, kind, groups in cases:
+                for m, k, d, est, kind, groups in progress(cases, desc=f"check {name} {device} {dtype_name}",
+                                                           unit="case", leave=False):
                     z, mu, logvar = make_case(m, k, d, kind, dtype, device, g)
                     why = backend_reasons(name, z, mu, logvar)
                     if why:

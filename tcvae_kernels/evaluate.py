@@ -24,6 +24,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
+from .progress import progress as _progress
 from .api import log_qz
 from .reference import LOG_2PI, log_density
 
@@ -61,11 +62,11 @@ def sample_posteriors(mu, logvar, samples: int, generator: torch.Generator | Non
 
 
 @torch.no_grad()
-def mixture_log_density(z, mu, logvar, *, chunk: int = 1024, backend: str = "auto"):
+def mixture_log_density(z, mu, logvar, *, chunk: int = 1024, backend: str = "auto", progress: bool = False):
     """(log q(z_s) [S], log q(z_sd) [S, D]) under the uniform mixture of the N posteriors,
-    evaluated chunk by chunk of queries (K = N components per call)."""
+    evaluated chunk by chunk of queries (K = N components per call); ``progress``: a bar per chunk."""
     outs_q, outs_d = [], []
-    for s in range(0, z.shape[0], chunk):
+    for s in _progress(range(0, z.shape[0], chunk), desc="log q(z)", enabled=progress, unit="chunk"):
         q, qd = log_qz(z[s : s + chunk], mu, logvar, estimator="uniform", backend=backend)
         outs_q.append(q)
         outs_d.append(qd)
@@ -79,10 +80,11 @@ def _estimate(x: torch.Tensor) -> Estimate:
 
 
 @torch.no_grad()
-def decomposition_from_samples(z, idx, mu, logvar, *, chunk: int = 1024, backend: str = "auto") -> FullDecomposition:
+def decomposition_from_samples(z, idx, mu, logvar, *, chunk: int = 1024, backend: str = "auto",
+                               progress: bool = False) -> FullDecomposition:
     """The full-data decomposition from given samples z [S, D] drawn from q(z | x_idx)."""
     _check(mu, logvar)
-    lq, lqd = mixture_log_density(z, mu, logvar, chunk=chunk, backend=backend)
+    lq, lqd = mixture_log_density(z, mu, logvar, chunk=chunk, backend=backend, progress=progress)
     lq, lqd = lq.double(), lqd.double()
     zz = z.double()
     log_qzx = log_density(zz, mu[idx].double(), logvar[idx].double()).sum(1)
@@ -92,25 +94,26 @@ def decomposition_from_samples(z, idx, mu, logvar, *, chunk: int = 1024, backend
 
 
 def full_decomposition(mu, logvar, *, samples: int = 10000, generator=None, chunk: int = 1024,
-                       backend: str = "auto") -> FullDecomposition:
+                       backend: str = "auto", progress: bool = False) -> FullDecomposition:
     """Monte Carlo estimates (with standard errors) of MI, TC and dim-KL over the whole data set
     whose encoder posteriors are (mu, logvar) [N, D]."""
     z, idx = sample_posteriors(mu, logvar, samples, generator)
-    return decomposition_from_samples(z, idx, mu, logvar, chunk=chunk, backend=backend)
+    return decomposition_from_samples(z, idx, mu, logvar, chunk=chunk, backend=backend, progress=progress)
 
 
 @torch.no_grad()
 def marginal_entropies(mu, logvar, *, samples: int = 10000, generator=None, chunk: int = 1024,
-                       backend: str = "auto") -> torch.Tensor:
+                       backend: str = "auto", progress: bool = False) -> torch.Tensor:
     """H(z_d) [D] (nats) of the aggregate posterior, by Monte Carlo with all N components."""
     z, _ = sample_posteriors(mu, logvar, samples, generator)
-    _, lqd = mixture_log_density(z, mu, logvar, chunk=chunk, backend=backend)
+    _, lqd = mixture_log_density(z, mu, logvar, chunk=chunk, backend=backend, progress=progress)
     return -lqd.double().mean(0)
 
 
 @torch.no_grad()
 def conditional_entropies(mu, logvar, factors, factor_sizes: Sequence[int], *, samples: int = 10000,
-                          generator=None, chunk: int = 1024, backend: str = "auto") -> torch.Tensor:
+                          generator=None, chunk: int = 1024, backend: str = "auto",
+                          progress: bool = False) -> torch.Tensor:
     """H(z_d | v_k) [num_factors, D] (nats): for each factor k and value v, the entropy of the
     mixture of the posteriors of the points with v_k = v (Monte Carlo, ``samples`` samples per
     value), weighted by the empirical p(v_k = v)."""
@@ -120,15 +123,15 @@ def conditional_entropies(mu, logvar, factors, factor_sizes: Sequence[int], *, s
         raise ValueError(f"factors must be [N, {len(factor_sizes)}] for N={mu.shape[0]} posteriors, got {factors.shape}")
     n, d = mu.shape
     out = torch.zeros(len(factor_sizes), d, dtype=torch.float64)
-    for k, size in enumerate(factor_sizes):
-        for v in range(size):
-            sel = np.flatnonzero(factors[:, k] == v)
-            if sel.size == 0:
-                continue
-            sel_t = torch.as_tensor(sel, device=mu.device)
-            sub_mu, sub_lv = mu[sel_t], logvar[sel_t]
-            h = marginal_entropies(sub_mu, sub_lv, samples=samples, generator=generator, chunk=chunk, backend=backend)
-            out[k] += (sel.size / n) * h.cpu()
+    values = [(k, v) for k, size in enumerate(factor_sizes) for v in range(size)]
+    for k, v in _progress(values, desc="H(z|v)", enabled=progress, unit="value"):
+        sel = np.flatnonzero(factors[:, k] == v)
+        if sel.size == 0:
+            continue
+        sel_t = torch.as_tensor(sel, device=mu.device)
+        sub_mu, sub_lv = mu[sel_t], logvar[sel_t]
+        h = marginal_entropies(sub_mu, sub_lv, samples=samples, generator=generator, chunk=chunk, backend=backend)
+        out[k] += (sel.size / n) * h.cpu()
     return out
 
 

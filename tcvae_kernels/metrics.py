@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from . import evaluate
+from .progress import progress as _progress
 
 
 def _gap(mi: np.ndarray, entropies: np.ndarray) -> tuple[float, np.ndarray]:
@@ -40,12 +41,15 @@ def _gap(mi: np.ndarray, entropies: np.ndarray) -> tuple[float, np.ndarray]:
     return (float(gaps[varying].mean()) if varying.any() else 0.0), gaps
 
 
-def mig(mu, logvar, factors, factor_sizes, *, samples: int = 10000, generator=None, backend: str = "auto") -> dict:
+def mig(mu, logvar, factors, factor_sizes, *, samples: int = 10000, generator=None, backend: str = "auto",
+        progress: bool = False) -> dict:
     """Sampling MIG (Chen et al.) from the posteriors (mu, logvar) [N, D] of data points with
-    integer ``factors`` [N, K]. Returns {"mig", "per_factor", "mi" [K, D], "h_z" [D], "h_z_given_v" [K, D]}."""
-    h_z = evaluate.marginal_entropies(mu, logvar, samples=samples, generator=generator, backend=backend).cpu()
+    integer ``factors`` [N, K]. Returns {"mig", "per_factor", "mi" [K, D], "h_z" [D], "h_z_given_v" [K, D]}.
+    ``progress``: bars for the entropy estimates."""
+    h_z = evaluate.marginal_entropies(mu, logvar, samples=samples, generator=generator, backend=backend,
+                                      progress=progress).cpu()
     h_cond = evaluate.conditional_entropies(mu, logvar, factors, factor_sizes, samples=samples, generator=generator,
-                                            backend=backend)
+                                            backend=backend, progress=progress)
     mi = (h_z[None, :] - h_cond).clamp_min(0).numpy()
     h_v = evaluate.factor_entropies(factors, factor_sizes).numpy()
     score, gaps = _gap(mi, h_v)
@@ -86,8 +90,9 @@ def _represent_factors(represent, data, factors, rng):
 
 def factor_vae_score(represent: Callable, data, rng: np.random.Generator, *, batch_size: int = 64,
                      num_train: int = 10000, num_eval: int = 5000, num_variance_estimate: int = 10000,
-                     prune_threshold: float = 0.05) -> dict:
-    """FactorVAE score (Kim & Mnih). Returns {"train_accuracy", "eval_accuracy", "num_active_dims"}."""
+                     prune_threshold: float = 0.05, progress: bool = False) -> dict:
+    """FactorVAE score (Kim & Mnih). Returns {"train_accuracy", "eval_accuracy", "num_active_dims"}.
+    ``progress``: a bar over the votes."""
     codes = _represent_factors(represent, data, data.sample_factors(num_variance_estimate, rng), rng)
     global_var = codes.var(axis=0, ddof=1)
     active = global_var >= prune_threshold
@@ -95,9 +100,9 @@ def factor_vae_score(represent: Callable, data, rng: np.random.Generator, *, bat
         return {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0}
     scale = np.sqrt(global_var)
 
-    def votes(n):
+    def votes(n, what):
         out = np.zeros((n, 2), dtype=np.int64)
-        for t in range(n):
+        for t in _progress(range(n), desc=f"FactorVAE {what} votes", enabled=progress):
             k = rng.integers(data.num_factors)
             f = data.sample_factors(batch_size, rng)
             f[:, k] = f[0, k]  # the fixed factor
@@ -107,12 +112,12 @@ def factor_vae_score(represent: Callable, data, rng: np.random.Generator, *, bat
             out[t] = (np.argmin(var), k)
         return out
 
-    train = votes(num_train)
+    train = votes(num_train, "train")
     counts = np.zeros((codes.shape[1], data.num_factors), dtype=np.int64)
     np.add.at(counts, (train[:, 0], train[:, 1]), 1)
     classifier = counts.argmax(axis=1)  # dim -> majority factor
     train_acc = counts.max(axis=1).sum() / num_train
-    ev = votes(num_eval)
+    ev = votes(num_eval, "eval")
     eval_acc = float(np.mean(classifier[ev[:, 0]] == ev[:, 1]))
     return {"train_accuracy": float(train_acc), "eval_accuracy": eval_acc, "num_active_dims": int(active.sum())}
 

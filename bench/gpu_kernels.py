@@ -1,0 +1,159 @@
+"""Each GPU kernel timed on the GPU and set beside the throughput model's prediction (needs a GPU).
+
+For M = K = 16384 (``--m``), D ∈ {10, 32, 64}, float32, MSS weights: runs the forward without
+gradient terms (evaluation), the forward with them (training) and the backward of every available
+GPU backend (cuda, triton) under ``torch.profiler`` and reports per kernel the median device time
+over ``--reps`` calls, the time ``python -m tcvae_kernels gpu-report`` predicts for it (the model's
+clocks per element, with this GPU's SM count and the clock given by ``--clock-ghz``), their ratio,
+and the measured time as a multiple of the measured MUFU floor: M·K·(D+1) exp2 at the rate of
+``triton_kernels.exp2_peak`` (per sweep; the training step has two sweeps' worth).
+
+    python bench/gpu_kernels.py [--m 16384] [--dims 10 32 64] [--out bench/out/gpu/kernels.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import torch  # noqa: E402
+
+#: profiler kernel names -> the report's kernel names (Triton names are the Python functions;
+#: CUDA names are demangled C++ templates)
+def report_name(source: str, kernel: str, grad_terms: bool) -> str | None:
+    if source == "triton":
+        for k in ("_fwd_kernel", "_bwd_cols_kernel", "_marginal_exact_kernel"):
+            if kernel.startswith(k):
+                return k + ("+grad" if k == "_fwd_kernel" and grad_terms else "")
+        return None
+    for k in ("forward_kernel", "backward_cols_kernel", "exact_kernel"):
+        if k + "<" in kernel:
+            return k + ("+grad" if k == "forward_kernel" and ", true>" in kernel else "")
+    return None
+
+
+def make_calls(source: str, m: int, d: int, device):
+    """(forward without grad terms, forward with them, backward) as callables for one backend."""
+    from tcvae_kernels.estimators import log_weights
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    mu = torch.randn(m, d, generator=g)
+    lv = torch.empty(m, d).uniform_(-2.0, 1.0, generator=g)
+    z = mu + torch.exp(0.5 * lv) * torch.randn(m, d, generator=g)
+    z, mu, lv = (t.to(device) for t in (z, mu, lv))
+    w = log_weights("mss", m, 10 * m)
+    args = (w.w_self, w.w_next, w.w_other, w.offset)
+    if source == "cuda":
+        fwd = lambda grad: torch.ops.tcvae.log_qz(z, mu, lv, *args, grad)  # noqa: E731
+        bwd_op = lambda q, qd, aq, aqd: torch.ops.tcvae.log_qz_backward(  # noqa: E731
+            a, b, z, mu, lv, aq, aqd, *args, True)
+    else:
+        from tcvae_kernels import triton_kernels as tkn
+
+        fwd = lambda grad: tkn.log_qz_op(z, mu, lv, *args, False, grad)  # noqa: E731
+        bwd_op = lambda q, qd, aq, aqd: tkn.log_qz_backward_op(  # noqa: E731
+            a, b, z, mu, lv, aq, aqd, *args, False, True)
+    a = torch.randn(m, device=device) / m
+    b = torch.randn(m, d, device=device) / m
+    saved = fwd(True)
+    return (lambda: fwd(False)), (lambda: fwd(True)), (lambda: bwd_op(*saved))
+
+
+def profile(call, reps: int, source: str, grad_terms: bool) -> dict[str, float]:
+    """Median device milliseconds per call of each kernel the call launches."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+
+    call()
+    torch.cuda.synchronize()
+    per_call = collections.defaultdict(list)
+    for _ in range(reps):
+        with prof(activities=[ProfilerActivity.CUDA]) as p:
+            call()
+            torch.cuda.synchronize()
+        got = collections.Counter()
+        for e in p.events():
+            if e.device_type == torch.autograd.DeviceType.CUDA:
+                name = report_name(source, e.name, grad_terms)
+                if name:
+                    got[name] += e.device_time_total / 1e3 if hasattr(e, "device_time_total") else e.cuda_time_total / 1e3
+        for k, v in got.items():
+            per_call[k].append(v)
+    return {k: statistics.median(v) for k, v in per_call.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--m", type=int, default=16384)
+    ap.add_argument("--dims", type=int, nargs="+", default=[10, 32, 64])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--clock-ghz", type=float, default=1.98, help="SM clock of the model (H100/H200 SXM boost: 1.98)")
+    ap.add_argument("--out", default=None, help="markdown file for the table (a .json beside it)")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench/gpu_kernels.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import tcvae_kernels as tk
+    from tcvae_kernels import gpu_report as gr
+    from tcvae_kernels import triton_kernels as tkn
+
+    dev = torch.device("cuda")
+    props = torch.cuda.get_device_properties(dev)
+    arch = props.major * 10 + props.minor
+    machine = {"name": props.name, "sms": props.multi_processor_count, "clock_hz": args.clock_ghz * 1e9}
+    peak = tkn.exp2_peak(dev)
+    reports = gr.triton_reports((arch,)) + gr.cuda_reports((arch,))
+    sources = [s for s in ("cuda", "triton") if s in tk.available_backends()]
+    rows = []
+    for source in sources:
+        for d in args.dims:
+            m = k = args.m
+            preds = {}
+            for r in reports:
+                if r.source == source and r.hot is not None and (source == "triton" or r.config == "float"):
+                    clk, pipe = gr.clocks_per_warp_element(r.per_element(d))
+                    ms = clk * m * k * d / 32 / machine["sms"] / machine["clock_hz"] * 1e3
+                    if r.name not in preds or ms < preds[r.name][0]:
+                        preds[r.name] = (ms, pipe, r.config)
+            floor_ms = m * k * (d + 1) / peak * 1e3
+            ev, train_fwd, bwd = make_calls(source, m, d, dev)
+            measured = {}
+            for call, grad in ((ev, False), (train_fwd, True), (bwd, True)):
+                measured.update(profile(call, args.reps, source, grad))
+            for name, ms in sorted(measured.items()):
+                p = preds.get(name)
+                rows.append({"source": source, "D": d, "kernel": name, "measured_ms": ms,
+                             "predicted_ms": p[0] if p else None, "bound": p[1] if p else None,
+                             "config_of_prediction": p[2] if p else None,
+                             "x_mufu_floor": ms / floor_ms})
+            del ev, train_fwd, bwd
+            torch.cuda.empty_cache()
+    head = (f"Kernels on {props.name} ({machine['sms']} SMs; model clock {args.clock_ghz} GHz), M = K = {args.m}, "
+            f"float32; measured exp2 peak {peak / 1e12:.2f} T/s\n\n"
+            "| backend | D | kernel | measured ms | predicted ms (bound) | measured / predicted | × MUFU floor (one sweep) |\n"
+            "|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        pred = f"{r['predicted_ms']:.2f} ({r['bound']})" if r["predicted_ms"] else "—"
+        ratio = f"{r['measured_ms'] / r['predicted_ms']:.2f}" if r["predicted_ms"] else "—"
+        lines.append(f"| {r['source']} | {r['D']} | {r['kernel']} | {r['measured_ms']:.2f} | {pred} | {ratio} | "
+                     f"{r['x_mufu_floor']:.2f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        open(args.out, "w").write(text + "\n")
+        json.dump({"device": props.name, "exp2_peak": peak, "rows": rows}, open(os.path.splitext(args.out)[0] + ".json", "w"),
+                  indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

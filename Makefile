@@ -15,10 +15,11 @@ SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu csrc/*.cuh)
 
 all: test
 
-$(VENV)/.deps: requirements.txt
+$(VENV)/.deps: requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(VPY) -m pip install --quiet -r requirements.txt
+	$(VPY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@
 
 # (Re)build the extension whenever a C++/CUDA source or setup.py changes.
@@ -47,6 +48,7 @@ bench: $(VENV)/.built
 	$(VPY) -m tcvae_kernels bench --methods cpu --sizes 1024 2048 4096 8192 16384 --dims 10 32 --out bench/out/cpu_scaling
 	$(VPY) bench/bench_mig.py
 	$(VPY) bench/bench_groups.py
+	$(VPY) bench/bench_metrics.py
 
 clean:
 	rm -rf build *.egg-info tcvae_kernels/*.so bench/out .pytest_cache

@@ -7,8 +7,9 @@ dSprites-like data set (no download), a loader for the real dSprites file, and t
 images. Images are rendered on demand with numpy (deterministic: the same factors give the same
 pixels), so the whole grid never needs to be stored.
 
-Any object with ``factor_sizes``, ``sample_factors(n, rng)`` and
-``sample_observations_from_factors(factors, rng)`` works with :mod:`tcvae_kernels.metrics`.
+Any subclass of :class:`GroundTruthData` that sets ``factor_sizes`` and implements
+``sample_observations_from_factors(factors, rng)`` works with :mod:`tcvae_kernels.metrics`;
+:class:`ObservedData` wraps observations whose factor grid is incomplete.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ FACTOR_SIZES = (3, 6, 40, 32, 32)
 IMAGE_SIZE = 64
 
 
+def _integers(rng, high: int, size=None):
+    """Uniform integers in [0, high) from a Generator or a legacy RandomState."""
+    if isinstance(rng, np.random.RandomState):
+        return rng.randint(high, size=size)
+    return rng.integers(0, high, size=size)
+
+
 class GroundTruthData:
     """Factors of variation with known values, and observations generated from them."""
 
@@ -34,9 +42,30 @@ class GroundTruthData:
     def num_factors(self) -> int:
         return len(self.factor_sizes)
 
-    def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """[n, num_factors] integer factor values, each uniform over its range."""
-        return np.stack([rng.integers(0, s, size=n) for s in self.factor_sizes], axis=1)
+    def sample_factors(self, n: int, rng) -> np.ndarray:
+        """[n, num_factors] integer factor values, each uniform over its range. ``rng``: a
+        ``np.random.Generator`` or a legacy ``np.random.RandomState`` (the latter draws exactly
+        what disentanglement_lib's data sets draw: ``randint(size_k, size=n)`` for each factor k)."""
+        return np.stack([_integers(rng, s, n) for s in self.factor_sizes], axis=1)
+
+    def sample_factors_with_fixed(self, n: int, k: int, rng) -> np.ndarray:
+        """[n, num_factors] factors in which factor k takes one (random) value in every row and
+        the others vary: the batches of the FactorVAE score."""
+        f = self.sample_factors(n, rng)
+        f[:, k] = f[0, k]
+        return f
+
+    def sample_factors_matching(self, factors: np.ndarray, k: int, rng) -> np.ndarray:
+        """New factors [n, num_factors] whose factor k equals ``factors[:, k]`` row by row: the
+        pairs of the β-VAE score."""
+        f = self.sample_factors(len(factors), rng)
+        f[:, k] = factors[:, k]
+        return f
+
+    def sample(self, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+        """(factors [n, K], observations [n, ...])."""
+        f = self.sample_factors(n, rng)
+        return f, self.sample_observations_from_factors(f, rng)
 
     def sample_observations_from_factors(self, factors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
@@ -158,3 +187,67 @@ def grid_subset(data: GroundTruthData, strides: Sequence[int]) -> np.ndarray:
     axes = [np.arange(0, n, st) for n, st in zip(data.factor_sizes, strides)]
     mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
     return data.factors_to_index(mesh)
+
+
+class ObservedData(GroundTruthData):
+    """Observations [N, ...] with their integer factors [N, K] whose grid need not be complete
+    (some factor combinations never observed). Sampling draws observed rows only: factors come from
+    the empirical joint distribution (a row uniformly at random), fixed-factor batches from the rows
+    sharing one observed value, pairs from rows with the same value of the factor. ``factor_sizes``
+    is ``factors.max(0) + 1``."""
+
+    def __init__(self, observations, factors, factor_names: Sequence[str] | None = None):
+        obs, f = np.asarray(observations), np.asarray(factors)
+        if f.ndim != 2 or not np.issubdtype(f.dtype, np.integer):
+            raise TypeError(f"factors must be an integer array [N, K], got {f.dtype} {f.shape}")
+        if obs.shape[0] != f.shape[0] or f.shape[0] == 0:
+            raise ValueError(f"observations [N, ...] and factors [N, K] need the same N > 0, got {obs.shape[0]} "
+                             f"and {f.shape[0]}")
+        if (f < 0).any():
+            raise ValueError("factors must be non-negative integers (class indices)")
+        self.observations, self.factors = obs, f.astype(np.int64)
+        self.factor_sizes = tuple(int(v) for v in self.factors.max(0) + 1)
+        self.factor_names = tuple(factor_names) if factor_names is not None else tuple(
+            f"factor{k}" for k in range(f.shape[1]))
+        if len(self.factor_names) != f.shape[1]:
+            raise ValueError(f"factor_names has {len(self.factor_names)} names for {f.shape[1]} factors")
+        flat = self.factors_to_index(self.factors)
+        order = np.argsort(flat, kind="stable")
+        self._flat_sorted, self._rows_sorted = flat[order], order
+
+    def _rows_of(self, factors, rng) -> np.ndarray:
+        """One observed row per factor combination (a random one where several share it)."""
+        flat = self.factors_to_index(np.asarray(factors))
+        lo = np.searchsorted(self._flat_sorted, flat, side="left")
+        hi = np.searchsorted(self._flat_sorted, flat, side="right")
+        if (hi == lo).any():
+            missing = np.asarray(factors)[np.flatnonzero(hi == lo)[0]]
+            raise ValueError(f"factor combination {missing.tolist()} was never observed; sample factors with "
+                             "this object's sample_factors* methods, which draw observed rows only")
+        pick = lo + (np.floor(np.asarray(_uniform(rng, len(flat))) * (hi - lo))).astype(np.int64)
+        return self._rows_sorted[pick]
+
+    def sample_factors(self, n: int, rng) -> np.ndarray:
+        return self.factors[_integers(rng, len(self.factors), n)]
+
+    def sample_factors_with_fixed(self, n: int, k: int, rng) -> np.ndarray:
+        value = self.factors[_integers(rng, len(self.factors)), k]
+        rows = np.flatnonzero(self.factors[:, k] == value)
+        return self.factors[rows[_integers(rng, len(rows), n)]]
+
+    def sample_factors_matching(self, factors: np.ndarray, k: int, rng) -> np.ndarray:
+        out = np.empty_like(np.asarray(factors))
+        for value in np.unique(factors[:, k]):
+            where = np.flatnonzero(factors[:, k] == value)
+            rows = np.flatnonzero(self.factors[:, k] == value)
+            if len(rows) == 0:
+                raise ValueError(f"factor {k} never takes the value {value} in the observed data")
+            out[where] = self.factors[rows[_integers(rng, len(rows), len(where))]]
+        return out
+
+    def sample_observations_from_factors(self, factors, rng=None) -> np.ndarray:
+        return self.observations[self._rows_of(factors, rng if rng is not None else np.random.default_rng(0))]
+
+
+def _uniform(rng, n: int):
+    return rng.random_sample(n) if isinstance(rng, np.random.RandomState) else rng.random(n)

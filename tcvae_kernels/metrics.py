@@ -1,22 +1,46 @@
-"""Disentanglement metrics of the β-TCVAE literature, each with its formula and defaults.
+"""Disentanglement metrics: the standard six of Locatello et al. (2019) — β-VAE score, FactorVAE
+score, MIG, DCI, SAP, Modularity/Explicitness — with disentanglement_lib 1.5's algorithms and
+defaults (cross-checked against the real package in CI: ``tests/test_dlib_crosscheck.py``), plus
+Chen et al.'s sampling MIG. ``represent`` maps observations [n, ...] (numpy) to codes [n, D]
+(numpy); ``data`` is a :class:`tcvae_kernels.data.GroundTruthData` (complete grids such as
+``Shapes``, or :class:`~tcvae_kernels.data.ObservedData` for incomplete ones); ``rng`` is a
+``np.random.Generator`` or a ``np.random.RandomState`` (with a RandomState every metric draws
+exactly what disentanglement_lib draws from the same state). Codes sampled for a metric come in
+batches of 16 (the library's ``batch_size``), factors uniform over the grid.
 
 * :func:`mig` — Mutual Information Gap (Chen et al. 2018), the sampling estimator:
   ``I(z_d; v_k) = H(z_d) - H(z_d | v_k)`` from the encoder posteriors (tcvae_kernels.evaluate),
   ``MIG = mean_k (I_(1)k - I_(2)k) / H(v_k)`` with I_(1), I_(2) the largest and second largest
-  mutual information of factor k over the latent dims.
-* :func:`mig_histogram` — the variant of disentanglement_lib: latent means discretised into 20
-  equal-width bins per dim, discrete mutual information, same gap formula.
-* :func:`factor_vae_score` — Kim & Mnih (2018): latents normalised by their global standard
-  deviation (dims with global variance below 0.05 pruned); a vote is argmin_d of the variance
-  of the normalised latents over a batch of 64 observations sharing one fixed factor k, labelled
-  k; the classifier maps each dim to its majority factor; score = accuracy on 5,000 new votes
-  (trained on 10,000).
+  mutual information of factor k over the latent dims. ``average="chen2018_dsprites"``: the
+  mean over every factor but shape (the first), as the paper's dSprites numbers.
+* :func:`mig_histogram` — disentanglement_lib's MIG: each code dim discretised into 20 equal-width
+  bins (edges in the codes' own dtype, as ``np.histogram``), discrete mutual information, the same
+  gap; :func:`mig_histogram_score` samples 10,000 codes first (the library's ``compute_mig``).
+* :func:`factor_vae_score` — Kim & Mnih (2018): global variances of 10,000 codes; dims whose
+  global *standard deviation* is below 0.05 are pruned; a vote is
+  ``argmin_d var_batch(z_d) / var_global(z_d)`` over a batch of 64 observations sharing one fixed
+  factor k, labelled k; the classifier maps each dim to its majority factor; score = accuracy on
+  5,000 new votes (trained on 10,000).
 * :func:`beta_vae_score` — Higgins et al. (2017): a point is the mean over 64 pairs of
-  |z(x1) - z(x2)| where x1, x2 share factor k, labelled k; a linear (softmax) classifier is trained
-  on 10,000 points; score = accuracy on 5,000 new points.
+  |z(x1) - z(x2)| where x1, x2 share factor k, labelled k; scikit-learn's ``LogisticRegression``
+  (defaults) on 10,000 points; score = accuracy on 5,000 new points.
+* :func:`dci` — Eastwood & Williams (2018): one ``GradientBoostingClassifier`` (defaults) per
+  factor on 10,000 codes; importance R [D, K] = |feature_importances_|;
+  ``disentanglement = Σ_d ρ_d (1 - H_K(P_d·))`` with ``P_dk = R_dk / Σ_k R_dk``,
+  ``ρ_d = Σ_k R_dk / Σ R``; ``completeness = Σ_k ρ_k (1 - H_D(P̃_·k))`` with
+  ``P̃_dk = R_dk / Σ_d R_dk``, ``ρ_k = Σ_d R_dk / Σ R`` (entropies in base K and D, 1e-11 added);
+  informativeness = the classifiers' mean accuracy on train and on 5,000 test codes.
+* :func:`sap_score` — Kumar et al. (2018): score S [D, K] = test accuracy of a one-dimensional
+  ``LinearSVC(C=0.01, class_weight="balanced")`` predicting factor k from code d (discrete
+  factors, the library's default), or R² = cov(z_d, v_k)² / (var z_d · var v_k) for continuous
+  ones; ``SAP = mean_k (S_(1)k - S_(2)k)``; 10,000 train / 5,000 test codes.
+* :func:`modularity_explicitness` — Ridgeway & Mozer (2018): with m [D, K] the discrete mutual
+  information of 20-bin codes and factors, ``modularity = mean_d 1 - (Σ_k m_dk² - max_k m_dk²) /
+  (max_k m_dk² (K - 1))`` (0 where a dim carries none); explicitness = mean over factors of the
+  one-vs-rest ROC-AUC of a ``LogisticRegression`` on standardised codes (train and test).
 
-``represent`` maps observations [n, ...] (numpy) to codes [n, D] (numpy); ``data`` is a
-:class:`tcvae_kernels.data.GroundTruthData`.
+:func:`evaluate` runs any subset with these defaults and returns a dict and a markdown table.
+The scikit-learn based metrics need ``pip install tcvae_kernels[metrics]``.
 """
 
 from __future__ import annotations
@@ -26,7 +50,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import evaluate
+from . import evaluate as _dataset
+from .data import _integers
 from .progress import progress as _progress
 
 
@@ -41,128 +66,384 @@ def _gap(mi: np.ndarray, entropies: np.ndarray) -> tuple[float, np.ndarray]:
     return (float(gaps[varying].mean()) if varying.any() else 0.0), gaps
 
 
+_AVERAGES = ("all", "chen2018_dsprites")
+
+
+def _average(gaps: np.ndarray, h_v: np.ndarray, average: str) -> float:
+    """Mean of the per-factor gaps over the factors that vary; "chen2018_dsprites" leaves out
+    factor 0 (shape), as Chen et al. (2018) do for dSprites (their compute_metric_shapes)."""
+    if average not in _AVERAGES:
+        raise ValueError(f"average must be one of {_AVERAGES}, got {average!r}")
+    keep = h_v > 1e-12
+    if average == "chen2018_dsprites":
+        if len(gaps) != 5:
+            raise ValueError(f"average='chen2018_dsprites' needs the 5 dSprites factors (shape first), got {len(gaps)}")
+        keep[0] = False
+    return float(gaps[keep].mean()) if keep.any() else 0.0
+
+
 def mig(mu, logvar, factors, factor_sizes, *, samples: int = 10000, generator=None, backend: str = "auto",
-        progress: bool = False) -> dict:
+        progress: bool = False, average: str = "all") -> dict:
     """Sampling MIG (Chen et al.) from the posteriors (mu, logvar) [N, D] of data points with
     integer ``factors`` [N, K]. Returns {"mig", "per_factor", "mi" [K, D], "h_z" [D], "h_z_given_v" [K, D]}.
-    ``progress``: bars for the entropy estimates."""
-    h_z = evaluate.marginal_entropies(mu, logvar, samples=samples, generator=generator, backend=backend,
+    ``progress``: bars for the entropy estimates. ``average``: "all" (every factor that varies) or
+    "chen2018_dsprites" (every factor but the first, shape: Chen et al.'s dSprites MIG)."""
+    h_z = _dataset.marginal_entropies(mu, logvar, samples=samples, generator=generator, backend=backend,
                                       progress=progress).cpu()
-    h_cond = evaluate.conditional_entropies(mu, logvar, factors, factor_sizes, samples=samples, generator=generator,
+    h_cond = _dataset.conditional_entropies(mu, logvar, factors, factor_sizes, samples=samples, generator=generator,
                                             backend=backend, progress=progress)
     mi = (h_z[None, :] - h_cond).clamp_min(0).numpy()
-    h_v = evaluate.factor_entropies(factors, factor_sizes).numpy()
+    h_v = _dataset.factor_entropies(factors, factor_sizes).numpy()
     score, gaps = _gap(mi, h_v)
-    return {"mig": score, "per_factor": gaps, "mi": mi, "h_z": h_z.numpy(), "h_z_given_v": h_cond.numpy()}
+    return {"mig": _average(gaps, h_v, average), "per_factor": gaps, "mi": mi, "h_z": h_z.numpy(),
+            "h_z_given_v": h_cond.numpy()}
 
 
 def _discrete_mi(a: np.ndarray, b: np.ndarray) -> float:
-    """Mutual information (nats) of two integer label arrays."""
+    """Mutual information (nats) of two integer label arrays; 0 exactly when either takes a single
+    value, and never negative (scikit-learn's mutual_info_score conventions)."""
     _, ai = np.unique(a, return_inverse=True)
     _, bi = np.unique(b, return_inverse=True)
+    if ai.max() == 0 or bi.max() == 0:
+        return 0.0
     joint = np.zeros((ai.max() + 1, bi.max() + 1))
     np.add.at(joint, (ai, bi), 1.0)
     joint /= joint.sum()
     pa, pb = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
     nz = joint > 0
-    return float((joint[nz] * np.log(joint[nz] / (pa @ pb)[nz])).sum())
+    return max(0.0, float((joint[nz] * np.log(joint[nz] / (pa @ pb)[nz])).sum()))
 
 
-def mig_histogram(codes: np.ndarray, factors: np.ndarray, *, bins: int = 20) -> dict:
-    """disentanglement_lib's MIG: codes [N, D] discretised into ``bins`` equal-width bins per dim."""
-    codes, factors = np.asarray(codes, dtype=np.float64), np.asarray(factors)
+def _check_codes_factors(codes, factors, what="codes"):
+    codes, factors = np.asarray(codes), np.asarray(factors)
     if codes.ndim != 2 or factors.ndim != 2 or codes.shape[0] != factors.shape[0]:
-        raise ValueError(f"codes [N, D] and factors [N, K] expected, got {codes.shape} and {factors.shape}")
+        raise ValueError(f"{what} [N, D] and factors [N, K] expected, got {codes.shape} and {factors.shape}")
+    if not np.issubdtype(factors.dtype, np.integer):
+        raise TypeError(f"factors must be integer class indices, got {factors.dtype}")
+    if not np.issubdtype(codes.dtype, np.floating):
+        codes = codes.astype(np.float64)
+    return codes, factors
+
+
+def _histogram_discretize(codes: np.ndarray, bins: int) -> np.ndarray:
+    """[N, D] -> bin labels [N, D]: equal-width bins between each dim's min and max, the edges in
+    the codes' own dtype (``np.histogram``'s), labels 1..bins as disentanglement_lib's."""
     disc = np.zeros(codes.shape, dtype=np.int64)
     for d in range(codes.shape[1]):
-        edges = np.histogram_bin_edges(codes[:, d], bins=bins)
-        disc[:, d] = np.digitize(codes[:, d], edges[1:-1])
-    mi = np.array([[_discrete_mi(disc[:, d], factors[:, k]) for d in range(codes.shape[1])]
-                   for k in range(factors.shape[1])])
+        disc[:, d] = np.digitize(codes[:, d], np.histogram_bin_edges(codes[:, d], bins)[:-1])
+    return disc
+
+
+def _discrete_mi_matrix(disc: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """[D, K] discrete mutual information of binned codes and factors (nats)."""
+    return np.array([[_discrete_mi(disc[:, d], factors[:, k]) for k in range(factors.shape[1])]
+                     for d in range(disc.shape[1])])
+
+
+def mig_histogram(codes: np.ndarray, factors: np.ndarray, *, bins: int = 20, average: str = "all") -> dict:
+    """disentanglement_lib's MIG from codes [N, D] (float; binned in their own dtype) and integer
+    factors [N, K]. Returns {"mig", "per_factor", "mi" [K, D]}; ``average`` as in :func:`mig`."""
+    codes, factors = _check_codes_factors(codes, factors)
+    mi = _discrete_mi_matrix(_histogram_discretize(codes, bins), factors).T
     h_v = np.array([_discrete_mi(factors[:, k], factors[:, k]) for k in range(factors.shape[1])])
     score, gaps = _gap(mi, h_v)
-    return {"mig": score, "per_factor": gaps, "mi": mi}
+    return {"mig": _average(gaps, h_v, average), "per_factor": gaps, "mi": mi}
 
 
-def _represent_factors(represent, data, factors, rng):
-    return np.asarray(represent(data.sample_observations_from_factors(factors, rng)), dtype=np.float64)
+def _represent(represent, x) -> np.ndarray:
+    z = np.asarray(represent(x))
+    if z.ndim != 2 or z.shape[0] != len(x):
+        raise ValueError(f"represent must map observations [n, ...] to codes [n, D], got {z.shape} for n = {len(x)}")
+    return z if np.issubdtype(z.dtype, np.floating) else z.astype(np.float64)
 
 
-def factor_vae_score(represent: Callable, data, rng: np.random.Generator, *, batch_size: int = 64,
-                     num_train: int = 10000, num_eval: int = 5000, num_variance_estimate: int = 10000,
-                     prune_threshold: float = 0.05, progress: bool = False) -> dict:
-    """FactorVAE score (Kim & Mnih). Returns {"train_accuracy", "eval_accuracy", "num_active_dims"}.
-    ``progress``: a bar over the votes."""
-    codes = _represent_factors(represent, data, data.sample_factors(num_variance_estimate, rng), rng)
-    global_var = codes.var(axis=0, ddof=1)
-    active = global_var >= prune_threshold
+def factor_codes(represent: Callable, data, n: int, rng, *, batch_size: int = 16, progress: bool = False,
+                 desc: str = "codes") -> tuple[np.ndarray, np.ndarray]:
+    """(codes [n, D], factors [n, K]) of n observations with uniformly sampled factors, drawn in
+    batches of ``batch_size`` (disentanglement_lib's generate_batch_factor_code, same stream)."""
+    codes, factors = [], []
+    bar = _progress(total=n, desc=desc, unit="code", enabled=progress)
+    i = 0
+    while i < n:
+        m = min(n - i, batch_size)
+        f, x = data.sample(m, rng)
+        factors.append(f)
+        codes.append(_represent(represent, x))
+        i += m
+        bar.update(m)
+    bar.close()
+    return np.concatenate(codes), np.concatenate(factors)
+
+
+def mig_histogram_score(represent: Callable, data, rng, *, num_train: int = 10000, bins: int = 20,
+                        batch_size: int = 16, average: str = "all", progress: bool = False) -> dict:
+    """disentanglement_lib's ``compute_mig``: :func:`mig_histogram` of ``num_train`` sampled codes."""
+    codes, factors = factor_codes(represent, data, num_train, rng, batch_size=batch_size, progress=progress,
+                                  desc="MIG codes")
+    return mig_histogram(codes, factors, bins=bins, average=average)
+
+
+def factor_vae_score(represent: Callable, data, rng, *, batch_size: int = 64, num_train: int = 10000,
+                     num_eval: int = 5000, num_variance_estimate: int = 10000, prune_threshold: float = 0.05,
+                     progress: bool = False) -> dict:
+    """FactorVAE score (Kim & Mnih). Dims whose global standard deviation is below
+    ``prune_threshold`` are pruned (disentanglement_lib's _prune_dims). Returns
+    {"train_accuracy", "eval_accuracy", "num_active_dims"} (the number of unpruned dims; the library
+    reports D there). ``progress``: a bar over the votes."""
+    _, x = data.sample(num_variance_estimate, rng)
+    global_var = np.var(_represent(represent, x), axis=0, ddof=1)
+    active = np.sqrt(global_var) >= prune_threshold
     if not active.any():  # a constant (or collapsed) representation: no vote can be cast
         return {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0}
-    scale = np.sqrt(global_var)
 
-    def votes(n, what):
-        out = np.zeros((n, 2), dtype=np.int64)
-        for t in _progress(range(n), desc=f"FactorVAE {what} votes", enabled=progress):
-            k = rng.integers(data.num_factors)
-            f = data.sample_factors(batch_size, rng)
-            f[:, k] = f[0, k]  # the fixed factor
-            z = _represent_factors(represent, data, f, rng) / scale
-            var = z.var(axis=0, ddof=1)
-            var[~active] = np.inf
-            out[t] = (np.argmin(var), k)
+    def votes(n, what):  # [K, D] counts of (fixed factor, argmin dim)
+        out = np.zeros((data.num_factors, global_var.shape[0]), dtype=np.int64)
+        for _ in _progress(range(n), desc=f"FactorVAE {what} votes", enabled=progress):
+            k = int(_integers(rng, data.num_factors))
+            f = data.sample_factors_with_fixed(batch_size, k, rng)
+            local = np.var(_represent(represent, data.sample_observations_from_factors(f, rng)), axis=0, ddof=1)
+            out[k, np.argmin(local[active] / global_var[active])] += 1  # index among the active dims
         return out
 
     train = votes(num_train, "train")
-    counts = np.zeros((codes.shape[1], data.num_factors), dtype=np.int64)
-    np.add.at(counts, (train[:, 0], train[:, 1]), 1)
-    classifier = counts.argmax(axis=1)  # dim -> majority factor
-    train_acc = counts.max(axis=1).sum() / num_train
+    classifier = np.argmax(train, axis=0)  # dim -> majority factor
+    cols = np.arange(train.shape[1])
     ev = votes(num_eval, "eval")
-    eval_acc = float(np.mean(classifier[ev[:, 0]] == ev[:, 1]))
-    return {"train_accuracy": float(train_acc), "eval_accuracy": eval_acc, "num_active_dims": int(active.sum())}
+    return {"train_accuracy": float(train[classifier, cols].sum() / train.sum()),
+            "eval_accuracy": float(ev[classifier, cols].sum() / ev.sum()), "num_active_dims": int(active.sum())}
 
 
-def beta_vae_score(represent: Callable, data, rng: np.random.Generator, *, batch_size: int = 64,
-                   num_train: int = 10000, num_eval: int = 5000, steps: int = 500) -> dict:
-    """β-VAE score (Higgins et al.) with a softmax-regression classifier (Adam, full batch).
+def _sklearn():
+    try:
+        import sklearn  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - the [metrics] extra installs it
+        raise ImportError("this metric needs scikit-learn: pip install 'tcvae_kernels[metrics]'") from exc
+    from sklearn import ensemble, linear_model, metrics as skm, preprocessing, svm
+
+    return ensemble, linear_model, skm, preprocessing, svm
+
+
+def _single_threaded():
+    """BLAS/OpenMP pools at one thread for the scikit-learn fits (their problems are small; a pool
+    per library on 2 cores oversubscribes them)."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(1)
+    except ImportError:  # pragma: no cover
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def beta_vae_score(represent: Callable, data, rng, *, batch_size: int = 64, num_train: int = 10000,
+                   num_eval: int = 5000, progress: bool = False) -> dict:
+    """β-VAE score (Higgins et al.) as disentanglement_lib's ``compute_beta_vae_sklearn``: a
+    scikit-learn ``LogisticRegression`` (defaults) on the raw features.
 
     Returns {"train_accuracy", "eval_accuracy", "eval_accuracy_chance_corrected"}; chance is
     1/num_factors (what a representation carrying no information reaches), the corrected score
     (acc - chance) / (1 - chance) is 0 for it."""
+    _, linear_model, _, _, _ = _sklearn()
 
-    def points(n):
-        x = np.zeros((n, 0))
-        feats, labels = [], np.zeros(n, dtype=np.int64)
-        for t in range(n):
-            k = rng.integers(data.num_factors)
-            f1, f2 = data.sample_factors(batch_size, rng), data.sample_factors(batch_size, rng)
-            f2[:, k] = f1[:, k]
-            z1 = _represent_factors(represent, data, f1, rng)
-            z2 = _represent_factors(represent, data, f2, rng)
-            feats.append(np.abs(z1 - z2).mean(axis=0))
-            labels[t] = k
-        return (np.stack(feats) if feats else x), labels
+    def points(n, what):
+        feats, labels = None, np.zeros(n, dtype=np.int64)
+        for t in _progress(range(n), desc=f"β-VAE {what} points", enabled=progress):
+            k = int(_integers(rng, data.num_factors))
+            f1 = data.sample_factors(batch_size, rng)
+            f2 = data.sample_factors_matching(f1, k, rng)
+            z1 = _represent(represent, data.sample_observations_from_factors(f1, rng))
+            z2 = _represent(represent, data.sample_observations_from_factors(f2, rng))
+            if feats is None:
+                feats = np.zeros((n, z1.shape[1]))
+            feats[t], labels[t] = np.mean(np.abs(z1 - z2), axis=0), k
+        return feats, labels
 
-    xt, yt = points(num_train)
-    xe, ye = points(num_eval)
-    mean, std = xt.mean(0), xt.std(0) + 1e-8
-    xt_t = torch.tensor((xt - mean) / std, dtype=torch.float64)
-    xe_t = torch.tensor((xe - mean) / std, dtype=torch.float64)
-    yt_t = torch.tensor(yt)
-    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    lin = torch.nn.Linear(xt.shape[1], data.num_factors).double()
-    with torch.no_grad():
-        lin.weight.copy_(0.01 * torch.randn(lin.weight.shape, generator=gen, dtype=torch.float64))
-        lin.bias.zero_()
-    opt = torch.optim.Adam(lin.parameters(), lr=0.05)
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(lin(xt_t), yt_t)
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        train_acc = (lin(xt_t).argmax(1) == yt_t).double().mean().item()
-        eval_acc = (lin(xe_t).argmax(1) == torch.tensor(ye)).double().mean().item()
+    xt, yt = points(num_train, "train")
+    with _single_threaded():
+        model = linear_model.LogisticRegression().fit(xt, yt)
+        train_acc = float(np.mean(model.predict(xt) == yt))
+    xe, ye = points(num_eval, "eval")
+    with _single_threaded():
+        eval_acc = float(model.score(xe, ye))
     chance = 1.0 / data.num_factors
     return {"train_accuracy": train_acc, "eval_accuracy": eval_acc,
             "eval_accuracy_chance_corrected": (eval_acc - chance) / (1 - chance)}
+
+
+def _need_two_values(factors: np.ndarray, metric: str):
+    for k in range(factors.shape[1]):
+        if len(np.unique(factors[:, k])) < 2:
+            raise ValueError(f"{metric} cannot score factor {k}: it takes a single value in the sampled codes "
+                             "(a classifier needs two classes); leave the factor out of the data")
+
+
+def _train_test(represent, data, rng, num_train, num_test, batch_size, progress, metric):
+    tr = factor_codes(represent, data, num_train, rng, batch_size=batch_size, progress=progress,
+                      desc=f"{metric} train codes")
+    te = factor_codes(represent, data, num_test, rng, batch_size=batch_size, progress=progress,
+                      desc=f"{metric} test codes")
+    _need_two_values(tr[1], metric)
+    return tr, te
+
+
+def _entropy_rows(p: np.ndarray, base: int) -> np.ndarray:
+    """Entropy (base ``base``) of each row of the non-negative [R, C] ``p`` after normalising it
+    (scipy.stats.entropy's definition)."""
+    from scipy import stats
+
+    return stats.entropy(p.T, base=base)
+
+
+def dci_from_codes(codes_train, factors_train, codes_test, factors_test, *, random_state=None) -> dict:
+    """DCI (Eastwood & Williams) from codes [N, D] and integer factors [N, K] (formulas in the module
+    docstring). ``random_state``: the gradient-boosting trees' (None: numpy's global state, as the
+    library). Returns {"disentanglement", "completeness", "informativeness_train",
+    "informativeness_test", "importance" [D, K]}."""
+    ensemble, _, _, _, _ = _sklearn()
+    codes_train, factors_train = _check_codes_factors(codes_train, factors_train)
+    codes_test, factors_test = _check_codes_factors(codes_test, factors_test)
+    d, k = codes_train.shape[1], factors_train.shape[1]
+    importance = np.zeros((d, k), dtype=np.float64)
+    train_acc, test_acc = [], []
+    with _single_threaded():
+        for i in range(k):
+            model = ensemble.GradientBoostingClassifier(random_state=random_state)
+            model.fit(codes_train, factors_train[:, i])
+            importance[:, i] = np.abs(model.feature_importances_)
+            train_acc.append(np.mean(model.predict(codes_train) == factors_train[:, i]))
+            test_acc.append(np.mean(model.predict(codes_test) == factors_test[:, i]))
+    per_code = 1.0 - _entropy_rows(importance + 1e-11, base=k)  # [D]
+    per_factor = 1.0 - _entropy_rows(importance.T + 1e-11, base=d)  # [K]
+    weights = importance if importance.sum() != 0.0 else np.ones_like(importance)
+    return {"disentanglement": float(np.sum(per_code * weights.sum(1) / weights.sum())),
+            "completeness": float(np.sum(per_factor * weights.sum(0) / weights.sum())),
+            "informativeness_train": float(np.mean(train_acc)), "informativeness_test": float(np.mean(test_acc)),
+            "importance": importance}
+
+
+def dci(represent: Callable, data, rng, *, num_train: int = 10000, num_test: int = 5000, batch_size: int = 16,
+        random_state=None, progress: bool = False) -> dict:
+    """DCI of sampled codes (disentanglement_lib's ``compute_dci``): see :func:`dci_from_codes`."""
+    (ct, ft), (ce, fe) = _train_test(represent, data, rng, num_train, num_test, batch_size, progress, "DCI")
+    return dci_from_codes(ct, ft, ce, fe, random_state=random_state)
+
+
+def sap_from_codes(codes_train, factors_train, codes_test, factors_test, *, continuous_factors: bool = False) -> dict:
+    """SAP (Kumar et al.) from codes [N, D] and factors [N, K]. Returns {"sap", "score_matrix" [D, K]}."""
+    _, _, _, _, svm = _sklearn()
+    codes_train, factors_train = _check_codes_factors(codes_train, factors_train)
+    codes_test, factors_test = _check_codes_factors(codes_test, factors_test)
+    d, k = codes_train.shape[1], factors_train.shape[1]
+    score = np.zeros((d, k))
+    with _single_threaded():
+        for i in range(d):
+            for j in range(k):
+                z, v = codes_train[:, i], factors_train[:, j]
+                if continuous_factors:  # R² of a linear fit of factor j on code i
+                    cov = np.cov(z, v, ddof=1)
+                    score[i, j] = cov[0, 1] ** 2 / (cov[0, 0] * cov[1, 1]) if cov[0, 0] > 1e-12 else 0.0
+                else:
+                    clf = svm.LinearSVC(C=0.01, class_weight="balanced").fit(z[:, None], v)
+                    score[i, j] = np.mean(clf.predict(codes_test[:, i][:, None]) == factors_test[:, j])
+    top = np.sort(score, axis=0)
+    gap = top[-1] - top[-2] if d > 1 else top[-1]
+    return {"sap": float(np.mean(gap)), "score_matrix": score}
+
+
+def sap_score(represent: Callable, data, rng, *, num_train: int = 10000, num_test: int = 5000, batch_size: int = 16,
+              continuous_factors: bool = False, progress: bool = False) -> dict:
+    """SAP of sampled codes (disentanglement_lib's ``compute_sap``): see :func:`sap_from_codes`."""
+    (ct, ft), (ce, fe) = _train_test(represent, data, rng, num_train, num_test, batch_size, progress, "SAP")
+    return sap_from_codes(ct, ft, ce, fe, continuous_factors=continuous_factors)
+
+
+def modularity_explicitness_from_codes(codes_train, factors_train, codes_test, factors_test, *,
+                                       bins: int = 20) -> dict:
+    """Modularity and explicitness (Ridgeway & Mozer) from codes [N, D] and factors [N, K].
+    Returns {"modularity", "explicitness_train", "explicitness_test", "mi" [D, K]}. Codes with zero
+    spread are standardised by 1 instead of 0 (the library divides by zero there)."""
+    _, linear_model, skm, preprocessing, _ = _sklearn()
+    codes_train, factors_train = _check_codes_factors(codes_train, factors_train)
+    codes_test, factors_test = _check_codes_factors(codes_test, factors_test)
+    mi = _discrete_mi_matrix(_histogram_discretize(codes_train, bins), factors_train)
+    sq = np.square(mi)
+    top = sq.max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        modularity = 1.0 - (sq.sum(axis=1) - top) / (top * (sq.shape[1] - 1.0))
+    modularity[top == 0.0] = 0.0
+    mean, std = codes_train.mean(0), codes_train.std(0)
+    std = np.where(std > 0, std, 1.0)
+    xt, xe = (codes_train - mean) / std, (codes_test - mean) / std
+    roc_train, roc_test = [], []
+    import warnings
+
+    with _single_threaded(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)  # lbfgs' ConvergenceWarning at 100 iterations
+        for j in range(factors_train.shape[1]):
+            yt, ye = factors_train[:, j], factors_test[:, j]
+            clf = linear_model.LogisticRegression().fit(xt, yt)
+            if not np.array_equal(np.unique(ye), clf.classes_):
+                raise ValueError(f"explicitness needs every value of factor {j} in both the train and the test "
+                                 f"codes (train {clf.classes_.tolist()}, test {np.unique(ye).tolist()}); "
+                                 "use more codes")
+            mlb = preprocessing.MultiLabelBinarizer()
+            roc_train.append(skm.roc_auc_score(mlb.fit_transform(yt[:, None]), clf.predict_proba(xt)))
+            roc_test.append(skm.roc_auc_score(mlb.fit_transform(ye[:, None]), clf.predict_proba(xe)))
+    return {"modularity": float(np.mean(modularity)), "explicitness_train": float(np.mean(roc_train)),
+            "explicitness_test": float(np.mean(roc_test)), "mi": mi}
+
+
+def modularity_explicitness(represent: Callable, data, rng, *, num_train: int = 10000, num_test: int = 5000,
+                            batch_size: int = 16, bins: int = 20, progress: bool = False) -> dict:
+    """Modularity and explicitness of sampled codes (disentanglement_lib's
+    ``compute_modularity_explicitness``): see :func:`modularity_explicitness_from_codes`."""
+    (ct, ft), (ce, fe) = _train_test(represent, data, rng, num_train, num_test, batch_size, progress, "Modularity")
+    return modularity_explicitness_from_codes(ct, ft, ce, fe, bins=bins)
+
+
+# name -> (function, the headline numbers of its result)
+METRICS = {
+    "beta_vae": (beta_vae_score, ("eval_accuracy",)),
+    "factor_vae": (factor_vae_score, ("eval_accuracy",)),
+    "mig": (mig_histogram_score, ("mig",)),
+    "dci": (dci, ("disentanglement", "completeness", "informativeness_test")),
+    "sap": (sap_score, ("sap",)),
+    "modularity": (modularity_explicitness, ("modularity", "explicitness_test")),
+}
+
+
+class Evaluation(dict):
+    """{metric name: its result dict}; ``.table`` is a markdown table of the headline numbers."""
+
+    @property
+    def table(self) -> str:
+        lines = ["| metric | score | value |", "|---|---|---|"]
+        for name, res in self.items():
+            for key in METRICS[name][1]:
+                lines.append(f"| {name} | {key} | {res[key]:.4f} |")
+        return "\n".join(lines)
+
+
+def evaluate(represent: Callable, data, metrics=tuple(METRICS), *, seed: int = 0, progress: bool = True,
+             options: dict | None = None) -> Evaluation:
+    """Run the named ``metrics`` (any of :data:`METRICS`) with disentanglement_lib's defaults, each
+    from a fresh ``np.random.RandomState(seed)`` (what the library's evaluation does with its
+    ``random_seed``). ``options``: {metric: {keyword: value}} overrides, e.g.
+    ``{"dci": {"num_train": 2000}}``. Data whose factor grid is incomplete: wrap it in
+    :class:`tcvae_kernels.data.ObservedData` (sampling then draws observed combinations only); a
+    factor with a single observed value is refused by the classifier-based metrics with a
+    ValueError naming it."""
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
+    options = dict(options or {})
+    bad = [m for m in options if m not in names]
+    if bad:
+        raise ValueError(f"options given for metrics not run: {bad}")
+    out = Evaluation()
+    for name in _progress(names, desc="metrics", enabled=progress):
+        fn = METRICS[name][0]
+        out[name] = fn(represent, data, np.random.RandomState(seed), progress=progress, **options.get(name, {}))
+    return out

@@ -189,3 +189,87 @@ def test_demo_training_loop_runs_a_few_steps(tmp_path):
     res2 = mod.main(["--steps", "6", "--steps-per-epoch", "2", "--batch-size", "16", "--latent-dim", "4",
                      "--out", str(out), "--resume", "--no-eval"])
     assert res2["steps"] == 6 and len(res2["history"]) == 3  # resumed from the checkpoint
+
+
+# ----------------------------------------------------------------------------- DCI, SAP, Modularity, evaluate
+# Known answers on the same synthetic encoders (1,000 train / 500 test codes; bounds from measured
+# values with margins far above the run-to-run spread, noted per line).
+
+
+def test_dci_known_answers():
+    kw = dict(num_train=1000, num_test=500)
+    ident = metrics.dci(ENCODERS["identity"], DATA, _rng(), **kw)
+    # each factor is read off its own dim: importance diagonal (measured D, C > 0.99)
+    assert ident["disentanglement"] > 0.95 and ident["completeness"] > 0.95
+    assert ident["informativeness_test"] == 1.0
+    had = metrics.dci(ENCODERS["hadamard"], DATA, _rng(), **kw)
+    assert had["disentanglement"] < 0.6 and had["completeness"] < 0.6  # measured ≈ 0.3
+    const = metrics.dci(ENCODERS["constant"], DATA, _rng(), **kw)
+    assert const["disentanglement"] == pytest.approx(0.0, abs=1e-9) and const["completeness"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_sap_known_answers():
+    kw = dict(num_train=1000, num_test=500)
+    ident = metrics.sap_score(ENCODERS["identity"], DATA, _rng(), **kw)["sap"]
+    had = metrics.sap_score(ENCODERS["hadamard"], DATA, _rng(), **kw)["sap"]
+    const = metrics.sap_score(ENCODERS["constant"], DATA, _rng(), **kw)["sap"]
+    assert ident > had + 0.1 and const == 0.0  # measured ≈ 0.25 and ≈ 0.02
+    cont = metrics.sap_score(ENCODERS["identity"], DATA, _rng(), continuous_factors=True, **kw)["sap"]
+    assert cont > 0.95  # R² = 1 for the own dim, ≈ 0 for the others
+
+
+def test_modularity_explicitness_known_answers():
+    kw = dict(num_train=1000, num_test=500)
+    ident = metrics.modularity_explicitness(ENCODERS["identity"], DATA, _rng(), **kw)
+    assert ident["modularity"] > 0.99 and ident["explicitness_test"] > 0.95
+    had = metrics.modularity_explicitness(ENCODERS["hadamard"], DATA, _rng(), **kw)
+    assert had["modularity"] < ident["modularity"] - 0.2  # measured ≈ 0.5
+    const = metrics.modularity_explicitness(ENCODERS["constant"], DATA, _rng(), **kw)
+    assert const["modularity"] == 0.0 and const["explicitness_test"] == pytest.approx(0.5)
+
+
+def test_mig_chen2018_average_leaves_out_shape():
+    f = tkdata.Shapes().sample_factors(4000, _rng())
+    codes = np.concatenate([f[:, 1:] / np.array([5.0, 39.0, 31.0, 31.0]), np.zeros((4000, 2))], axis=1)
+    full = metrics.mig_histogram(codes, f)  # shape is coded nowhere: its gap is ≈ 0
+    chen = metrics.mig_histogram(codes, f, average="chen2018_dsprites")
+    assert full["per_factor"][0] < 0.01 and chen["mig"] > 0.8  # 20 bins hold at most log 20 of log 40, log 32
+    assert chen["mig"] == pytest.approx(np.mean(full["per_factor"][1:]), abs=1e-15)
+    assert full["mig"] == pytest.approx(np.mean(full["per_factor"]), abs=1e-15)
+    with pytest.raises(ValueError, match="average must be one of"):
+        metrics.mig_histogram(codes, f, average="paper")
+    with pytest.raises(ValueError, match="5 dSprites factors"):
+        metrics.mig_histogram(codes[:, :3], f[:, :3], average="chen2018_dsprites")
+
+
+def test_observed_data_incomplete_grid_and_evaluate():
+    """Half of the grid is missing: sampling stays on observed combinations, every metric runs,
+    the report has every headline number; a factor with a single observed value is refused."""
+    full = DATA.index_to_factors(np.arange(len(DATA)))
+    keep = full[(full[:, 0] + full[:, 1]) % 2 == 0]  # an incomplete grid (a checkerboard over two factors)
+    obs = DATA.sample_observations_from_factors(keep)
+    data = tkdata.ObservedData(obs, keep)
+    rng = np.random.default_rng(fresh_seed())
+    seen = {tuple(r) for r in keep.tolist()}
+    assert all(tuple(r) in seen for r in data.sample_factors(500, rng).tolist())
+    fixed = data.sample_factors_with_fixed(64, 2, rng)
+    assert len(set(fixed[:, 2])) == 1 and all(tuple(r) in seen for r in fixed.tolist())
+    f1 = data.sample_factors(64, rng)
+    f2 = data.sample_factors_matching(f1, 1, rng)
+    assert (f2[:, 1] == f1[:, 1]).all() and all(tuple(r) in seen for r in f2.tolist())
+    with pytest.raises(ValueError, match="never observed"):
+        data.sample_observations_from_factors(np.array([[0, 1, 0, 0]]))
+    small = {m: {"num_train": 400, "num_test": 200} for m in ("dci", "sap", "modularity")}
+    small.update(beta_vae={"num_train": 200, "num_eval": 100}, mig={"num_train": 1000},
+                 factor_vae={"num_train": 200, "num_eval": 100, "num_variance_estimate": 500})
+    res = metrics.evaluate(ENCODERS["identity"], data, options=small, progress=False)
+    assert set(res) == set(metrics.METRICS)
+    assert res["dci"]["disentanglement"] > 0.9 and res["factor_vae"]["eval_accuracy"] == 1.0
+    assert res.table.count("\n") == 1 + sum(len(v[1]) for v in metrics.METRICS.values())
+    one = tkdata.ObservedData(obs[keep[:, 0] == 0], keep[keep[:, 0] == 0])  # factor 0 never varies
+    with pytest.raises(ValueError, match="SAP cannot score factor 0"):
+        metrics.evaluate(ENCODERS["identity"], one, metrics=["sap"], options={"sap": small["sap"]}, progress=False)
+    with pytest.raises(ValueError, match="unknown metrics"):
+        metrics.evaluate(ENCODERS["identity"], data, metrics=["irs"])
+    with pytest.raises(TypeError, match="integer array"):
+        tkdata.ObservedData(obs, keep.astype(float))

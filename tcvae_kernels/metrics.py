@@ -237,9 +237,12 @@ def _single_threaded():
 
 
 def beta_vae_score(represent: Callable, data, rng, *, batch_size: int = 64, num_train: int = 10000,
-                   num_eval: int = 5000, progress: bool = False) -> dict:
+                   num_eval: int = 5000, standardize: bool = False, progress: bool = False) -> dict:
     """β-VAE score (Higgins et al.) as disentanglement_lib's ``compute_beta_vae_sklearn``: a
-    scikit-learn ``LogisticRegression`` (defaults) on the raw features.
+    scikit-learn ``LogisticRegression`` (defaults: L2 with C = 1, lbfgs, 100 iterations) on the raw
+    features. Like the library's, the score then depends on the codes' scale: features of small
+    spread are regularised to chance. ``standardize=True``: features scaled by the training points'
+    mean and standard deviation first (a scale-free variant; not the library's).
 
     Returns {"train_accuracy", "eval_accuracy", "eval_accuracy_chance_corrected"}; chance is
     1/num_factors (what a representation carrying no information reaches), the corrected score
@@ -260,10 +263,13 @@ def beta_vae_score(represent: Callable, data, rng, *, batch_size: int = 64, num_
         return feats, labels
 
     xt, yt = points(num_train, "train")
+    mean, std = (xt.mean(0), np.where(xt.std(0) > 0, xt.std(0), 1.0)) if standardize else (0.0, 1.0)
+    xt = (xt - mean) / std
     with _single_threaded():
         model = linear_model.LogisticRegression().fit(xt, yt)
         train_acc = float(np.mean(model.predict(xt) == yt))
     xe, ye = points(num_eval, "eval")
+    xe = (xe - mean) / std
     with _single_threaded():
         eval_acc = float(model.score(xe, ye))
     chance = 1.0 / data.num_factors

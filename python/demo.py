@@ -189,7 +189,7 @@ def pictures(models: dict, images, shapes, a, out: str, seed: int, results: dict
     for c, name in enumerate(names):
         model = models[name]
         with torch.no_grad():
-            pick = np.random.default_rng(0).choice(len(images), 4096, replace=False)
+            pick = np.random.default_rng(0).choice(len(images), min(4096, len(images)), replace=False)
             mu_all, _ = encode(model, images[pick], a.device)
             order = torch.argsort(mu_all.var(0), descending=True)
             mu, _ = model.encode(base)

@@ -31,7 +31,7 @@ venv: $(VENV)/.built
 build: $(VENV)/.built
 
 # The main job: cross-check every backend, then train β-TCVAE, β-VAE (both β = 6) and a VAE on
-# the built-in shapes data (about 9 minutes of training on 2 CPU cores), compare them, write the
+# the built-in shapes data (about 10 minutes of training on 2 CPU cores), compare them, write the
 # pictures; the last line printed starts with `result:`. DEMO_ARGS="--seeds 0 1 2" for the README's table.
 DEMO_OUT ?= python/out/demo
 DEMO_ARGS ?=

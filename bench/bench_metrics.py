@@ -14,20 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
-import types
 
 import numpy as np
 
-sys.modules.setdefault("gin.tf", types.ModuleType("gin.tf"))  # disentanglement_lib without TensorFlow
-import gin  # noqa: E402
-
-logging.getLogger().setLevel(logging.ERROR)
-from disentanglement_lib.evaluation.metrics import (  # noqa: E402
-    beta_vae, dci, factor_vae, mig, modularity_explicitness, sap_score, utils)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from dlib_side import (DlibData, beta_vae, bind_gin, dci, factor_vae, mig,  # noqa: E402
+                       modularity_explicitness, sap_score)
 
 from tcvae_kernels import data as tkdata  # noqa: E402
 from tcvae_kernels import metrics  # noqa: E402
@@ -42,50 +37,26 @@ def represent(x):
     return np.tanh(x @ MIX + SHIFT)
 
 
-class DlibData:
-    """disentanglement_lib's GroundTruthData over the same grid (its data sets' sampling)."""
-
-    num_factors = len(SIZES)
-    factors_num_values = list(SIZES)
-    observation_shape = [len(SIZES)]
-
-    def sample_factors(self, num, random_state):
-        f = np.zeros((num, len(SIZES)), dtype=np.int64)
-        for pos, size in enumerate(SIZES):
-            f[:, pos] = random_state.randint(size, size=num)
-        return f
-
-    def sample_observations_from_factors(self, factors, random_state):
-        return DATA.sample_observations_from_factors(factors)
-
-    def sample(self, num, random_state):
-        f = self.sample_factors(num, random_state)
-        return f, self.sample_observations_from_factors(f, random_state)
-
-    def sample_observations(self, num, random_state):
-        return self.sample(num, random_state)[1]
-
-
 # name -> (ours, the library's, its headline key on each side); the library's defaults
 CASES = {
     "beta_vae": (lambda rs: metrics.beta_vae_score(represent, DATA, rs)["eval_accuracy"],
-                 lambda rs: beta_vae.compute_beta_vae_sklearn(DlibData(), represent, rs, None, batch_size=64,
+                 lambda rs: beta_vae.compute_beta_vae_sklearn(DlibData(DATA), represent, rs, None, batch_size=64,
                                                               num_train=10000, num_eval=5000)["eval_accuracy"]),
     "factor_vae": (lambda rs: metrics.factor_vae_score(represent, DATA, rs)["eval_accuracy"],
-                   lambda rs: factor_vae.compute_factor_vae(DlibData(), represent, rs, None, batch_size=64,
+                   lambda rs: factor_vae.compute_factor_vae(DlibData(DATA), represent, rs, None, batch_size=64,
                                                             num_train=10000, num_eval=5000,
                                                             num_variance_estimate=10000)["eval_accuracy"]),
     "mig": (lambda rs: metrics.mig_histogram_score(represent, DATA, rs)["mig"],
-            lambda rs: mig.compute_mig(DlibData(), represent, rs, None, num_train=10000)["discrete_mig"]),
+            lambda rs: mig.compute_mig(DlibData(DATA), represent, rs, None, num_train=10000)["discrete_mig"]),
     "dci": (lambda rs: metrics.dci(represent, DATA, rs)["disentanglement"],
-            lambda rs: dci.compute_dci(DlibData(), represent, rs, None, num_train=10000,
+            lambda rs: dci.compute_dci(DlibData(DATA), represent, rs, None, num_train=10000,
                                        num_test=5000)["disentanglement"]),
     "sap": (lambda rs: metrics.sap_score(represent, DATA, rs)["sap"],
-            lambda rs: sap_score.compute_sap(DlibData(), represent, rs, None, num_train=10000, num_test=5000,
+            lambda rs: sap_score.compute_sap(DlibData(DATA), represent, rs, None, num_train=10000, num_test=5000,
                                              continuous_factors=False)["SAP_score"]),
     "modularity": (lambda rs: metrics.modularity_explicitness(represent, DATA, rs)["modularity"],
                    lambda rs: modularity_explicitness.compute_modularity_explicitness(
-                       DlibData(), represent, rs, None, num_train=10000, num_test=5000)["modularity_score"]),
+                       DlibData(DATA), represent, rs, None, num_train=10000, num_test=5000)["modularity_score"]),
 }
 
 
@@ -95,9 +66,7 @@ def main(argv=None):
     p.add_argument("--metrics", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--repeats", type=int, default=1)
     a = p.parse_args(argv)
-    gin.bind_parameter("discretizer.discretizer_fn", utils._histogram_discretize)
-    gin.bind_parameter("discretizer.num_bins", 20)
-    gin.bind_parameter("prune_dims.threshold", 0.05)
+    bind_gin()
     rows = []
     for name in a.metrics:
         ours_fn, lib_fn = CASES[name]

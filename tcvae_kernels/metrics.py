@@ -55,15 +55,16 @@ from .data import _integers
 from .progress import progress as _progress
 
 
-def _gap(mi: np.ndarray, entropies: np.ndarray) -> tuple[float, np.ndarray]:
-    """mi [K, D] mutual information per (factor, latent) -> (MIG, per-factor gaps). Factors that
-    take a single value in the data (H(v_k) = 0) have no gap (NaN) and do not count."""
+def _gap(mi: np.ndarray, entropies: np.ndarray) -> np.ndarray:
+    """mi [K, D] mutual information per (factor, latent) -> per-factor gaps [K]
+    (I_(1)k - I_(2)k) / H(v_k). Factors that take a single value in the data (H(v_k) = 0) have no
+    gap (NaN); :func:`_average` leaves them out."""
     top = np.sort(mi, axis=1)[:, ::-1]
     second = top[:, 1] if mi.shape[1] > 1 else np.zeros(mi.shape[0])
     varying = entropies > 1e-12
     gaps = np.full(mi.shape[0], np.nan)
     gaps[varying] = (top[varying, 0] - second[varying]) / entropies[varying]
-    return (float(gaps[varying].mean()) if varying.any() else 0.0), gaps
+    return gaps
 
 
 _AVERAGES = ("all", "chen2018_dsprites")
@@ -94,7 +95,7 @@ def mig(mu, logvar, factors, factor_sizes, *, samples: int = 10000, generator=No
                                             backend=backend, progress=progress)
     mi = (h_z[None, :] - h_cond).clamp_min(0).numpy()
     h_v = _dataset.factor_entropies(factors, factor_sizes).numpy()
-    score, gaps = _gap(mi, h_v)
+    gaps = _gap(mi, h_v)
     return {"mig": _average(gaps, h_v, average), "per_factor": gaps, "mi": mi, "h_z": h_z.numpy(),
             "h_z_given_v": h_cond.numpy()}
 
@@ -146,7 +147,7 @@ def mig_histogram(codes: np.ndarray, factors: np.ndarray, *, bins: int = 20, ave
     codes, factors = _check_codes_factors(codes, factors)
     mi = _discrete_mi_matrix(_histogram_discretize(codes, bins), factors).T
     h_v = np.array([_discrete_mi(factors[:, k], factors[:, k]) for k in range(factors.shape[1])])
-    score, gaps = _gap(mi, h_v)
+    gaps = _gap(mi, h_v)
     return {"mig": _average(gaps, h_v, average), "per_factor": gaps, "mi": mi}
 
 
@@ -224,16 +225,12 @@ def _sklearn():
 
 
 def _single_threaded():
-    """BLAS/OpenMP pools at one thread for the scikit-learn fits (their problems are small; a pool
-    per library on 2 cores oversubscribes them)."""
-    try:
-        from threadpoolctl import threadpool_limits
+    """BLAS/OpenMP pools at one thread for the scikit-learn fits: their problems are small, and one
+    pool per library competing for the cores is the oversubscription this guards against.
+    threadpoolctl is a dependency of scikit-learn (every caller has passed :func:`_sklearn`)."""
+    from threadpoolctl import threadpool_limits
 
-        return threadpool_limits(1)
-    except ImportError:  # pragma: no cover
-        import contextlib
-
-        return contextlib.nullcontext()
+    return threadpool_limits(1)
 
 
 def beta_vae_score(represent: Callable, data, rng, *, batch_size: int = 64, num_train: int = 10000,

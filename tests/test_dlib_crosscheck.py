@@ -9,53 +9,20 @@ sampled metric must agree exactly (``==`` on accuracies, which are counts over t
 every deterministic computation on the same codes to 1e-12 (float64 summation order); after a
 metric both random states must have drawn the same numbers (their states compared)."""
 
-import logging
-import sys
-import types
-
 import numpy as np
 import pytest
 
 from tcvae_kernels import data as tkdata
 from tcvae_kernels import metrics
 
-sys.modules.setdefault("gin.tf", types.ModuleType("gin.tf"))  # the stand-in: no TensorFlow
-import gin  # noqa: E402  (requirements.txt installs it; this check must run, never skip)
-
-logging.getLogger().setLevel(logging.ERROR)  # gin 0.4's "blacklist is deprecated" warnings
-
-from disentanglement_lib.evaluation.metrics import (  # noqa: E402
-    beta_vae, dci, factor_vae, mig, modularity_explicitness, sap_score, utils)
+from dlib_side import (DlibData, beta_vae, bind_gin, dci, factor_vae, gin, mig, modularity_explicitness,
+                       sap_score)
 
 SIZES = (3, 4, 5, 6)
 DATA = tkdata.FactorCodes(SIZES)
 rng0 = np.random.default_rng(20261202)
 MIX = rng0.normal(size=(4, 6))  # a fixed, partly entangled 6-d encoder of the 4 factors
 SHIFT = rng0.normal(size=6)
-
-
-class DlibData:
-    """disentanglement_lib's GroundTruthData interface over the same grid, sampling as its data sets."""
-
-    num_factors = len(SIZES)
-    factors_num_values = list(SIZES)
-    observation_shape = [len(SIZES)]
-
-    def sample_factors(self, num, random_state):
-        factors = np.zeros((num, len(SIZES)), dtype=np.int64)
-        for pos, size in enumerate(SIZES):
-            factors[:, pos] = random_state.randint(size, size=num)
-        return factors
-
-    def sample_observations_from_factors(self, factors, random_state):
-        return DATA.sample_observations_from_factors(factors)
-
-    def sample(self, num, random_state):
-        factors = self.sample_factors(num, random_state)
-        return factors, self.sample_observations_from_factors(factors, random_state)
-
-    def sample_observations(self, num, random_state):
-        return self.sample(num, random_state)[1]
 
 
 def encoder(dtype, low_spread=False):
@@ -75,16 +42,9 @@ GRID = DATA.sample_observations_from_factors(DATA.index_to_factors(np.arange(len
 SPREAD5 = float(encoder(np.float64)(GRID)[:, 5].std())  # dim 5's standard deviation over the grid
 
 
-def _bind_gin():
-    gin.clear_config()
-    gin.bind_parameter("discretizer.discretizer_fn", utils._histogram_discretize)
-    gin.bind_parameter("discretizer.num_bins", 20)
-    gin.bind_parameter("prune_dims.threshold", 0.05)  # the library's factor_vae_metric.gin
-
-
 @pytest.fixture(autouse=True)
 def _gin():
-    _bind_gin()
+    bind_gin()
     yield
     gin.clear_config()
 
@@ -100,7 +60,7 @@ def test_factor_vae_and_pruning_by_standard_deviation(dtype):
     kw = dict(batch_size=64, num_train=400, num_eval=200, num_variance_estimate=1000)
     ra, rb = np.random.RandomState(3), np.random.RandomState(3)
     ours = metrics.factor_vae_score(rep, DATA, ra, **kw)
-    lib = factor_vae.compute_factor_vae(DlibData(), rep, rb, None, **kw)
+    lib = factor_vae.compute_factor_vae(DlibData(DATA), rep, rb, None, **kw)
     assert ours["train_accuracy"] == lib["train_accuracy"] and ours["eval_accuracy"] == lib["eval_accuracy"]
     # stds over the grid: 0.081, 0.53, 0.62, 0.046, 0.54, 0.09: only dim 3 is below 0.05; a threshold
     # on the variance would also prune dims 0 and 5 (variances 0.0066 and 0.0081)
@@ -113,7 +73,7 @@ def test_beta_vae_score():
     kw = dict(batch_size=64, num_train=300, num_eval=150)
     ra, rb = np.random.RandomState(5), np.random.RandomState(5)
     ours = metrics.beta_vae_score(rep, DATA, ra, **kw)
-    lib = beta_vae.compute_beta_vae_sklearn(DlibData(), rep, rb, None, **kw)
+    lib = beta_vae.compute_beta_vae_sklearn(DlibData(DATA), rep, rb, None, **kw)
     assert ours["train_accuracy"] == lib["train_accuracy"] and ours["eval_accuracy"] == lib["eval_accuracy"]
     assert _same_stream(ra, rb)
 
@@ -123,7 +83,7 @@ def test_mig_histogram_in_the_codes_dtype(dtype):
     rep = encoder(dtype)
     ra, rb = np.random.RandomState(7), np.random.RandomState(7)
     ours = metrics.mig_histogram_score(rep, DATA, ra, num_train=2000)
-    lib = mig.compute_mig(DlibData(), rep, rb, None, num_train=2000, batch_size=16)
+    lib = mig.compute_mig(DlibData(DATA), rep, rb, None, num_train=2000, batch_size=16)
     assert abs(ours["mig"] - lib["discrete_mig"]) <= 1e-12
     assert _same_stream(ra, rb)
 
@@ -144,7 +104,7 @@ def test_dci():
     np.random.seed(0)  # both sides' boosted trees draw from numpy's global state (random_state=None)
     ours = metrics.dci(rep, DATA, ra, num_train=600, num_test=300)
     np.random.seed(0)
-    lib = dci.compute_dci(DlibData(), rep, rb, None, num_train=600, num_test=300, batch_size=16)
+    lib = dci.compute_dci(DlibData(DATA), rep, rb, None, num_train=600, num_test=300, batch_size=16)
     for key in ("disentanglement", "completeness", "informativeness_train", "informativeness_test"):
         assert abs(ours[key] - lib[key]) <= 1e-12, key
     assert _same_stream(ra, rb)
@@ -155,7 +115,7 @@ def test_sap(continuous):
     rep = encoder(np.float64)
     ra, rb = np.random.RandomState(13), np.random.RandomState(13)
     ours = metrics.sap_score(rep, DATA, ra, num_train=600, num_test=300, continuous_factors=continuous)
-    lib = sap_score.compute_sap(DlibData(), rep, rb, None, num_train=600, num_test=300, batch_size=16,
+    lib = sap_score.compute_sap(DlibData(DATA), rep, rb, None, num_train=600, num_test=300, batch_size=16,
                                 continuous_factors=continuous)
     assert abs(ours["sap"] - lib["SAP_score"]) <= 1e-12
     assert _same_stream(ra, rb)
@@ -165,7 +125,7 @@ def test_modularity_explicitness():
     rep = encoder(np.float64)
     ra, rb = np.random.RandomState(17), np.random.RandomState(17)
     ours = metrics.modularity_explicitness(rep, DATA, ra, num_train=800, num_test=400)
-    lib = modularity_explicitness.compute_modularity_explicitness(DlibData(), rep, rb, None, num_train=800,
+    lib = modularity_explicitness.compute_modularity_explicitness(DlibData(DATA), rep, rb, None, num_train=800,
                                                                    num_test=400, batch_size=16)
     assert abs(ours["modularity"] - lib["modularity_score"]) <= 1e-12
     assert abs(ours["explicitness_train"] - lib["explicitness_score_train"]) <= 1e-12

@@ -519,9 +519,10 @@ def floor_clocks(d: int) -> float:
 
 
 def predict(reports: list[KernelReport], arch: int = 90, m: int = 16384, k: int = 16384, dims=SIZES,
-            machine=H100) -> list[dict]:
-    """For each source (triton: the best config per kernel; cuda: float) and D: predicted forward and
-    forward+backward times and their ratios to the MUFU floor."""
+            machine=H100, pick=min) -> list[dict]:
+    """For each source (triton: the best config per kernel, or the worst with ``pick=max``, which
+    bounds whatever the autotuner keeps; cuda: float) and D: predicted forward and forward+backward
+    times and their ratios to the MUFU floor."""
     rows = []
     for source, sweeps in SWEEPS.items():
         cand = [r for r in reports if r.source == source and r.arch == arch and r.hot is not None
@@ -533,7 +534,7 @@ def predict(reports: list[KernelReport], arch: int = 90, m: int = 16384, k: int 
             for name in sweeps["forward"] + sweeps["train"]:
                 opts = [(clocks_per_warp_element(r.per_element(d)), r) for r in cand if r.name == name]
                 if opts:
-                    (clk, pipe), r = min(opts, key=lambda t: t[0][0])
+                    (clk, pipe), r = pick(opts, key=lambda t: t[0][0])
                     best[name] = (clk, pipe, r.config)
             if len(best) < 3:
                 continue

@@ -2,7 +2,8 @@
 every Triton kernel compiles for sm_80 and sm_90 with every config the autotuner may pick; no
 float32 kernel (Triton, CUDA) uses local memory; no barrier sits in an innermost loop; and the
 throughput model predicts the targets (forward within 1.25x of the MUFU floor, the training step
-within 1.5x of two sweeps' floor for CUDA). Planted variants show that each check can fail."""
+within 1.5x of two sweeps' floor) for every config the autotuner may pick. Planted variants show
+that each check can fail."""
 
 import functools
 
@@ -89,21 +90,18 @@ def test_no_barrier_in_innermost_loops_cuda():
     assert not bad, bad
 
 
-#: fwd+bwd (the training step: forward with the grad_z terms, then the column backward) as a multiple
-#: of two sweeps' MUFU floor. CUDA meets the 1.5x target; Triton's in-tile sums compile to trees of
-#: FMUL+FADD where CUDA chains FFMAs (about 3 more instructions per element over both kernels), so
-#: it stays at ~1.6x: this bound keeps it from sliding back (bench/RESULTS.md, "GPU kernels").
-TRAIN_BOUND = {"cuda": gr.TARGETS["forward+backward"], "triton": 1.65}
-
-
+#: fwd+bwd: the training step (forward with the grad_z terms, then the column backward) as a
+#: multiple of two sweeps' MUFU floor. Triton's in-tile product sums are FFMA chains (_dot0): as
+#: tl.sum trees they cost 0.5 instruction more per element each and the step sat at 1.56-1.60x.
+@pytest.mark.parametrize("pick", [min, max], ids=["best-config", "worst-config"])
 @pytest.mark.parametrize("source", ["triton", pytest.param("cuda", marks=needs_cuda_build)])
-def test_model_predicts_the_targets(source):
+def test_model_predicts_the_targets(source, pick):
     reports = list(triton_reports() if source == "triton" else cuda_reports())
-    rows = [r for r in gr.predict(reports) if r["source"] == source]
+    rows = [r for r in gr.predict(reports, pick=pick) if r["source"] == source]
     assert {r["D"] for r in rows} == set(gr.SIZES)
     for r in rows:
         assert r["forward_ratio"] <= gr.TARGETS["forward"], r
-        assert 1.0 < r["fwd_bwd_ratio"] <= TRAIN_BOUND[source], r  # two sweeps' floor cannot be beaten with two
+        assert 1.0 < r["fwd_bwd_ratio"] <= gr.TARGETS["forward+backward"], r  # 2 sweeps' floor: not beaten with 2
 
 
 @needs_cuda_build

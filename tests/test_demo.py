@@ -46,3 +46,31 @@ def test_reproduction_smoke_and_resume(tmp_path):
     rep.main(["--smoke", "--out", str(tmp_path)])
     again = json.load(open(done))
     assert first["resumed_from"] == 0 and again["steps"] == 3 and again["resumed_from"] == 3
+
+
+def test_demo_mixed_precision_keeps_the_posterior_in_float32():
+    """--precision bf16: the wide layers run in bfloat16, (mu, logvar) and the logits come back in
+    float32, and the heads that read z and write the posterior stay float32 (their outputs differ
+    from a bfloat16 head's); fp32 is float32 throughout."""
+    import torch
+
+    demo = _load("demo")
+    torch.manual_seed(0)
+    x = (torch.rand(8, 1, 32, 32) < 0.2).float()
+    model = demo.MLPVAE(1024, 10, 64, mixed=True)
+    mu, lv = model.encode(x)
+    logits = model.decode(mu, (1, 32, 32))
+    assert mu.dtype == lv.dtype == logits.dtype == torch.float32
+    logits.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+    h = model._wide(model.enc, x)
+    assert h.dtype == torch.float32
+    head_fp32 = model.enc_head(h)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        head_bf16 = model.enc_head(h)
+    assert head_bf16.dtype == torch.bfloat16 and not torch.equal(head_fp32, head_bf16.float())
+    assert torch.equal(torch.cat([mu, lv], 1), torch.cat(head_fp32.chunk(2, 1)[:1] + (head_fp32.chunk(2, 1)[1].clamp(-12, 8),), 1))
+    assert demo.mixed_precision("fp32", "cpu") is False and demo.mixed_precision("bf16", "cpu") is True
+    full = demo.MLPVAE(1024, 10, 64, mixed=False)
+    full.load_state_dict(model.state_dict())
+    assert not torch.equal(full.encode(x)[0], mu)  # the wide layers' precision changes the result

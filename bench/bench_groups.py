@@ -25,7 +25,7 @@ import time
 import torch
 
 from tcvae_kernels.api import normalize_groups
-from tcvae_kernels.benchmark import dense_mss_log_weights, make_inputs
+from tcvae_kernels.tools.benchmark import dense_mss_log_weights, make_inputs
 from tcvae_kernels.dispatch import Backend, get_backend
 from tcvae_kernels.estimators import log_weights
 from tcvae_kernels.reference import log_density

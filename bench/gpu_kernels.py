@@ -55,7 +55,7 @@ def make_calls(source: str, m: int, d: int, device):
         bwd_op = lambda q, qd, aq, aqd: torch.ops.tcvae.log_qz_backward(  # noqa: E731
             a, b, z, mu, lv, aq, aqd, *args, True)
     else:
-        from tcvae_kernels import triton_kernels as tkn
+        from tcvae_kernels.backends import triton_kernels as tkn
 
         fwd = lambda grad: tkn.log_qz_op(z, mu, lv, *args, False, grad)  # noqa: E731
         bwd_op = lambda q, qd, aq, aqd: tkn.log_qz_backward_op(  # noqa: E731
@@ -101,8 +101,8 @@ def main(argv=None) -> int:
         print("bench/gpu_kernels.py needs a CUDA GPU", file=sys.stderr)
         return 2
     import tcvae_kernels as tk
-    from tcvae_kernels import gpu_report as gr
-    from tcvae_kernels import triton_kernels as tkn
+    from tcvae_kernels.tools import gpu_report as gr
+    from tcvae_kernels.backends import triton_kernels as tkn
 
     dev = torch.device("cuda")
     props = torch.cuda.get_device_properties(dev)

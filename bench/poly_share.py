@@ -19,7 +19,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from tcvae_kernels import gpu_report as gr  # noqa: E402
+from tcvae_kernels.tools import gpu_report as gr  # noqa: E402
 
 KERNEL = r"""
 #include "tcvae_fused.h"

@@ -12,7 +12,7 @@ peak memory in one run), which this file complements with pytest-benchmark's sta
 import pytest
 import torch
 
-from tcvae_kernels.benchmark import FULL_DIMS, FULL_SIZES, build_method, make_call, make_inputs, method_unavailable
+from tcvae_kernels.tools.benchmark import FULL_DIMS, FULL_SIZES, build_method, make_call, make_inputs, method_unavailable
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 METHODS = ["eager", "compile", "keops", "torch", "cpu", "cuda", "triton"]

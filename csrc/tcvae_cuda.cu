@@ -60,7 +60,10 @@ struct Cuda {
   static int64_t splits(int64_t rows, int64_t cols, const at::Tensor& like) {
     int sms = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, like.device().index()));
-    const int64_t row_blocks = (rows + kRows<float> * Threads<float>::value - 1) / (kRows<float> * Threads<float>::value);
+    // rows one block covers: kRows·threads of the dtype that runs (double: 1 row per thread)
+    const int64_t per_block = like.scalar_type() == at::kDouble ? kRows<double> * Threads<double>::value
+                                                                 : kRows<float> * Threads<float>::value;
+    const int64_t row_blocks = (rows + per_block - 1) / per_block;
     const int64_t want = (2 * sms + row_blocks - 1) / row_blocks;
     const int64_t cap = std::max<int64_t>(1, cols / (4 * kSplitTile));
     return std::max<int64_t>(1, std::min<int64_t>({want, cap, 65535}));

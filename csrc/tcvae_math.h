@@ -72,13 +72,6 @@ TCVAE_HD T log_norm_const(T logvar) {
   return T(-0.5) * (logvar + T(kLog2Pi));
 }
 
-// l = log N(z; mu, exp(logvar)) from the precomputed (h, c)
-template <typename T>
-TCVAE_HD T log_density(T z, T mu, T h, T c) {
-  const T diff = z - mu;
-  return c - diff * diff * h;
-}
-
 // Component index carrying the self weight of query i, or -1 when query i has none.
 TCVAE_HD int64_t self_index(int64_t i, int64_t offset, int64_t num_components) {
   const int64_t s = i + offset;
@@ -88,12 +81,6 @@ TCVAE_HD int64_t self_index(int64_t i, int64_t offset, int64_t num_components) {
 // Component index carrying the stratum ("next") weight: (s + 1) mod K, or -1.
 TCVAE_HD int64_t next_index(int64_t self, int64_t num_components) {
   return self < 0 ? -1 : (self + 1 == num_components ? 0 : self + 1);
-}
-
-// w[i, j] given s = self_index(i), n = next_index(s); self wins when s == n (K == 1).
-template <typename T>
-TCVAE_HD T log_weight(int64_t j, int64_t self, int64_t next, T w_self, T w_next, T w_other) {
-  return j == self ? w_self : (j == next ? w_next : w_other);
 }
 
 // Precision-generic elementary functions that compile for host and device.

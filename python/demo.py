@@ -164,7 +164,7 @@ def evaluate(model, images, factors, shapes, a, seed) -> dict:
 def loss_timing(n: int, batch: int, d: int, device, reps: int = 5) -> dict:
     """Seconds per step of the β-TCVAE penalty (forward + backward) at the demo's batch: the fused
     backend against the materialized [B, B, D] formula of public code."""
-    from tcvae_kernels.benchmark import dense_mss_log_weights, materialized_log_qz
+    from tcvae_kernels.tools.benchmark import dense_mss_log_weights, materialized_log_qz
 
     g = torch.Generator().manual_seed(0)
     mu = torch.randn(batch, d, generator=g).to(device)

@@ -10,7 +10,9 @@ Public API::
     grouped_decompose(z, mu, logvar, groups=..., dataset_size=...) -> GroupedDecomposition
     available_backends(), compiled_backends(), backend_status()
 
-The math is written once, in :mod:`tcvae_kernels.reference`.
+The math is written once, in :mod:`tcvae_kernels.reference`. Layout: the public API and the losses
+here; ``backends/`` (each backend beside its kernel, registered with its device priorities),
+``evaluation/`` (data, dataset-level estimates, metrics), ``tools/`` (check, bench, gpu-report).
 """
 
 from .api import (
@@ -26,8 +28,10 @@ from .api import (
 from .dispatch import BACKEND_NAMES, BackendNotSupportedError, available_backends, backend_status, compiled_backends
 from .estimators import ESTIMATORS, LogWeights, log_weights
 from .loss import BetaTCVAELoss, BetaVAELoss, FactorVAELoss, HFVAELoss, default_discriminator, permute_dims
-from . import ops as _ops  # noqa: F401  (registers the compiled backends)
-from . import data, evaluate, metrics
+from .evaluation import data, evaluate, metrics
+from . import _aliases
+
+_aliases.install()  # the modules' paths before the backends/, evaluation/, tools/ layout still import
 
 from ._version import __version__
 

@@ -14,11 +14,11 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     if argv[0] == "check":
-        from .check import main as run
+        from .tools.check import main as run
     elif argv[0] == "bench":
-        from .benchmark import main as run
+        from .tools.benchmark import main as run
     else:
-        from .gpu_report import main as run
+        from .tools.gpu_report import main as run
     return run(argv[1:])
 
 

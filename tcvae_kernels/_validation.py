@@ -109,3 +109,27 @@ def check_finite_inputs(z, mu, logvar) -> None:
     for name, t in (("z", z), ("mu", mu), ("logvar", logvar)):
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name} contains NaN or infinite values (check_finite=True)")
+
+
+def normalize_groups(groups, d: int) -> list[list[int]]:
+    """A partition of the D latent dimensions, given as sizes ``[2, 3, 5]`` (contiguous groups in
+    order) or as index lists ``[[0, 3], [1, 2, 4]]``, as a list of index lists."""
+    if isinstance(groups, torch.Tensor):
+        groups = groups.tolist()
+    if not isinstance(groups, (list, tuple)) or len(groups) == 0:
+        raise ValueError(f"groups must be a non-empty list of group sizes or of index lists, got {groups!r}")
+    if all(isinstance(g, int) and not isinstance(g, bool) for g in groups):
+        if any(g < 1 for g in groups) or sum(groups) != d:
+            raise ValueError(f"group sizes must be positive and sum to D={d}, got {list(groups)}")
+        out, start = [], 0
+        for g in groups:
+            out.append(list(range(start, start + g)))
+            start += g
+        return out
+    if not all(isinstance(g, (list, tuple)) and g and all(isinstance(i, int) and not isinstance(i, bool) for i in g)
+               for g in groups):
+        raise ValueError(f"groups must be all sizes (ints) or all non-empty index lists, got {groups!r}")
+    flat = sorted(i for g in groups for i in g)
+    if flat != list(range(d)):
+        raise ValueError(f"index-list groups must partition range(D={d}): each dimension exactly once, got {groups!r}")
+    return [list(g) for g in groups]

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._validation import check_estimator_args, check_finite_inputs, check_inputs
+from ._validation import check_estimator_args, check_finite_inputs, check_inputs, normalize_groups
 from .dispatch import select_backend
 from .estimators import log_weights
 from .reference import log_qz_x_and_log_pz
@@ -48,30 +48,6 @@ class GroupedDecomposition(NamedTuple):
     tc_between: torch.Tensor
     tc_within: torch.Tensor
     dim_kl: torch.Tensor
-
-
-def normalize_groups(groups, d: int) -> list[list[int]]:
-    """A partition of the D latent dimensions, given as sizes ``[2, 3, 5]`` (contiguous groups in
-    order) or as index lists ``[[0, 3], [1, 2, 4]]``, as a list of index lists."""
-    if isinstance(groups, torch.Tensor):
-        groups = groups.tolist()
-    if not isinstance(groups, (list, tuple)) or len(groups) == 0:
-        raise ValueError(f"groups must be a non-empty list of group sizes or of index lists, got {groups!r}")
-    if all(isinstance(g, int) and not isinstance(g, bool) for g in groups):
-        if any(g < 1 for g in groups) or sum(groups) != d:
-            raise ValueError(f"group sizes must be positive and sum to D={d}, got {list(groups)}")
-        out, start = [], 0
-        for g in groups:
-            out.append(list(range(start, start + g)))
-            start += g
-        return out
-    if not all(isinstance(g, (list, tuple)) and g and all(isinstance(i, int) and not isinstance(i, bool) for i in g)
-               for g in groups):
-        raise ValueError(f"groups must be all sizes (ints) or all non-empty index lists, got {groups!r}")
-    flat = sorted(i for g in groups for i in g)
-    if flat != list(range(d)):
-        raise ValueError(f"index-list groups must partition range(D={d}): each dimension exactly once, got {groups!r}")
-    return [list(g) for g in groups]
 
 
 def autocast_active(z: torch.Tensor) -> bool:

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._validation import _check_int, check_estimator
-from .api import Decomposition, GroupedDecomposition, decompose, grouped_decompose, normalize_groups
+from ._validation import _check_int, check_estimator, normalize_groups
+from .api import Decomposition, GroupedDecomposition, decompose, grouped_decompose
 from .dispatch import check_backend_name
 
 

@@ -93,3 +93,25 @@ def float16_overflow_case():
     z = torch.tensor([[-94.0625, 36.9688, 38.8750, 142.5000, 13.6797]], dtype=torch.float16)
     mu = torch.tensor([[1.5410, -0.2935, -2.1797, 0.5684, -1.0850]], dtype=torch.float16)
     return z, mu, torch.full((1, 5), -3.0, dtype=torch.float16)
+
+
+def backends(device="cpu", *, fused_only=False, emulation=False, exclude=(), objects=False):
+    """The one list of backends the tests run: every registered backend (tcvae_kernels.BACKEND_NAMES,
+    registration order) that can run on ``device`` tensors in this process. ``fused_only`` drops the
+    reference ``torch``; ``exclude`` drops names; ``emulation`` appends the CUDA kernels' code run
+    serially on the CPU (split-K forced to 2) when the extension is built; ``objects`` gives Backend
+    objects instead of names (the emulation is always an object)."""
+    from tcvae_kernels import BACKEND_NAMES
+    from tcvae_kernels.backends import extension
+    from tcvae_kernels.dispatch import backend_reasons, get_backend
+
+    probe = torch.zeros(2, 1, device=device)
+    out = [b for b in BACKEND_NAMES if b not in exclude and not (fused_only and b == "torch")
+           and not backend_reasons(b, probe, probe, probe)]
+    if objects:
+        out = [get_backend(b) for b in out]
+    if emulation and device == "cpu" and extension.LOAD_ERROR is None:
+        from tcvae_kernels.backends.cuda import CudaEmulationBackend
+
+        out.append(CudaEmulationBackend(splits=2))
+    return out

@@ -157,3 +157,52 @@ def test_loss_warmup_anneals_beta_gamma_and_survives_state_dict():
 def test_loss_module_validates_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         tk.BetaTCVAELoss(**kwargs)
+
+
+def test_backend_registry_derives_the_names_and_auto_order(monkeypatch):
+    """Backends join by registering (name, per-device auto priority): BACKEND_NAMES, "auto"'s order
+    and the accepted backend= values follow, with no list to edit; names cannot collide."""
+    from tcvae_kernels import dispatch
+    from tcvae_kernels.backends import base
+    from tcvae_kernels.backends.torch_ref import TorchBackend
+
+    assert tk.BACKEND_NAMES == dispatch.BACKEND_NAMES == base.backend_names() == ("torch", "cpu", "cuda", "triton")
+    assert dispatch.AUTO_ORDER == {"cpu": ("cpu", "torch"), "cuda": ("cuda", "triton", "torch")}
+    monkeypatch.setattr(base, "_LOADERS", dict(base._LOADERS))
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+
+    @base.register_backend
+    class Doubled(TorchBackend):
+        name = "doubled"
+        auto_priority = {"cpu": 1000}
+        calls = 0
+
+        def log_qz(self, z, mu, logvar, weights, deterministic=False):
+            type(self).calls += 1
+            return super().log_qz(z, mu, logvar, weights, deterministic)
+
+    assert dispatch.BACKEND_NAMES[-1] == "doubled" and base.auto_order("cpu")[0] == "doubled"
+    assert base.auto_order("cuda") == ("cuda", "triton", "torch")
+    z = torch.randn(5, 3, dtype=torch.float64)
+    assert dispatch.select_backend("auto", z, z, z).name == "doubled"
+    got = tk.log_qz(z, z, z, dataset_size=50, backend="doubled")
+    want = tk.log_qz(z, z, z, dataset_size=50, backend="torch")
+    assert Doubled.calls == 1 and torch.equal(got.log_qz, want.log_qz)
+    assert "doubled" in tk.backend_status()
+    for bad in (Doubled, type("Auto", (TorchBackend,), {"name": "auto"}), type("Empty", (TorchBackend,), {"name": ""})):
+        with pytest.raises(ValueError, match="backend name"):
+            base.register_backend(bad)
+
+
+@pytest.mark.parametrize("old", sorted(__import__("tcvae_kernels._aliases", fromlist=["MOVED"]).MOVED))
+def test_old_module_paths_still_import(old):
+    """Every module path from before the backends/ evaluation/ tools/ layout imports the moved
+    module itself (the same object)."""
+    import importlib
+    import sys
+
+    from tcvae_kernels._aliases import MOVED
+
+    if old.endswith(("triton_kernels", "_planted")):
+        pytest.importorskip("triton")
+    assert importlib.import_module(old) is importlib.import_module(MOVED[old]) is sys.modules[old]

@@ -8,21 +8,15 @@ import pytest
 import torch
 
 import tcvae_kernels as tk
-from tcvae_kernels import ops
-from tcvae_kernels.dispatch import backend_reasons
+from tcvae_kernels.backends import extension as ops
 
-from helpers import make_inputs
+from helpers import backends, make_inputs
 
 CASES = [("cpu", torch.bfloat16)] + ([("cuda", torch.float16), ("cuda", torch.bfloat16)]
                                       if torch.cuda.is_available() else [])
 
 
-def _backends(device):
-    z = torch.zeros(2, 1, device=device)
-    return [b for b in ("torch", "cpu", "cuda", "triton") if not backend_reasons(b, z, z, z)]
-
-
-PARAMS = [(dev, dt, be) for dev, dt in CASES for be in _backends(dev)]
+PARAMS = [(dev, dt, be) for dev, dt in CASES for be in backends(dev)]
 
 
 @pytest.mark.parametrize("device,dtype,backend", PARAMS, ids=[f"{d}-{str(t)[6:]}-{b}" for d, t, b in PARAMS])

@@ -14,23 +14,21 @@ import pytest
 import torch
 
 import tcvae_kernels as tk
-from tcvae_kernels.check import make_case
-from tcvae_kernels.dispatch import backend_reasons, get_backend
+from tcvae_kernels.tools.check import make_case
+from tcvae_kernels.dispatch import get_backend
 from tcvae_kernels.estimators import LogWeights, log_weights
 from tcvae_kernels.testing import check_backend
 
-from helpers import assert_ok, fresh_seed, make_inputs
+from helpers import assert_ok, backends, fresh_seed, make_inputs
 
 
 def _targets():
     """(backend, device) pairs that can run here."""
     out = []
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for name in ("cpu", "triton", "cuda"):
-        for dev in devices:
-            probe = torch.zeros(2, 1, device=dev)
-            if not backend_reasons(name, probe, probe, probe):
-                out.append(pytest.param(name, dev, id=f"{name}-{dev}"))
+    for dev in devices:
+        for name in backends(dev, fused_only=True):
+            out.append(pytest.param(name, dev, id=f"{name}-{dev}"))
     return out or [pytest.param(None, None, marks=pytest.mark.skip(reason="no fused backend available"))]
 
 

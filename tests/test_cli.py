@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from tcvae_kernels.check import main as check_main
+from tcvae_kernels.tools.check import main as check_main
 
 
 def test_check_command_passes_and_prints_a_table(capsys):

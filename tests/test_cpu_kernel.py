@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import tcvae_kernels as tk
-from tcvae_kernels import ops
+from tcvae_kernels.backends import extension as ops
 from tcvae_kernels.dispatch import select_backend
 
 from helpers import make_inputs

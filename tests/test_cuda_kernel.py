@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import tcvae_kernels as tk
-from tcvae_kernels import ops
-from tcvae_kernels.check import make_case
+from tcvae_kernels.backends import extension as ops
+from tcvae_kernels.tools.check import make_case
 from tcvae_kernels.dispatch import backend_reasons
 from tcvae_kernels.estimators import LogWeights, log_weights
 from tcvae_kernels.testing import check_backend

@@ -12,7 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import tcvae_kernels as tk
-from tcvae_kernels.dispatch import backend_reasons
+
+from helpers import backends
 
 M_LOCAL, D, N = 5, 3, 1000
 
@@ -65,8 +66,7 @@ def _worker(rank, world, seed, estimator, backend, out_dir):
 
 
 def _backends():
-    z = torch.zeros(2, 1, dtype=torch.float64)
-    return [b for b in ("torch", "cpu") if not backend_reasons(b, z, z, z)]
+    return backends("cpu", exclude=("triton",))  # the interpreter is too slow for multi-process runs
 
 
 @pytest.mark.parametrize("backend", _backends())

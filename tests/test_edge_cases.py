@@ -6,20 +6,15 @@ import pytest
 import torch
 
 import tcvae_kernels as tk
-from tcvae_kernels import ops
+from tcvae_kernels.backends import extension as ops
 from tcvae_kernels.dispatch import backend_reasons, get_backend
 from tcvae_kernels.estimators import log_weights
 from tcvae_kernels.testing import check_backend
 
-from helpers import assert_ok, fresh_seed, make_inputs
+from helpers import assert_ok, backends, fresh_seed, make_inputs
 
 
-def _backends():
-    z = torch.zeros(2, 1)
-    return ["torch"] + [b for b in ("cpu", "triton") if not backend_reasons(b, z, z, z)]
-
-
-BACKENDS = _backends()
+BACKENDS = backends("cpu")
 
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tcvae_kernels import ops
+from tcvae_kernels.backends import extension as ops
 
 pytestmark = pytest.mark.skipif(ops.LOAD_ERROR is not None, reason=f"extension not built: {ops.LOAD_ERROR}")
 

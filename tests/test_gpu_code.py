@@ -10,10 +10,10 @@ import functools
 import pytest
 import torch
 
-from tcvae_kernels import ops
+from tcvae_kernels.backends import extension as ops
 
 triton = pytest.importorskip("triton")
-from tcvae_kernels import gpu_report as gr  # noqa: E402
+from tcvae_kernels.tools import gpu_report as gr  # noqa: E402
 
 try:
     gr.tool("cuobjdump")
@@ -40,7 +40,7 @@ def _label(r):
 
 
 def test_every_triton_kernel_and_config_compiles_for_both_archs():
-    from tcvae_kernels import triton_kernels as tkn
+    from tcvae_kernels.backends import triton_kernels as tkn
 
     got = {(r.name, r.config, r.arch) for r in triton_reports()}
     for name, (_, kind, _) in tkn.KERNELS.items():

@@ -9,24 +9,16 @@ import pytest
 import torch
 
 import tcvae_kernels as tk
-from tcvae_kernels import ops
+from tcvae_kernels.backends import extension as ops
 from tcvae_kernels.api import normalize_groups
-from tcvae_kernels.dispatch import backend_reasons, get_backend
+from tcvae_kernels.dispatch import backend_reasons
 from tcvae_kernels.estimators import log_weights
 from tcvae_kernels.testing import check_backend
 
-from helpers import assert_ok, float16_overflow_case, fresh_seed, make_inputs
+from helpers import assert_ok, backends, float16_overflow_case, fresh_seed, make_inputs
 
 
-def _backends():
-    z = torch.zeros(2, 1)
-    out = [get_backend(b) for b in ("torch", "cpu", "triton") if not backend_reasons(b, z, z, z)]
-    if ops.LOAD_ERROR is None:
-        out.append(ops.CudaEmulationBackend(splits=2))
-    return out
-
-
-BACKENDS = _backends()
+BACKENDS = backends("cpu", emulation=True, objects=True)
 IDS = [b.name for b in BACKENDS]
 
 # (M, K, D, estimator, groups): sizes that are multiples of no tile; groups given as sizes or as

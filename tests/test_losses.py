@@ -6,18 +6,13 @@ import pytest
 import torch
 
 import tcvae_kernels as tk
-from tcvae_kernels import ops
-from tcvae_kernels.dispatch import backend_reasons
 from tcvae_kernels.estimators import log_weights
 
-from helpers import brute_force_groups, fresh_seed, make_inputs, max_abs
+from helpers import backends, brute_force_groups, fresh_seed, make_inputs, max_abs
 
 
 def _backends():
-    z = torch.zeros(2, 1)
-    names = [b for b in ("torch", "cpu", "triton") if not backend_reasons(b, z, z, z)]
-    # the CUDA kernels' code, run serially on the CPU (split-K forced to 2)
-    return names + ([ops.CudaEmulationBackend(splits=2)] if ops.LOAD_ERROR is None else [])
+    return backends("cpu", emulation=True)  # with the CUDA kernels' code run serially on the CPU
 
 
 def _id(backend):

@@ -12,25 +12,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tcvae_kernels as tk
-from tcvae_kernels import ops
 from tcvae_kernels.dispatch import backend_reasons
 from tcvae_kernels.estimators import log_weights
 from tcvae_kernels.testing import check_backend
 
-from helpers import assert_ok
+from helpers import assert_ok, backends
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 
-def _fused_backends():
-    z = torch.zeros(2, 1)
-    out = [b for b in ("cpu", "triton") if not backend_reasons(b, z, z, z)]
-    if ops.LOAD_ERROR is None:
-        out.append(ops.CudaEmulationBackend(splits=2))
-    return out
-
-
-FUSED = _fused_backends()
+FUSED = backends("cpu", fused_only=True, emulation=True)
 SIZES = st.sampled_from([1, 2, 3, 5, 7, 11, 13, 17, 31, 33])
 
 

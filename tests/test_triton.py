@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(bool(backend_reasons("triton", _probe, _probe, _
                                 reason="; ".join(backend_reasons("triton", _probe, _probe, _probe)))
 
 if not backend_reasons("triton", _probe, _probe, _probe):
-    from tcvae_kernels import triton_kernels as tkn
+    from tcvae_kernels.backends import triton_kernels as tkn
 else:  # pragma: no cover
     tkn = None
 

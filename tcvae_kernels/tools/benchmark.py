@@ -37,7 +37,7 @@ import time
 
 import torch
 
-from .reference import LOG_2PI, log_density
+from ..reference import LOG_2PI, log_density
 
 QUICK_SIZES = [256, 1024]
 QUICK_DIMS = [10]
@@ -53,7 +53,7 @@ COMPARATORS = ("eager", "compile", "keops")
 
 def dense_mss_log_weights(m: int, n: int, dtype, device) -> torch.Tensor:
     """[M, M] MSS log weights as public code builds them (but with the self weight on the diagonal)."""
-    from .estimators import log_weights, weight_matrix
+    from ..estimators import log_weights, weight_matrix
 
     return weight_matrix(log_weights("mss", m, n), m, m, dtype=dtype, device=device)
 
@@ -107,11 +107,11 @@ def build_method(method: str, m: int, n: int, dtype, device):
             torch._dynamo.reset()  # a fresh compile per shape: no recompile-limit fallback to eager
             fn = torch.compile(materialized_log_qz, dynamic=False)
             return lambda z, mu, lv: fn(z, mu, lv, log_w)
-        from .estimators import log_weights
+        from ..estimators import log_weights
 
         w = log_weights("mss", m, n)
         return lambda z, mu, lv: keops_log_qz(z, mu, lv, w)
-    from .api import log_qz
+    from ..api import log_qz
 
     return lambda z, mu, lv: log_qz(z, mu, lv, dataset_size=n, estimator="mss", backend=method)
 
@@ -126,7 +126,7 @@ def method_unavailable(method: str, device: str) -> str | None:
         return None
     if method in ("eager", "compile"):
         return None
-    from .dispatch import backend_reasons
+    from ..dispatch import backend_reasons
 
     probe = torch.zeros(2, 1, device=device)
     why = backend_reasons(method, probe, probe, probe)
@@ -235,7 +235,7 @@ def exp_throughput(device: str, dtype, n: int = 1 << 18) -> float:
     (a 2^24 array measures ~3× lower on a 2-core machine). CUDA: ``torch.exp`` is memory-bound
     there, so a Triton kernel evaluates exp2 on register-resident values (the MUFU peak)."""
     if device.startswith("cuda"):
-        from .triton_kernels import exp2_peak
+        from ..backends.triton_kernels import exp2_peak
 
         return exp2_peak(torch.device(device))
     x = -20 * torch.rand(n, device=device, dtype=torch.float32).to(dtype)
@@ -266,7 +266,7 @@ def worker(spec: dict) -> list[dict]:
             pykeops.set_build_folder(spec["keops_cache"])
     if method == "exp":
         return [{"method": "exp", "exp_per_s": exp_throughput(device, dtype)}]
-    from .progress import progress
+    from ..progress import progress
 
     records = []
     cells = [(d, m) for d in spec["dims"] for m in spec["sizes"]]
@@ -292,7 +292,7 @@ def run_worker_process(spec: dict, timeout: float) -> list[dict]:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576")
     if spec["method"] == "keops":
         env.setdefault("CXXFLAGS", "-march=native -ffast-math")
-    cmd = [sys.executable, "-m", "tcvae_kernels.benchmark", "--worker", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "tcvae_kernels.tools.benchmark", "--worker", json.dumps(spec)]
     try:
         out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, timeout=timeout, check=True, text=True)
     except subprocess.TimeoutExpired:
@@ -436,7 +436,7 @@ def main(argv=None) -> int:
     if a.methods:
         methods = a.methods
     else:
-        from .dispatch import BACKEND_NAMES
+        from ..dispatch import BACKEND_NAMES
 
         methods = ["eager", "compile", "keops"] + [b for b in BACKEND_NAMES if b != "torch"] + ["torch"]
         methods = [m for m in methods if method_unavailable(m, a.device) is None]

@@ -52,7 +52,7 @@ import torch
 
 from . import evaluate as _dataset
 from .data import _integers
-from .progress import progress as _progress
+from ..progress import progress as _progress
 
 
 def _gap(mi: np.ndarray, entropies: np.ndarray) -> np.ndarray:

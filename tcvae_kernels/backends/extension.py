@@ -9,21 +9,21 @@ grad_logvar)`` in the inputs' dtypes.
 ``tcvae::log_qz_groups(z, mu, logvar, group_ends, ...)`` (CPU) adds ``log_qz_groups [M, G]`` for
 groups of contiguous dimensions ``[group_ends[g-1], group_ends[g])``, in the same single pass, with
 ``tcvae::log_qz_groups_backward`` taking its upstream gradient too.
-Here: fake (meta) kernels for torch.compile, and autograd wiring whose backward is itself the
-custom op, so it dispatches per device like the forward. Math: tcvae_kernels/reference.py.
+Here: loading the library, fake (meta) kernels for torch.compile, autograd wiring whose backward
+is itself the custom op, so it dispatches per device like the forward, and the adapter both
+extension backends share (``cpu.py``, ``cuda.py``). Math: tcvae_kernels/reference.py.
 """
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
-from ._autograd import make_backward, no_double_backward, setup_context, setup_nothing
-from .dispatch import Backend, group_columns, needs_grad, register_backend
+from .._autograd import make_backward, no_double_backward, setup_context, setup_nothing
+from .._validation import accumulation_dtype
+from .base import Backend, needs_grad
 
 try:
-    from . import _C  # noqa: F401  (loading the library registers the ops)
+    from .. import _C  # noqa: F401  (loading the library registers the ops)
 
     LOAD_ERROR: str | None = None
 except ImportError as e:  # pure-Python install, or a build without the extension
@@ -40,15 +40,11 @@ def build_info() -> dict:
 def cuda_build_reason() -> str:
     """Why the build left out the CUDA kernel, as setup.py recorded it."""
     try:
-        from . import _build_config
+        from .. import _build_config
 
         return _build_config.CUDA_REASON or "unknown"
     except ImportError:
         return "unknown: no record of the build (tcvae_kernels/_build_config.py)"
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 if LOAD_ERROR is None:
@@ -57,7 +53,7 @@ if LOAD_ERROR is None:
     def _log_qz_fake(z, mu, logvar, w_self, w_next, w_other, offset, grad_terms=True):
         torch._check(z.dim() == 2 and mu.dim() == 2 and mu.shape == logvar.shape)
         torch._check(z.shape[1] == mu.shape[1])
-        acc = _acc(z.dtype)
+        acc = accumulation_dtype(z.dtype)
         m, d = z.shape
         # aux_qd: (m, r) on the CPU; (m, r, tn, jn) on CUDA, whose forward also sums the grad_z terms
         states = 4 if z.device.type == "cuda" else 2
@@ -119,86 +115,14 @@ class ExtensionBackend(Backend):
         return q, qd
 
 
-class CpuBackend(ExtensionBackend):
-    name = "cpu"
-    device_type = "cpu"
-    description = "fused C++ kernel (at::parallel_for, at::vec SIMD), O(M·D) memory"
+def __getattr__(name):
+    """The adapters that moved to cpu.py / cuda.py, under this module's old name (tcvae_kernels.backends.extension)."""
+    if name in ("CpuBackend",):
+        from . import cpu
 
-    def log_qz_groups(self, z, mu, logvar, weights, groups, deterministic=False):
-        """One pass of ``tcvae::log_qz_groups``: the columns are permuted so that the groups of
-        several (not all) dimensions are contiguous; groups of one dimension are columns of
-        log_qz_dims and a group of all dimensions is log_qz, as in the default."""
-        d = z.shape[1]
-        fused = [g for g in groups if 1 < len(g) < d]
-        if not fused:
-            return super().log_qz_groups(z, mu, logvar, weights, groups, deterministic)
-        order = [i for g in fused for i in g]
-        taken = set(order)
-        order += [i for i in range(d) if i not in taken]
-        ends = list(itertools.accumulate(len(g) for g in fused))
-        permuted = order != list(range(d))
-        if permuted:
-            perm = torch.as_tensor(order, device=z.device)
-            z, mu, logvar = (t.index_select(1, perm) for t in (z, mu, logvar))
-        q, qd, qg, *_ = torch.ops.tcvae.log_qz_groups(z, mu, logvar, ends, weights.w_self, weights.w_next,
-                                                      weights.w_other, weights.offset)
-        if permuted:  # back to the caller's order of dimensions
-            qd = qd.index_select(1, torch.as_tensor(sorted(range(d), key=order.__getitem__), device=z.device))
-        return q, qd, group_columns(groups, q, qd, lambda k, g: qg[:, k])
+        return getattr(cpu, name)
+    if name in ("CudaBackend", "CudaEmulationBackend"):
+        from . import cuda
 
-
-class CudaBackend(ExtensionBackend):
-    name = "cuda"
-    device_type = "cuda"
-    description = "fused CUDA C++ kernels (csrc/tcvae_cuda.cu), O(M·D) memory, deterministic"
-    self_check = True
-
-    def unavailable_reason(self):
-        if LOAD_ERROR:
-            return LOAD_ERROR
-        if build_info().get("cuda") != "1":
-            return (f"the extension was built without its CUDA kernel ({cuda_build_reason()}); reinstall "
-                    "with CUDA_HOME pointing at a CUDA toolkit (or FORCE_CUDA=1)")
-        return None
-
-
-
-register_backend("cpu", CpuBackend)
-register_backend("cuda", CudaBackend)
-
-
-class _EmulatedCudaFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z, mu, logvar, weights, splits):
-        q, qd, aq, aqd = torch.ops.tcvae._emulate_log_qz(z, mu, logvar, *weights, splits,
-                                                         any(ctx.needs_input_grad[:3]))
-        ctx.save_for_backward(z, mu, logvar, aq, aqd)
-        ctx.weights, ctx.splits = weights, splits
-        return q, qd
-
-    @staticmethod
-    def backward(ctx, grad_q, grad_qd):
-        z, mu, logvar, aq, aqd = ctx.saved_tensors
-        gz, gmu, glv = torch.ops.tcvae._emulate_log_qz_backward(
-            grad_q.contiguous(), grad_qd.contiguous(), z, mu, logvar, aq, aqd, *ctx.weights, ctx.splits)
-        return gz, gmu, glv, None, None
-
-
-class CudaEmulationBackend(Backend):
-    """Test-only: the CUDA kernels' per-thread code and host orchestration run serially on CPU
-    tensors (csrc/tcvae_emulate.cpp), ``splits`` forcing the split-K count. Not registered for users."""
-
-    name = "cuda-emulation"
-    description = "the CUDA kernels' code run serially on the CPU (tests only)"
-
-    def __init__(self, splits: int = 1):
-        self.splits = splits
-
-    def unavailable_reason(self):
-        return LOAD_ERROR
-
-    def not_supported_reasons(self, z, mu, logvar):
-        return [] if z.device.type == "cpu" else ["the emulation runs on CPU tensors"]
-
-    def log_qz(self, z, mu, logvar, weights, deterministic=False):
-        return _EmulatedCudaFn.apply(z, mu, logvar, tuple(weights), self.splits)
+        return getattr(cuda, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

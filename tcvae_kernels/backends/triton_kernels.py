@@ -52,7 +52,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._autograd import make_backward, no_double_backward, setup_context, setup_nothing
+from .._autograd import make_backward, no_double_backward, setup_context, setup_nothing
+from .._validation import accumulation_dtype
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -500,10 +501,6 @@ def _num_splits(rows: int, cols: int, device: torch.device) -> int:
     return max(1, min(triton.cdiv(2 * sms, triton.cdiv(rows, 128)), triton.cdiv(cols, 512)))
 
 
-def _acc_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _pads() -> tuple[int, int]:
     """Multiples the queries and components are padded to: every tile of the configuration in use
     (forced, or INTERPRET_CONFIG under the interpreter) fits, else every tile the autotuner may pick."""
@@ -521,7 +518,7 @@ def _prepare(z, mu, logvar, w_self, w_next, w_other):
     """Padded, transposed inputs in the compute dtype (float64 arithmetic, one rounding):
     z_t [D, MP], comp [D, 3, KP] = (s, nm, c2) (padding: 1, 0, -inf), csum [KP] = sum_d c2
     (padding -inf), and consts [3] = ((w_self - w_other)·log2e, (w_next - w_other)·log2e, log2(e)/2)."""
-    acc = _acc_dtype(z.dtype)
+    acc = accumulation_dtype(z.dtype)
     m, d = z.shape
     k = mu.shape[0]
     pad_m, pad_k = _pads()
@@ -554,7 +551,7 @@ def log_qz_op(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, w_self: f
     tn[i, d] = sum_j pi[i,j,d]·u·s and jn[i, d] = sum_j p[i,j]·u·s, pi and p the marginal and joint
     softmax weights over components. ``deterministic`` only travels to the backward (which never
     uses atomics)."""
-    acc = _acc_dtype(z.dtype)
+    acc = accumulation_dtype(z.dtype)
     m, d = z.shape
     k = mu.shape[0]
     z_t, comp, csum, mp, kp, consts = _prepare(z, mu, logvar, w_self, w_next, w_other)
@@ -616,7 +613,7 @@ def log_qz_backward_op(grad_q: torch.Tensor, grad_qd: torch.Tensor, z: torch.Ten
     and log_qz_dims); grad_mu and grad_logvar from one pass that sums over queries inside a thread."""
     if not grad_terms:
         raise RuntimeError("tcvae_triton::log_qz ran with grad_terms=False: its outputs have no backward")
-    acc = _acc_dtype(z.dtype)
+    acc = accumulation_dtype(z.dtype)
     m, d = z.shape
     k = mu.shape[0]
     a0, b0 = grad_q.to(acc), grad_qd.to(acc)

@@ -11,10 +11,10 @@ import time
 
 import torch
 
-from .dispatch import BACKEND_NAMES, backend_reasons
-from .estimators import log_weights
-from .progress import progress
-from .testing import check_backend
+from ..dispatch import BACKEND_NAMES, backend_reasons
+from ..estimators import log_weights
+from ..progress import progress
+from ..testing import check_backend
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -427,7 +427,7 @@ def triton_reports(archs=(80, 90), dtype: str = "fp32", kernels=None) -> list[Ke
     """Every Triton kernel (and variant) of ``triton_kernels.KERNELS`` × every CONFIGS entry × arch."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return [r for r in _in_subprocess(archs, False) if not kernels or r.name in kernels]
-    from . import triton_kernels as tkn
+    from ..backends import triton_kernels as tkn
 
     out = []
     for name, (fn, kind, fixed) in tkn.KERNELS.items():
@@ -459,7 +459,7 @@ CUDA_KERNELS = {"forward_kernel": 64, "forward_kernel+grad": 64, "backward_cols_
 
 
 def extension_path() -> str | None:
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the package: tcvae_kernels/_C*.so
     found = sorted(glob.glob(os.path.join(here, "_C*.so")))
     return found[0] if found else None
 

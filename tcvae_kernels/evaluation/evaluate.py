@@ -24,9 +24,9 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from .progress import progress as _progress
-from .api import log_qz
-from .reference import LOG_2PI, log_density
+from ..progress import progress as _progress
+from ..api import log_qz
+from ..reference import LOG_2PI, log_density
 
 
 class Estimate(NamedTuple):

@@ -1,0 +1,63 @@
+"""The ``cuda`` backend: the fused CUDA kernels of csrc/tcvae_cuda.cu (``torch.ops.tcvae.*`` on CUDA
+tensors), and the test-only emulation of those kernels' code on the CPU (csrc/tcvae_emulate.cpp)."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Backend, register_backend
+from .extension import LOAD_ERROR, ExtensionBackend, build_info, cuda_build_reason
+
+
+@register_backend
+class CudaBackend(ExtensionBackend):
+    name = "cuda"
+    device_type = "cuda"
+    auto_priority = {"cuda": 100}
+    description = "fused CUDA C++ kernels (csrc/tcvae_cuda.cu), O(M·D) memory, deterministic"
+    self_check = True
+
+    def unavailable_reason(self):
+        if LOAD_ERROR:
+            return LOAD_ERROR
+        if build_info().get("cuda") != "1":
+            return (f"the extension was built without its CUDA kernel ({cuda_build_reason()}); reinstall "
+                    "with CUDA_HOME pointing at a CUDA toolkit (or FORCE_CUDA=1)")
+        return None
+
+
+class _EmulatedCudaFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, mu, logvar, weights, splits):
+        q, qd, aq, aqd = torch.ops.tcvae._emulate_log_qz(z, mu, logvar, *weights, splits,
+                                                         any(ctx.needs_input_grad[:3]))
+        ctx.save_for_backward(z, mu, logvar, aq, aqd)
+        ctx.weights, ctx.splits = weights, splits
+        return q, qd
+
+    @staticmethod
+    def backward(ctx, grad_q, grad_qd):
+        z, mu, logvar, aq, aqd = ctx.saved_tensors
+        gz, gmu, glv = torch.ops.tcvae._emulate_log_qz_backward(
+            grad_q.contiguous(), grad_qd.contiguous(), z, mu, logvar, aq, aqd, *ctx.weights, ctx.splits)
+        return gz, gmu, glv, None, None
+
+
+class CudaEmulationBackend(Backend):
+    """Test-only: the CUDA kernels' per-thread code and host orchestration run serially on CPU
+    tensors (csrc/tcvae_emulate.cpp), ``splits`` forcing the split-K count. Not registered for users."""
+
+    name = "cuda-emulation"
+    description = "the CUDA kernels' code run serially on the CPU (tests only)"
+
+    def __init__(self, splits: int = 1):
+        self.splits = splits
+
+    def unavailable_reason(self):
+        return LOAD_ERROR
+
+    def not_supported_reasons(self, z, mu, logvar):
+        return [] if z.device.type == "cpu" else ["the emulation runs on CPU tensors"]
+
+    def log_qz(self, z, mu, logvar, weights, deterministic=False):
+        return _EmulatedCudaFn.apply(z, mu, logvar, tuple(weights), self.splits)

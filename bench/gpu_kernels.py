@@ -49,7 +49,7 @@ def make_calls(source: str, m: int, d: int, device):
     z = mu + torch.exp(0.5 * lv) * torch.randn(m, d, generator=g)
     z, mu, lv = (t.to(device) for t in (z, mu, lv))
     w = log_weights("mss", m, 10 * m)
-    args = (w.w_self, w.w_next, w.w_other, w.offset)
+    args = w.op_args()
     if source == "cuda":
         fwd = lambda grad: torch.ops.tcvae.log_qz(z, mu, lv, *args, grad)  # noqa: E731
         bwd_op = lambda q, qd, aq, aqd: torch.ops.tcvae.log_qz_backward(  # noqa: E731

@@ -547,9 +547,7 @@ void check_args(const at::Tensor& z, const at::Tensor& mu, const at::Tensor& log
   TORCH_CHECK(z.size(0) > 0 && mu.size(0) > 0 && z.size(1) > 0, "tcvae: empty inputs");
 }
 
-at::ScalarType acc_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
+at::ScalarType acc_type(const at::Tensor& t) { return accumulation_type(t.scalar_type()); }
 
 void check_group_ends(at::IntArrayRef group_ends, int64_t d) {
   int64_t prev = 0;
@@ -562,9 +560,10 @@ void check_group_ends(at::IntArrayRef group_ends, int64_t d) {
 // (log_qz [M], log_qz_dims [M, D], log_qz_groups [M, G], aux_q [M, 2], aux_qd [M, D, 2], aux_qg [M, G, 2]);
 // group g covers dimensions [group_ends[g-1], group_ends[g]) (group_ends[-1] = 0), G = len(group_ends).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_groups_cpu(
-    const at::Tensor& z, const at::Tensor& mu, const at::Tensor& logvar, at::IntArrayRef group_ends, double w_self,
-    double w_next, double w_other, int64_t offset) {
+    const at::Tensor& z, const at::Tensor& mu, const at::Tensor& logvar, at::IntArrayRef group_ends,
+    at::ArrayRef<double> weights, int64_t offset) {
   check_args(z, mu, logvar);
+  const LogWeights w = parse_log_weights(weights, offset);
   const auto acc = acc_type(z);
   const at::Tensor zc = z.to(acc).contiguous(), muc = mu.to(acc).contiguous(), lvc = logvar.to(acc).contiguous();
   const int64_t m = z.size(0), k = mu.size(0), d = z.size(1), ng = int64_t(group_ends.size());
@@ -575,9 +574,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor aux_q = at::empty({m, 2}, zc.options()), aux_qd = at::empty({m, d, 2}, zc.options());
   at::Tensor aux_qg = at::empty({m, ng, 2}, zc.options());
   AT_DISPATCH_FLOATING_TYPES(acc, "tcvae_log_qz_cpu", [&] {
-    const auto cp = prepare_components<scalar_t>(muc, lvc, w_other);
-    forward_kernel<scalar_t>(zc.data_ptr<scalar_t>(), cp, seg, m, k, d, scalar_t((w_self - w_other) * kLog2E),
-                             scalar_t((w_next - w_other) * kLog2E), offset, out_q.data_ptr<scalar_t>(),
+    const auto cp = prepare_components<scalar_t>(muc, lvc, w.other);
+    forward_kernel<scalar_t>(zc.data_ptr<scalar_t>(), cp, seg, m, k, d, scalar_t(w.d_self2()), scalar_t(w.d_next2()),
+                             w.offset, out_q.data_ptr<scalar_t>(),
                              out_qd.data_ptr<scalar_t>(), out_qg.data_ptr<scalar_t>(), aux_q.data_ptr<scalar_t>(),
                              aux_qd.data_ptr<scalar_t>(), aux_qg.data_ptr<scalar_t>());
   });
@@ -585,19 +584,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_cpu(const at::Tensor& z, const at::Tensor& mu,
-                                                                      const at::Tensor& logvar, double w_self,
-                                                                      double w_next, double w_other, int64_t offset,
+                                                                      const at::Tensor& logvar, at::ArrayRef<double> weights,
+                                                                      int64_t offset,
                                                                       bool /*grad_terms: the CPU backward needs none*/) {
-  auto out = log_qz_groups_cpu(z, mu, logvar, {}, w_self, w_next, w_other, offset);
+  auto out = log_qz_groups_cpu(z, mu, logvar, {}, weights, offset);
   return {std::get<0>(out), std::get<1>(out), std::get<3>(out), std::get<4>(out)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_groups_backward_cpu(
     const at::Tensor& grad_q, const at::Tensor& grad_qd, const at::Tensor& grad_qg, const at::Tensor& z,
     const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd,
-    const at::Tensor& aux_qg, at::IntArrayRef group_ends, double w_self, double w_next, double w_other,
-    int64_t offset) {
+    const at::Tensor& aux_qg, at::IntArrayRef group_ends, at::ArrayRef<double> weights, int64_t offset) {
   check_args(z, mu, logvar);
+  const LogWeights w = parse_log_weights(weights, offset);
   const auto acc = acc_type(z);
   const int64_t m = z.size(0), k = mu.size(0), d = z.size(1), ng = int64_t(group_ends.size());
   check_group_ends(group_ends, d);
@@ -613,14 +612,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_groups_backward_cpu(
   at::Tensor grad_z = at::empty({m, d}, zc.options());
   at::Tensor grad_mu = at::empty({k, d}, zc.options()), grad_lv = at::empty({k, d}, zc.options());
   AT_DISPATCH_FLOATING_TYPES(acc, "tcvae_log_qz_backward_cpu", [&] {
-    const auto cp = prepare_components<scalar_t>(muc, lvc, w_other);
+    const auto cp = prepare_components<scalar_t>(muc, lvc, w.other);
     const int64_t n_tiles = (m + kQueryTile - 1) / kQueryTile;
     const int64_t per_chunk_bytes = 2 * d * cp.kp * int64_t(sizeof(scalar_t));
     const int64_t n_chunks = std::max<int64_t>(
         1, std::min<int64_t>({int64_t(at::get_num_threads()), n_tiles, kPartialBudget / per_chunk_bytes}));
     at::Tensor partial = at::zeros({n_chunks, 2, d, cp.kp}, zc.options());
-    backward_kernel<scalar_t>(zc.data_ptr<scalar_t>(), cp, seg, m, k, d, scalar_t((w_self - w_other) * kLog2E),
-                              scalar_t((w_next - w_other) * kLog2E), offset, sq.data_ptr<scalar_t>(),
+    backward_kernel<scalar_t>(zc.data_ptr<scalar_t>(), cp, seg, m, k, d, scalar_t(w.d_self2()), scalar_t(w.d_next2()),
+                              w.offset, sq.data_ptr<scalar_t>(),
                               sqd.data_ptr<scalar_t>(), sqg.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(),
                               b.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), grad_z.data_ptr<scalar_t>(),
                               partial.data_ptr<scalar_t>(), n_chunks);
@@ -648,11 +647,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_groups_backward_cpu(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward_cpu(
     const at::Tensor& grad_q, const at::Tensor& grad_qd, const at::Tensor& z, const at::Tensor& mu,
-    const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd, double w_self, double w_next,
-    double w_other, int64_t offset, bool /*grad_terms*/) {
+    const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd, at::ArrayRef<double> weights,
+    int64_t offset, bool /*grad_terms*/) {
   const at::Tensor none = aux_q.new_empty({z.size(0), 0});
   return log_qz_groups_backward_cpu(grad_q, grad_qd, none, z, mu, logvar, aux_q, aux_qd, none.unsqueeze(2), {},
-                                    w_self, w_next, w_other, offset);
+                                    weights, offset);
 }
 
 std::string build_info() {
@@ -672,19 +671,21 @@ TORCH_LIBRARY(tcvae, m) {
   // are the kernel's saved logsumexp states (and on CUDA, A = 4, the forward's sums of the grad_z
   // terms), meaningful only to log_qz_backward of the same device. grad_terms: whether a backward
   // will follow (the CUDA forward then sums those terms; False skips them, and the backward).
-  m.def("log_qz(Tensor z, Tensor mu, Tensor logvar, float w_self, float w_next, float w_other, int offset,"
+  // weights, offset: the estimator's structured log weights [w_self, w_next, w_other] and the
+  // offset s_i - i (tcvae_math.h: LogWeights; Python: tcvae_kernels.LogWeights.op_args).
+  m.def("log_qz(Tensor z, Tensor mu, Tensor logvar, float[] weights, int offset,"
         " bool grad_terms=True) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("log_qz_backward(Tensor grad_log_qz, Tensor grad_log_qz_dims, Tensor z, Tensor mu, Tensor logvar,"
-        " Tensor aux_q, Tensor aux_qd, float w_self, float w_next, float w_other, int offset,"
+        " Tensor aux_q, Tensor aux_qd, float[] weights, int offset,"
         " bool grad_terms=True) -> (Tensor, Tensor, Tensor)");
   // The same with a partition of (some of) the dimensions into groups: group g covers dimensions
   // [group_ends[g-1], group_ends[g]) (from 0), the rest belongs to no group. Adds log_qz_groups [M, G]
   // and its saved state aux_qg [M, G, 2] (outputs 3 and 6).
-  m.def("log_qz_groups(Tensor z, Tensor mu, Tensor logvar, int[] group_ends, float w_self, float w_next,"
-        " float w_other, int offset) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("log_qz_groups(Tensor z, Tensor mu, Tensor logvar, int[] group_ends, float[] weights,"
+        " int offset) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("log_qz_groups_backward(Tensor grad_log_qz, Tensor grad_log_qz_dims, Tensor grad_log_qz_groups, Tensor z,"
-        " Tensor mu, Tensor logvar, Tensor aux_q, Tensor aux_qd, Tensor aux_qg, int[] group_ends, float w_self,"
-        " float w_next, float w_other, int offset) -> (Tensor, Tensor, Tensor)");
+        " Tensor mu, Tensor logvar, Tensor aux_q, Tensor aux_qd, Tensor aux_qg, int[] group_ends, float[] weights,"
+        " int offset) -> (Tensor, Tensor, Tensor)");
   m.def("build_info() -> str", &build_info);
 }
 

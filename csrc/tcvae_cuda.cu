@@ -106,21 +106,20 @@ void check_cuda_args(const at::Tensor& z, const at::Tensor& mu, const at::Tensor
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_cuda(const at::Tensor& z, const at::Tensor& mu,
-                                                                      const at::Tensor& logvar, double w_self,
-                                                                      double w_next, double w_other, int64_t offset,
-                                                                      bool grad_terms) {
+                                                                      const at::Tensor& logvar, at::ArrayRef<double> weights,
+                                                                      int64_t offset, bool grad_terms) {
   check_cuda_args(z, mu, logvar);
   const c10::cuda::CUDAGuard guard(z.device());
-  return log_qz_forward<Cuda>(z, mu, logvar, w_self, w_next, w_other, offset, grad_terms, 0);
+  return log_qz_forward<Cuda>(z, mu, logvar, parse_log_weights(weights, offset), grad_terms, 0);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward_cuda(
     const at::Tensor& grad_q, const at::Tensor& grad_qd, const at::Tensor& z, const at::Tensor& mu,
-    const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd, double w_self, double w_next,
-    double w_other, int64_t offset, bool grad_terms) {
+    const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd, at::ArrayRef<double> weights,
+    int64_t offset, bool grad_terms) {
   check_cuda_args(z, mu, logvar);
   const c10::cuda::CUDAGuard guard(z.device());
-  return log_qz_backward<Cuda>(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, w_self, w_next, w_other, offset,
+  return log_qz_backward<Cuda>(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, parse_log_weights(weights, offset),
                                grad_terms, 0);
 }
 

@@ -3,9 +3,9 @@
 // kernels in tcvae_cuda.cu use (a block's threads one after another; blocks in parallel, as they
 // share nothing). A warp vote is each thread's own vote here, with the same results (see
 // FwdThread::tile). Registered as test-only ops
-//   tcvae::_emulate_log_qz(z, mu, logvar, w_self, w_next, w_other, offset, splits, grad_terms)
-//   tcvae::_emulate_log_qz_backward(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, w_self, w_next,
-//                                   w_other, offset, splits, grad_terms)
+//   tcvae::_emulate_log_qz(z, mu, logvar, weights, offset, splits, grad_terms)
+//   tcvae::_emulate_log_qz_backward(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, weights, offset,
+//                                   splits, grad_terms)
 // so CI checks the CUDA arithmetic, tiling, padding and split-K indexing against the reference
 // without a GPU. (What it cannot check: the launch configuration and the GPU's own arithmetic: MUFU
 // exp2 and flush-to-zero.)
@@ -61,19 +61,18 @@ struct Emulate {
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emulate_log_qz(const at::Tensor& z, const at::Tensor& mu,
-                                                                         const at::Tensor& logvar, double w_self,
-                                                                         double w_next, double w_other, int64_t offset,
-                                                                         int64_t splits, bool grad_terms) {
+                                                                         const at::Tensor& logvar, at::ArrayRef<double> weights,
+                                                                         int64_t offset, int64_t splits, bool grad_terms) {
   TORCH_CHECK(z.device().is_cpu(), "tcvae::_emulate_log_qz runs on CPU tensors");
-  return log_qz_forward<Emulate>(z, mu, logvar, w_self, w_next, w_other, offset, grad_terms, splits);
+  return log_qz_forward<Emulate>(z, mu, logvar, parse_log_weights(weights, offset), grad_terms, splits);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_log_qz_backward(
     const at::Tensor& grad_q, const at::Tensor& grad_qd, const at::Tensor& z, const at::Tensor& mu,
-    const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd, double w_self, double w_next,
-    double w_other, int64_t offset, int64_t splits, bool grad_terms) {
+    const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd, at::ArrayRef<double> weights,
+    int64_t offset, int64_t splits, bool grad_terms) {
   TORCH_CHECK(z.device().is_cpu(), "tcvae::_emulate_log_qz_backward runs on CPU tensors");
-  return log_qz_backward<Emulate>(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, w_self, w_next, w_other, offset,
+  return log_qz_backward<Emulate>(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, parse_log_weights(weights, offset),
                                   grad_terms, splits);
 }
 
@@ -81,11 +80,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_log_qz_backward(
 }  // namespace fused
 
 TORCH_LIBRARY_FRAGMENT(tcvae, m) {
-  m.def("_emulate_log_qz(Tensor z, Tensor mu, Tensor logvar, float w_self, float w_next, float w_other, int offset,"
-        " int splits, bool grad_terms=True) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("_emulate_log_qz(Tensor z, Tensor mu, Tensor logvar, float[] weights, int offset, int splits,"
+        " bool grad_terms=True) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("_emulate_log_qz_backward(Tensor grad_log_qz, Tensor grad_log_qz_dims, Tensor z, Tensor mu, Tensor logvar,"
-        " Tensor aux_q, Tensor aux_qd, float w_self, float w_next, float w_other, int offset, int splits,"
-        " bool grad_terms=True)"
+        " Tensor aux_q, Tensor aux_qd, float[] weights, int offset, int splits, bool grad_terms=True)"
         " -> (Tensor, Tensor, Tensor)");
 }
 

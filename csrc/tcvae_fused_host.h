@@ -58,11 +58,10 @@ inline at::Tensor pad_last(const at::Tensor& t, int64_t n, double value) {  // [
 
 template <class L>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_forward(const at::Tensor& z, const at::Tensor& mu,
-                                                                         const at::Tensor& logvar, double w_self,
-                                                                         double w_next, double w_other, int64_t offset,
+                                                                         const at::Tensor& logvar, const LogWeights& w,
                                                                          bool grad_terms, int64_t force_splits) {
   using at::indexing::Slice;
-  const auto acc = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = accumulation_type(z.scalar_type());
   const int64_t m = z.size(0), k = mu.size(0), d = z.size(1), mp = padded(m), kp = padded(k);
   const Layouts lay = make_layouts(z, mu, logvar, acc);
   const int64_t tiles = kp / kSplitTile;
@@ -75,7 +74,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_forward(const 
   at::Tensor qm = at::zeros({d, mp}, opts);
   at::Tensor qr, tn;
   AT_DISPATCH_FLOATING_TYPES(acc, "tcvae_fused_forward", [&] {
-    const auto ds = scalar_t((w_self - w_other) * kLog2E), dn = scalar_t((w_next - w_other) * kLog2E);
+    const int64_t offset = w.offset;
+    const auto ds = scalar_t(w.d_self2()), dn = scalar_t(w.d_next2());
     const FwdArgs<scalar_t> args{lay.z_t.data_ptr<scalar_t>(), lay.comp.data_ptr<scalar_t>(),
                                  lay.csum.data_ptr<scalar_t>(), part.data_ptr<scalar_t>(),
                                  tpart.data_ptr<scalar_t>(),   jpart.data_ptr<scalar_t>(),
@@ -119,8 +119,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_forward(const 
   } else {
     tn_m = jn = at::zeros_like(qm);
   }
-  const at::Tensor log_qz = (w_other + kLn2 * (top.to(at::kDouble) + r.to(at::kDouble))).to(acc);
-  const at::Tensor log_qz_dims = (w_other + kLn2 * (qm.to(at::kDouble) + qr.to(at::kDouble))).to(acc);
+  const at::Tensor log_qz = (w.other + kLn2 * (top.to(at::kDouble) + r.to(at::kDouble))).to(acc);
+  const at::Tensor log_qz_dims = (w.other + kLn2 * (qm.to(at::kDouble) + qr.to(at::kDouble))).to(acc);
   return {log_qz, log_qz_dims, at::stack({top, r}, 1), at::stack({qm, qr, tn_m, jn}, 2)};
 }
 
@@ -128,13 +128,12 @@ template <class L>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward(const at::Tensor& grad_q, const at::Tensor& grad_qd,
                                                                const at::Tensor& z, const at::Tensor& mu,
                                                                const at::Tensor& logvar, const at::Tensor& aux_q,
-                                                               const at::Tensor& aux_qd, double w_self, double w_next,
-                                                               double w_other, int64_t offset, bool grad_terms,
-                                                               int64_t force_splits) {
+                                                               const at::Tensor& aux_qd, const LogWeights& w,
+                                                               bool grad_terms, int64_t force_splits) {
   using at::indexing::Slice;
   TORCH_CHECK(grad_terms, "tcvae: the forward ran with grad_terms=False: its outputs have no backward");
   TORCH_CHECK(aux_qd.dim() == 3 && aux_qd.size(2) == 4, "tcvae: aux_qd [M, D, 4] of the fused forward expected");
-  const auto acc = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = accumulation_type(z.scalar_type());
   const int64_t m = z.size(0), k = mu.size(0), d = z.size(1), mp = padded(m), kp = padded(k);
   const at::Tensor a0 = grad_q.to(acc), b0 = grad_qd.to(acc), aq = aux_qd.to(acc);
   // grad_z = -2 ln2 · (a·jn + b·tn): the forward summed both terms
@@ -158,8 +157,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward(const at::Tensor&
     BwdInputs<scalar_t> in{lay.z_t.data_ptr<scalar_t>(), lay.comp.data_ptr<scalar_t>(), lay.csum.data_ptr<scalar_t>(),
                            a.data_ptr<scalar_t>(), pm.data_ptr<scalar_t>(), pr.data_ptr<scalar_t>(),
                            bq.data_ptr<scalar_t>(), qm.data_ptr<scalar_t>(), qflag.data_ptr<int32_t>(),
-                           mp, kp, k, offset, int(d),
-                           scalar_t((w_self - w_other) * kLog2E), scalar_t((w_next - w_other) * kLog2E),
+                           mp, kp, k, w.offset, int(d), scalar_t(w.d_self2()), scalar_t(w.d_next2()),
                            scalar_t(0.5 * kLog2E)};
     L::template backward_cols<scalar_t>(in, gmu.data_ptr<scalar_t>(), glv.data_ptr<scalar_t>(), col_splits,
                                         (mp / kSplitTile + col_splits - 1) / col_splits * kSplitTile, z);

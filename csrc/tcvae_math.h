@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 #include <type_traits>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
@@ -70,6 +71,34 @@ TCVAE_HD T half_precision(T logvar) {
 template <typename T>
 TCVAE_HD T log_norm_const(T logvar) {
   return T(-0.5) * (logvar + T(kLog2Pi));
+}
+
+// The estimator's structured log weights, as every op receives them (the ops' `float[] weights,
+// int offset` arguments; Python: tcvae_kernels.estimators.LogWeights.op_args): weights =
+// [w_self, w_next, w_other], offset = s_i - i. Every kernel factors w_other out of its sums
+// (log q = w_other + ln2·log2 sum 2^(...)) and adds the base-2 corrections at the self and next
+// components only.
+struct LogWeights {
+  double self, next, other;
+  int64_t offset;
+  double d_self2() const { return (self - other) * kLog2E; }  // (w_self - w_other)·log2 e
+  double d_next2() const { return (next - other) * kLog2E; }  // (w_next - w_other)·log2 e
+};
+
+// From an op's (weights, offset) arguments: any sequence with size() and operator[] (host only).
+template <class Seq>
+LogWeights parse_log_weights(const Seq& w, int64_t offset) {
+  if (w.size() != 3)
+    throw std::invalid_argument("tcvae: weights must be [w_self, w_next, w_other] (tcvae_kernels.LogWeights.op_args)");
+  return {double(w[0]), double(w[1]), double(w[2]), offset};
+}
+
+// The accumulation dtype (Python: tcvae_kernels._validation.accumulation_dtype): double stays
+// double, every other floating type accumulates in float. Templated on the enum (c10::ScalarType)
+// so that this header needs no ATen.
+template <class ScalarType>
+ScalarType accumulation_type(ScalarType t) {
+  return t == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
 }
 
 // Component index carrying the self weight of query i, or -1 when query i has none.

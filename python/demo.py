@@ -99,7 +99,9 @@ def train(name: str, images: torch.Tensor, a, seed: int) -> tuple[nn.Module, dic
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     loss_fn = make_loss(kind, beta, n, int(a.warmup * a.steps))
     gen = torch.Generator().manual_seed(seed)
-    history, sums, count = [], np.zeros(4), 0
+    # the other models' minibatch MI / TC / dim-KL and self share, for the curves (logging only)
+    monitor = loss_fn if kind == "betatcvae" else tk.BetaTCVAELoss(dataset_size=n, warn_regime=False)
+    history, sums, count = [], np.zeros(5), 0
     t0 = time.perf_counter()
     for step in progress(range(1, a.steps + 1), desc=f"{name} seed {seed}", unit="step"):
         x = images[torch.randint(0, n, (a.batch,), generator=gen)].to(a.device).float()
@@ -110,14 +112,16 @@ def train(name: str, images: torch.Tensor, a, seed: int) -> tuple[nn.Module, dic
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            tc = tk.decompose(z, mu, logvar, dataset_size=n) if kind != "betatcvae" else loss_fn.last
-        sums += np.array([recon.item(), tc.mi.item(), tc.tc.item(), tc.dim_kl.item()])
+        if monitor is not loss_fn:
+            with torch.no_grad():
+                monitor(z, mu, logvar)
+        tc = monitor.last
+        sums += np.array([recon.item(), tc.mi.item(), tc.tc.item(), tc.dim_kl.item(), tc.self_share.item()])
         count += 1
         if step % a.log_every == 0 or step == a.steps:
-            r, mi, tcv, dkl = (float(v) for v in sums / count)
-            history.append({"step": step, "recon": r, "mi": mi, "tc": tcv, "dim_kl": dkl})
-            sums, count = np.zeros(4), 0
+            r, mi, tcv, dkl, share = (float(v) for v in sums / count)
+            history.append({"step": step, "recon": r, "mi": mi, "tc": tcv, "dim_kl": dkl, "self_share": share})
+            sums, count = np.zeros(5), 0
     return model, {"history": history, "train_seconds": time.perf_counter() - t0}
 
 
@@ -243,9 +247,9 @@ def pictures(models: dict, images, shapes, a, out: str, seed: int, results: dict
     paths.append(os.path.join(out, "mutual_information.png"))
     fig.savefig(paths[-1], dpi=80)
     plt.close(fig)
-    # MI / TC / dim-KL during training (minibatch MSS estimates)
-    fig, axes = plt.subplots(1, 3, figsize=(11, 2.8))
-    for ax, key in zip(axes, ("mi", "tc", "dim_kl")):
+    # MI / TC / dim-KL during training (minibatch MSS estimates) and the estimator's self share
+    fig, axes = plt.subplots(1, 4, figsize=(14, 2.8))
+    for ax, key in zip(axes, ("mi", "tc", "dim_kl", "self_share")):
         for name in names:
             h = results[name]["history"]
             ax.plot([e["step"] for e in h], [e[key] for e in h], label=name)
@@ -311,7 +315,8 @@ def main(argv=None) -> dict:
             results[name], models[name] = res, model
             print(f"  {name:10s} seed {seed}: recon {res['recon']:.1f}  data-set TC {res['dataset_tc']:.2f}  "
                   f"active {res['active']}  MIG {res['mig_sampling']:.3f} (sampling) {res['mig_histogram']:.3f} "
-                  f"(histogram)  FactorVAE {res['factor_vae']:.3f}  [{res['train_seconds']:.0f} s]", flush=True)
+                  f"(histogram)  FactorVAE {res['factor_vae']:.3f}  minibatch self share "
+                  f"{res['history'][-1]['self_share']:.2f}  [{res['train_seconds']:.0f} s]", flush=True)
         all_results[seed] = results
         if not a.no_pictures and seed == a.seeds[0] and len(models) == len(MODELS):
             paths = pictures(models, images, shapes, a, a.out, seed, results)

@@ -6,7 +6,12 @@ TC = E_q(z)[log q(z) - Σ_d log q(z_d)] is estimated by Monte Carlo with all N c
 (estimator="uniform"); then the average minibatch estimate of MSS, MWS, and MSS with the
 authors' column-fill weights is printed per batch size.
 
-    python python/estimator_bias.py [--n 2000] [--batches 40]
+Second table (``--regime``): the estimator's regime. For each posterior variance s2 (sharper
+posteriors to the right of the data's unit spread) and batch size, the full-data TC, the mean MSS
+estimate, its bias, and the mean self share (:func:`tcvae_kernels.self_share`: the share of each
+q(z_i) estimate its own component carries) — the diagnostic the losses report and warn on.
+
+    python python/estimator_bias.py [--n 2000] [--batches 40] [--regime]
 """
 
 import argparse
@@ -61,6 +66,34 @@ def batch_estimates(mu, logvar, batch, batches, generator):
     return {k: (sum(v) / len(v), torch.tensor(v).std().item() / math.sqrt(len(v))) for k, v in rows.items()}
 
 
+def regime_table(n, variances, sizes, samples, batches, generator):
+    """Rows (s2, batch, full TC, its se, MSS mean, MSS se, mean self share) on one data set of means."""
+    base, _ = make_dataset(n, 1.0, generator)
+    rows = []
+    for s2 in variances:
+        mu, logvar = base, torch.full_like(base, math.log(s2))
+        tc, tc_se = true_tc(mu, logvar, samples, generator)
+        for b in sizes:
+            est, share = [], []
+            for _ in range(batches):
+                pick = torch.randperm(n, generator=generator)[:b]
+                m, lv = mu[pick], logvar[pick]
+                z = m + torch.exp(0.5 * lv) * torch.randn(m.shape, generator=generator, dtype=m.dtype)
+                est.append(tk.total_correlation(z, m, lv, dataset_size=n).item())
+                share.append(tk.self_share(z, m, lv, dataset_size=n).mean().item())
+            t = torch.tensor(est)
+            rows.append((s2, b, tc, tc_se, t.mean().item(), t.std().item() / math.sqrt(batches),
+                         sum(share) / len(share)))
+    return rows
+
+
+def warns(share: float, batch: int, n: int) -> bool:
+    """The losses' warning rule (tcvae_kernels.loss: SELF_SHARE_WARNING, SMALL_BATCH_FRACTION)."""
+    from tcvae_kernels import loss
+
+    return share > loss.SELF_SHARE_WARNING and batch < loss.SMALL_BATCH_FRACTION * n
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=2000, help="data set size N")
@@ -68,7 +101,11 @@ def main():
     p.add_argument("--samples", type=int, default=20000, help="Monte Carlo samples for the true TC")
     p.add_argument("--batches", type=int, default=40, help="minibatches per batch size")
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 256, 1024])
+    p.add_argument("--regime-sizes", type=int, nargs="+", default=[32, 128, 512, 1024])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--regime", action="store_true", help="also the regime table (bias and self share)")
+    p.add_argument("--variances", type=float, nargs="+", default=[0.3, 0.1, 0.03, 0.01, 0.003, 0.0003])
+    p.add_argument("--regime-n", type=int, nargs="+", default=[2000, 20000], help="data set sizes of the regime table")
     a = p.parse_args()
     g = torch.Generator().manual_seed(a.seed)
     mu, logvar = make_dataset(a.n, a.s2, g)
@@ -84,7 +121,15 @@ def main():
             f"| {b} | {mss[0]:.3f} ± {mss[1]:.3f} | {mws[0]:.2f} ± {mws[1]:.2f} | {mws[0] - 2 * math.log(a.n):.2f} "
             f"| {col[0]:.3f} ± {col[1]:.3f} |"
         )
-
+    if a.regime:
+        print(f"\nRegime (D=3, MSS, {a.batches} batches per cell; bias = MSS mean - full-data TC; warns: the "
+              "losses' rule)\n")
+        print("| N | posterior variance | batch | full-data TC | MSS estimate | bias / TC | mean self share | warns |")
+        print("|---|---|---|---|---|---|---|---|")
+        for n in a.regime_n:
+            for s2, b, tc, tc_se, mss, mss_se, share in regime_table(n, a.variances, a.regime_sizes, a.samples, a.batches, g):
+                print(f"| {n} | {s2:g} | {b} | {tc:.3f} ± {tc_se:.3f} | {mss:.3f} ± {mss_se:.3f} | {(mss - tc) / tc:+.2f} "
+                      f"| {share:.3f} | {'yes' if warns(share, b, n) else ''} |")
 
 if __name__ == "__main__":
     main()

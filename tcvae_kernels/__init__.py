@@ -5,6 +5,8 @@ Public API::
     log_qz(z, mu, logvar, *, dataset_size, estimator="mss", backend="auto") -> LogQz(log_qz, log_qz_dims)
     decompose(z, mu, logvar, *, dataset_size, ...) -> Decomposition(mi, tc, dim_kl)
     total_correlation(z, mu, logvar, *, dataset_size, ...) -> scalar
+    self_share(z, mu, logvar, *, dataset_size, ...) -> [M]: the estimator's regime (loss.last.self_share)
+    EstimatorOptions(dataset_size, estimator, backend, ...): the options above, as one object (options=)
     BetaTCVAELoss(dataset_size, alpha=1.0, beta=6.0, gamma=1.0, estimator="mss", backend="auto")
     BetaVAELoss(beta), FactorVAELoss(gamma, latent_dim=...), HFVAELoss(dataset_size, groups, ...)
     grouped_decompose(z, mu, logvar, groups=..., dataset_size=...) -> GroupedDecomposition
@@ -23,11 +25,23 @@ from .api import (
     decompose,
     grouped_decompose,
     log_qz,
+    self_share,
     total_correlation,
 )
 from .dispatch import BACKEND_NAMES, BackendNotSupportedError, available_backends, backend_status, compiled_backends
 from .estimators import ESTIMATORS, LogWeights, log_weights
-from .loss import BetaTCVAELoss, BetaVAELoss, FactorVAELoss, HFVAELoss, default_discriminator, permute_dims
+from .options import EstimatorOptions
+from .loss import (
+    BetaTCVAELoss,
+    BetaTCVAETerms,
+    BetaVAELoss,
+    EstimatorRegimeWarning,
+    FactorVAELoss,
+    HFVAELoss,
+    HFVAETerms,
+    default_discriminator,
+    permute_dims,
+)
 from .evaluation import data, evaluate, metrics
 from . import _aliases
 
@@ -38,6 +52,7 @@ from ._version import __version__
 __all__ = [
     "BACKEND_NAMES",
     "ESTIMATORS",
+    "EstimatorOptions",
     "BackendNotSupportedError",
     "BetaTCVAELoss",
     "BetaVAELoss",
@@ -58,6 +73,10 @@ __all__ = [
     "log_qz",
     "log_weights",
     "total_correlation",
+    "self_share",
+    "BetaTCVAETerms",
+    "HFVAETerms",
+    "EstimatorRegimeWarning",
     "data",
     "evaluate",
     "metrics",

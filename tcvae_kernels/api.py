@@ -13,7 +13,8 @@ import torch
 
 from ._validation import check_estimator_args, check_finite_inputs, check_inputs, normalize_groups
 from .dispatch import select_backend
-from .estimators import log_weights
+from .estimators import LogWeights, log_weights
+from .options import EstimatorOptions, takes_options
 from .reference import log_qz_x_and_log_pz
 
 
@@ -72,10 +73,16 @@ def _under_autocast(fn):
     return wrapped
 
 
-def _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic=False, *,
-                need_own_component=False, groups=None, process_group=None):
-    """Validate, dispatch, and return (log_qz, log_qz_dims, log_qz_groups or None) in the
-    accumulation dtype (groups: :meth:`Backend.log_qz_groups`). With a process group the
+class _Estimate(NamedTuple):
+    lqz: torch.Tensor  # [M]
+    lqzd: torch.Tensor  # [M, D]
+    lqg: torch.Tensor | None  # [M, G] with groups
+    weights: LogWeights
+
+
+def _log_qz_acc(z, mu, logvar, opts: EstimatorOptions, *, need_own_component=False, groups=None) -> _Estimate:
+    """Validate, dispatch, and return (log_qz, log_qz_dims, log_qz_groups or None, the weights) in
+    the accumulation dtype (groups: :meth:`Backend.log_qz_groups`). With a process group the
     components are those of the global batch (tcvae_kernels.distributed)."""
     m, k, _ = check_inputs(z, mu, logvar)
     if need_own_component and m > k:
@@ -84,35 +91,26 @@ def _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, d
             f"and K={k} components; pass the batch's own mu/logvar"
         )
     index = normalize_groups(groups, z.shape[1]) if groups is not None else None
-    if check_finite:
+    if opts.check_finite:
         check_finite_inputs(z, mu, logvar)
     offset = 0
-    if process_group is not None:
+    if opts.process_group is not None:
         from .distributed import gather_components
 
-        mu, logvar, offset = gather_components(mu, logvar, process_group)
+        mu, logvar, offset = gather_components(mu, logvar, opts.process_group)
         k = mu.shape[0]
-    check_estimator_args(estimator, dataset_size, m, k, offset)
-    weights = log_weights(estimator, k, dataset_size, offset)
-    be = select_backend(backend, z, mu, logvar)
+    check_estimator_args(opts.estimator, opts.dataset_size, m, k, offset)
+    weights = log_weights(opts.estimator, k, opts.dataset_size, offset)
+    be = select_backend(opts.backend, z, mu, logvar)
+    det = bool(opts.deterministic)
     if index is None:
-        return (*be.log_qz(z, mu, logvar, weights, deterministic=bool(deterministic)), None)
-    return be.log_qz_groups(z, mu, logvar, weights, index, deterministic=bool(deterministic))
+        return _Estimate(*be.log_qz(z, mu, logvar, weights, deterministic=det), None, weights)
+    return _Estimate(*be.log_qz_groups(z, mu, logvar, weights, index, deterministic=det), weights)
 
 
-def log_qz(
-    z: torch.Tensor,
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
-    *,
-    dataset_size: int | None = None,
-    estimator: str = "mss",
-    backend: str = "auto",
-    check_finite: bool = False,
-    deterministic: bool = False,
-    groups=None,
-    process_group=None,
-) -> LogQz | LogQzGroups:
+@takes_options
+def log_qz(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, opts: EstimatorOptions, *,
+           groups=None) -> LogQz | LogQzGroups:
     """Minibatch estimates of log q(z_i) and log q(z_id).
 
     ``log_qz[i] = logsumexp_j(sum_d l[i,j,d] + w[i,j])``, ``log_qz_dims[i,d] = logsumexp_j(l[i,j,d] + w[i,j])``
@@ -120,22 +118,11 @@ def log_qz(
 
     Args:
         z: queries [M, D]. mu, logvar: components [K, D] (K = M for a minibatch; K != M allowed).
-        dataset_size: N, the number of training examples (required by "mss" and "mws").
-        estimator: "mss" (stratified), "mws" (weighted) or "uniform" (plain mixture, -log K).
-        backend: "auto", "torch", "cpu", "cuda" or "triton".
-        check_finite: raise ValueError on NaN/inf inputs (a device sync on GPUs); otherwise
-            non-finite inputs propagate to the outputs.
-        deterministic: bitwise reproducible gradients on backends whose fast backward uses
-            atomics (Triton: a second pass instead, about 2× the backward's cost). The CPU kernel
-            and the reference are always deterministic.
         groups: optional partition of the D dimensions (sizes ``[2, 3, 5]`` or index lists
             ``[[0, 3], [1, 2, 4]]``); adds ``log_qz_groups[i, g] = logsumexp_j(sum_{d in g} l[i,j,d] + w[i,j])``,
             computed by the same backend on each group's dimension slice (groups of one dimension
             are free: they equal log_qz_dims).
-        process_group: a torch.distributed group (e.g. ``torch.distributed.group.WORLD``): the
-            components are the (mu, logvar) of every rank's batch, gathered differentiably, and the
-            weights are those of the global batch; this rank's queries are rows offset by
-            rank·M_local (see tcvae_kernels.distributed). None: this process's batch only.
+{options}
 
     Returns:
         ``LogQz(log_qz [M], log_qz_dims [M, D])`` — or ``LogQzGroups(..., log_qz_groups [M, G])``
@@ -146,99 +133,109 @@ def log_qz(
         w.r.t. all three inputs.
     """
     out = z.dtype if not (isinstance(z, torch.Tensor) and autocast_active(z)) else torch.promote_types(z.dtype, torch.float32)
-    lqz, lqzd, lqg = _under_autocast(_log_qz_acc)(z, mu, logvar, dataset_size, estimator, backend, check_finite,
-                                                  deterministic, groups=groups, process_group=process_group)
+    lqz, lqzd, lqg, _ = _under_autocast(_log_qz_acc)(z, mu, logvar, opts, groups=groups)
     if lqg is None:
         return LogQz(lqz.to(out), lqzd.to(out))
     return LogQzGroups(lqz.to(out), lqzd.to(out), lqg.to(out))
 
 
+def _self_share(log_qz_x: torch.Tensor, est: _Estimate) -> torch.Tensor:
+    """self_share [M] = exp(log q(z_i|x_i) + w_self - log q(z_i)) (reference.py), from the outputs
+    every backend returns: O(M) work after the pass. Rounding can put the exponent a few ulp above
+    0; the share is 1 then."""
+    return torch.exp((log_qz_x + est.weights.w_self - est.lqz).clamp(max=0.0))
+
+
 @_under_autocast
-def decompose(
-    z: torch.Tensor,
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
-    *,
-    dataset_size: int | None = None,
-    estimator: str = "mss",
-    backend: str = "auto",
-    check_finite: bool = False,
-    deterministic: bool = False,
-    process_group=None,
-) -> Decomposition:
+def _decompose(z, mu, logvar, opts: EstimatorOptions) -> tuple[Decomposition, torch.Tensor]:
+    """(the decomposition, self_share [M]) from one pass (the losses use both)."""
+    est = _log_qz_acc(z, mu, logvar, opts, need_own_component=True)
+    lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar)
+    sum_dims = est.lqzd.sum(dim=1)
+    parts = Decomposition(mi=(lqzx - est.lqz).mean(), tc=(est.lqz - sum_dims).mean(), dim_kl=(sum_dims - lpz).mean())
+    return parts, _self_share(lqzx, est)
+
+
+@_under_autocast
+def _grouped_decompose(z, mu, logvar, opts: EstimatorOptions, groups) -> tuple[GroupedDecomposition, torch.Tensor]:
+    est = _log_qz_acc(z, mu, logvar, opts, need_own_component=True, groups=groups)
+    lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar)
+    sum_dims, sum_groups = est.lqzd.sum(dim=1), est.lqg.sum(dim=1)
+    parts = GroupedDecomposition(
+        mi=(lqzx - est.lqz).mean(),
+        tc_between=(est.lqz - sum_groups).mean(),
+        tc_within=(sum_groups - sum_dims).mean(),
+        dim_kl=(sum_dims - lpz).mean(),
+    )
+    return parts, _self_share(lqzx, est)
+
+
+@takes_options
+def decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, opts: EstimatorOptions) -> Decomposition:
     """β-TCVAE decomposition of the batch: ``(mi, tc, dim_kl)`` scalar tensors, differentiable.
 
     ``MI = mean_i(log q(z_i|x_i) - log q(z_i))``, ``TC = mean_i(log q(z_i) - sum_d log q(z_id))``,
     ``dim_KL = mean_i(sum_d log q(z_id) - log p(z_i))`` with p = N(0, I); z_i must be drawn from
     component i (M <= K). Results are in the accumulation dtype (float32, or float64 for float64
-    inputs) so the differences keep their precision. Arguments as for :func:`log_qz`; with a
-    ``process_group`` the means are over this rank's queries, estimated against the global batch
-    (average them over ranks — DDP's gradient averaging does — for the global-batch mean).
+    inputs) so the differences keep their precision. With a ``process_group`` the means are over
+    this rank's queries, estimated against the global batch (average them over ranks — DDP's
+    gradient averaging does — for the global-batch mean).
+
+    Args:
+        z: queries [M, D]. mu, logvar: the batch's components [K, D], K >= M.
+{options}
     """
-    lqz, lqzd, _ = _log_qz_acc(
-        z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic, need_own_component=True,
-        process_group=process_group,
-    )
-    lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar)
-    sum_dims = lqzd.sum(dim=1)
-    return Decomposition(
-        mi=(lqzx - lqz).mean(),
-        tc=(lqz - sum_dims).mean(),
-        dim_kl=(sum_dims - lpz).mean(),
-    )
+    return _decompose(z, mu, logvar, opts)[0]
 
 
+@takes_options
+def self_share(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, opts: EstimatorOptions) -> torch.Tensor:
+    """The estimator's regime per query: the share of the minibatch estimate of q(z_i) that query
+    i's own component carries, ``self_share[i] = exp(log q(z_i|x_i) + w_self - log q(z_i))`` in (0, 1]
+    ([M], accumulation dtype; z_i drawn from component i, M <= K).
+
+    Near 1, each q(z_i) is its own posterior alone (posteriors sharp against the spacing of the
+    batch): the MI estimate sits near -w_self (log N for "mss") and the TC estimate is biased low,
+    often negative, so a TC penalty acts on information more than on dependence between the
+    dimensions. A larger batch, the global batch across ranks (``process_group``) or a
+    ``dataset_size`` that matches the data actually sampled lower it. The losses report its batch
+    mean in ``loss.last.self_share`` (from the same pass) and warn when it is high (README: "Why
+    is my TC negative?").
+
+    Args:
+        z: queries [M, D]. mu, logvar: the batch's components [K, D], K >= M.
+{options}
+    """
+    return _decompose(z, mu, logvar, opts)[1]
+
+
+@takes_options
 @_under_autocast
-def total_correlation(
-    z: torch.Tensor,
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
-    *,
-    dataset_size: int | None = None,
-    estimator: str = "mss",
-    backend: str = "auto",
-    check_finite: bool = False,
-    deterministic: bool = False,
-    process_group=None,
-) -> torch.Tensor:
-    """``TC = mean_i(log q(z_i) - sum_d log q(z_id))``, a differentiable scalar (accumulation dtype)."""
-    lqz, lqzd, _ = _log_qz_acc(z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic,
-                               process_group=process_group)
-    return (lqz - lqzd.sum(dim=1)).mean()
+def total_correlation(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, opts: EstimatorOptions) -> torch.Tensor:
+    """``TC = mean_i(log q(z_i) - sum_d log q(z_id))``, a differentiable scalar (accumulation dtype).
+
+    Args:
+        z: queries [M, D]. mu, logvar: components [K, D].
+{options}
+    """
+    est = _log_qz_acc(z, mu, logvar, opts)
+    return (est.lqz - est.lqzd.sum(dim=1)).mean()
 
 
-@_under_autocast
-def grouped_decompose(
-    z: torch.Tensor,
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
-    *,
-    groups,
-    dataset_size: int | None = None,
-    estimator: str = "mss",
-    backend: str = "auto",
-    check_finite: bool = False,
-    deterministic: bool = False,
-    process_group=None,
-) -> GroupedDecomposition:
+@takes_options
+def grouped_decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, opts: EstimatorOptions, *,
+                      groups) -> GroupedDecomposition:
     """HFVAE decomposition (Esmaeili et al. 2019) for a partition of the dimensions into groups:
 
     ``MI = mean_i(log q(z_i|x_i) - log q(z_i))``,
     ``tc_between = mean_i(log q(z_i) - sum_g log q(z_i,g))``  (TC between the groups),
     ``tc_within = mean_i(sum_g log q(z_i,g) - sum_d log q(z_id))``  (TC inside the groups),
     ``dim_KL = mean_i(sum_d log q(z_id) - log p(z_i))``.
-    With singleton groups tc_within = 0 and tc_between = TC: the β-TCVAE decomposition. Arguments
-    as for :func:`log_qz`; ``groups`` as sizes or index lists.
+    With singleton groups tc_within = 0 and tc_between = TC: the β-TCVAE decomposition.
+
+    Args:
+        z: queries [M, D]. mu, logvar: the batch's components [K, D], K >= M.
+        groups: the partition, as sizes ``[2, 3, 5]`` or index lists ``[[0, 3], [1, 2, 4]]``.
+{options}
     """
-    lqz, lqzd, lqg = _log_qz_acc(
-        z, mu, logvar, dataset_size, estimator, backend, check_finite, deterministic, need_own_component=True,
-        groups=groups, process_group=process_group,
-    )
-    lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar)
-    sum_dims, sum_groups = lqzd.sum(dim=1), lqg.sum(dim=1)
-    return GroupedDecomposition(
-        mi=(lqzx - lqz).mean(),
-        tc_between=(lqz - sum_groups).mean(),
-        tc_within=(sum_groups - sum_dims).mean(),
-        dim_kl=(sum_dims - lpz).mean(),
-    )
+    return _grouped_decompose(z, mu, logvar, opts, groups)[0]

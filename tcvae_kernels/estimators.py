@@ -40,6 +40,19 @@ class LogWeights(NamedTuple):
     w_other: float
     offset: int = 0
 
+    def op_args(self) -> tuple[list[float], int]:
+        """``(weights, offset)`` as every kernel op takes them (the C++/CUDA schemas' ``float[] weights,
+        int offset``, parsed by ``tcvae::parse_log_weights`` in csrc/tcvae_math.h; the Triton op's
+        same two arguments): weights = [w_self, w_next, w_other]. The one place that knows the layout."""
+        return [float(self.w_self), float(self.w_next), float(self.w_other)], int(self.offset)
+
+    @classmethod
+    def from_op_args(cls, weights, offset: int) -> "LogWeights":
+        """The inverse of :meth:`op_args` (for the Python kernels' host code and the fake kernels)."""
+        if len(weights) != 3:
+            raise ValueError(f"weights must be [w_self, w_next, w_other], got {list(weights)!r}")
+        return cls(float(weights[0]), float(weights[1]), float(weights[2]), int(offset))
+
 
 def log_weights(estimator: str, num_components: int, dataset_size: int | None, offset: int = 0) -> LogWeights:
     """Return the structured log weights of ``estimator`` for K = ``num_components``.

@@ -12,17 +12,19 @@ the batch), and keeps the last detached terms in ``.last`` for logging.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
+import warnings
 from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._validation import _check_int, check_estimator, normalize_groups
-from .api import Decomposition, GroupedDecomposition, decompose, grouped_decompose
-from .dispatch import check_backend_name
+from ._validation import _check_int, normalize_groups
+from .api import Decomposition, GroupedDecomposition, _decompose, _grouped_decompose
+from .options import OPTION_NAMES, EstimatorOptions
 
 
 def _check_weight(name: str, value) -> float:
@@ -72,6 +74,50 @@ class _WarmupMixin:
         self.step = int(state["step"])
 
 
+class EstimatorRegimeWarning(UserWarning):
+    """The minibatch estimate of q(z) is dominated by each sample's own posterior (mean self share
+    above ``SELF_SHARE_WARNING``): see :func:`tcvae_kernels.self_share`."""
+
+
+#: The TC losses warn (once per loss object) when the batch mean of the self share exceeds
+#: SELF_SHARE_WARNING while the batch is under SMALL_BATCH_FRACTION of dataset_size. Chosen from the
+#: 48 cells measured by ``python/estimator_bias.py --regime`` (README, "Why is my TC negative?"): the
+#: rule marks 21, in 15 of which the MSS estimate is off by more than half the TC (6 of the 8
+#: negative estimates); of the 27 it leaves, 4 are off that much, all at batches of 32-128 with
+#: shares under 0.15 (the plain small-batch bias). Batches of at least a tenth of the data, whatever
+#: their share, estimated the TC within 18% and are not marked.
+SELF_SHARE_WARNING = 0.15
+SMALL_BATCH_FRACTION = 0.1
+#: The warning's check reads the share on the host (a device sync) every this many training calls.
+REGIME_CHECK_EVERY = 100
+
+
+class BetaTCVAETerms(Decomposition):
+    """``loss.last`` of :class:`BetaTCVAELoss`: the detached :class:`~tcvae_kernels.Decomposition`
+    ``(mi, tc, dim_kl)`` (a 3-tuple, as before) and ``self_share``, the batch mean of
+    :func:`tcvae_kernels.self_share` from the same pass (detached)."""
+
+    self_share: torch.Tensor
+
+    def __repr__(self):
+        return f"{super().__repr__()[:-1]}, self_share={self.self_share!r})"
+
+
+class HFVAETerms(GroupedDecomposition):
+    """``loss.last`` of :class:`HFVAELoss`: the detached GroupedDecomposition and ``self_share``."""
+
+    self_share: torch.Tensor
+
+    def __repr__(self):
+        return f"{super().__repr__()[:-1]}, self_share={self.self_share!r})"
+
+
+def _terms(cls, parts, share: torch.Tensor):
+    out = cls(*(t.detach() for t in parts))
+    out.self_share = share.detach().mean()
+    return out
+
+
 class BetaTCVAELoss(_WarmupMixin, nn.Module):
     """β-TCVAE KL penalty ``α·MI + β·TC + γ·dim_KL`` (Chen et al. 2018), batch means.
 
@@ -82,18 +128,19 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         print(loss_fn.last.tc)                         # detached MI / TC / dim-KL of that call
 
     Args:
-        dataset_size: N, the number of training examples (required by "mss"/"mws").
+        dataset_size, estimator, backend, check_finite, deterministic, process_group: how q(z) is
+            estimated, the fields of :class:`tcvae_kernels.EstimatorOptions` (held as
+            ``loss.options``; "mss" needs ``dataset_size``). With a process group the returned
+            penalty is this rank's mean; DDP's gradient averaging makes it the global mean.
         alpha, beta, gamma: weights of MI, TC and dimension-wise KL (paper: 1, β, 1).
-        estimator: "mss" (default), "mws" or "uniform"; see :mod:`tcvae_kernels.estimators`.
-        backend: "auto", "torch", "cpu", "cuda" or "triton".
         warmup_steps: if > 0, β and γ ramp linearly from 0 to their values over that many
             training-mode calls (KL warm-up, as in the authors' code); the step count is saved
             in ``state_dict`` so resumed runs continue the schedule.
-        check_finite: raise on NaN/inf inputs instead of propagating them.
-        deterministic: bitwise reproducible gradients on GPU backends (see :func:`tcvae_kernels.log_qz`).
-        process_group: a torch.distributed group: estimate q(z) from the global batch of every rank
-            (tcvae_kernels.distributed); ``dataset_size`` stays the size of the whole data set. The
-            returned penalty is this rank's mean; DDP's gradient averaging makes it the global mean.
+        warn_regime: warn once (:class:`EstimatorRegimeWarning`) when the batch mean of the self
+            share exceeds ``SELF_SHARE_WARNING`` with a batch under ``SMALL_BATCH_FRACTION`` of
+            ``dataset_size`` (checked every ``REGIME_CHECK_EVERY`` training calls): the TC estimate
+            is then unreliable, often negative. ``loss.last.self_share`` holds the value of every
+            call either way.
     """
 
     def __init__(
@@ -109,26 +156,18 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         check_finite: bool = False,
         deterministic: bool = False,
         process_group=None,
+        warn_regime: bool = True,
     ):
         super().__init__()
-        check_estimator(estimator, dataset_size)
-        check_backend_name(backend)
         self._init_warmup(warmup_steps)
-        self.dataset_size = dataset_size
+        self.warn_regime = bool(warn_regime)
+        self._regime_warned = False
+        self.options = EstimatorOptions(dataset_size, estimator, backend, bool(check_finite), bool(deterministic),
+                                        process_group).validate()
         self.alpha = _check_weight("alpha", alpha)
         self.beta = _check_weight("beta", beta)
         self.gamma = _check_weight("gamma", gamma)
-        self.estimator = estimator
-        self.backend = backend
-        self.check_finite = bool(check_finite)
-        self.deterministic = bool(deterministic)
-        self.process_group = process_group
-        self.last: Decomposition | None = None
-
-    def _options(self):
-        return dict(dataset_size=self.dataset_size, estimator=self.estimator, backend=self.backend,
-                    check_finite=self.check_finite, deterministic=self.deterministic,
-                    process_group=self.process_group)
+        self.last: BetaTCVAETerms | None = None
 
     def current_weights(self) -> tuple[float, float, float]:
         """(α, β, γ) in effect for the next call, after warm-up annealing."""
@@ -136,17 +175,58 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         return self.alpha, self.beta * r, self.gamma * r
 
     def forward(self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        parts = decompose(z, mu, logvar, **self._options())
+        parts, share = _decompose(z, mu, logvar, self.options)
         a, b, g = self.current_weights()
-        self.last = Decomposition(*(t.detach() for t in parts))
+        self.last = _terms(BetaTCVAETerms, parts, share)
+        self._check_regime(z)
         self._advance()
         return a * parts.mi + b * parts.tc + g * parts.dim_kl
+
+    def _check_regime(self, z: torch.Tensor):
+        """The one-time warning, read every REGIME_CHECK_EVERY training calls (a host sync then)."""
+        if not (self.warn_regime and self.training) or self._regime_warned or self.step % REGIME_CHECK_EVERY:
+            return
+        if torch.compiler.is_compiling():
+            return
+        n, pg = self.options.dataset_size, self.options.process_group
+        k = z.shape[0] * (torch.distributed.get_world_size(pg) if pg is not None else 1)  # the (global) batch
+        if n is not None and k >= SMALL_BATCH_FRACTION * n:
+            return
+        share = float(self.last.self_share)
+        if share > SELF_SHARE_WARNING:
+            self._regime_warned = True
+            warnings.warn(
+                f"tcvae_kernels: the minibatch estimate of q(z) is dominated by each sample's own posterior "
+                f"(mean self share {share:.2f} > {SELF_SHARE_WARNING} at training call {self.step}, batch {k} of "
+                f"dataset_size {n}): each log q(z_i) rests on a few components, the MI estimate sits near its "
+                f"ceiling (log N for MSS) and the TC estimate is off by up to its own size, often negative, so "
+                f"beta*TC acts on information rather than on dependence between the latents. What helps: a "
+                f"larger batch; the global batch across ranks (process_group=); a dataset_size that matches the "
+                f"data actually sampled. Silence with warn_regime=False or warnings.filterwarnings('ignore', "
+                f"category=tcvae_kernels.EstimatorRegimeWarning). README: 'Why is my TC negative?'",
+                EstimatorRegimeWarning, stacklevel=5)  # _check_regime, forward, Module's two calls, the caller
 
     def extra_repr(self) -> str:
         return (
             f"dataset_size={self.dataset_size}, alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, "
             f"estimator={self.estimator!r}, backend={self.backend!r}, warmup_steps={self.warmup_steps}"
         )
+
+
+def _option_property(name: str) -> property:
+    """``loss.<name>``: a field of ``loss.options``; setting it replaces the options (validated)."""
+
+    def get(self):
+        return getattr(self.options, name)
+
+    def set(self, value):
+        self.options = dataclasses.replace(self.options, **{name: value}).validate()
+
+    return property(get, set, doc=f"``options.{name}`` (tcvae_kernels.EstimatorOptions)")
+
+
+for _name in OPTION_NAMES:
+    setattr(BetaTCVAELoss, _name, _option_property(_name))
 
 
 def _implied_dims(groups) -> int:
@@ -177,10 +257,11 @@ class HFVAELoss(BetaTCVAELoss):
         normalize_groups(groups, _implied_dims(groups))  # a valid partition (checked against D per call)
 
     def forward(self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        parts = grouped_decompose(z, mu, logvar, groups=self.groups, **self._options())
+        parts, share = _grouped_decompose(z, mu, logvar, self.options, self.groups)
         a, b, g = self.current_weights()
         bw = self.beta_within * self.ramp()
-        self.last = GroupedDecomposition(*(t.detach() for t in parts))
+        self.last = _terms(HFVAETerms, parts, share)
+        self._check_regime(z)
         self._advance()
         return a * parts.mi + b * parts.tc_between + bw * parts.tc_within + g * parts.dim_kl
 

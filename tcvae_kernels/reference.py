@@ -32,6 +32,13 @@ The β-TCVAE decomposition (Chen et al. 2018) of the batch, with ``z_i`` drawn f
     TC     = mean_i(log_qz - sum_d log_qz_dims)
     dim_KL = mean_i(sum_d log_qz_dims - log_pz)
 
+The estimator's regime: the share of q(z_i)'s mass that its own component carries (s_i = i + offset)::
+
+    self_share[i] = P[i, s_i] = exp(log_qz_x[i] + w[i, s_i] - log_qz[i])      # in (0, 1]
+
+Near 1 (posteriors sharp against the spacing of the batch), log_qz ≈ log_qz_x + w_self: MI ≈
+-w_self - const (log N for MSS) and the TC estimate is biased low, often negative.
+
 This backend evaluates the formulas literally on row chunks of ``z`` ([C, K, D] at a time) so
 memory stays O(C·K·D) at any M; when gradients are needed each chunk is checkpointed
 (recomputed in the backward pass), so autograd is exact and the backward's memory is bounded too.
@@ -129,3 +136,15 @@ def log_qz_x_and_log_pz(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
     log_qz_x = log_density(z, mu_own, lv_own).sum(dim=1)
     log_pz = (-0.5 * (z * z + LOG_2PI)).sum(dim=1)
     return log_qz_x, log_pz
+
+
+def self_share_reference(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, weights: LogWeights) -> torch.Tensor:
+    """``self_share [M]`` by its definition, the joint softmax over all K components at each query's own
+    one, from the dense [M, K] weights (float64 for the tests; O(M·K·D) memory)."""
+    acc = accumulation_dtype(z.dtype)
+    z, mu, logvar = z.to(acc), mu.to(acc), logvar.to(acc)
+    m, k = z.shape[0], mu.shape[0]
+    s = log_density(z[:, None], mu[None], logvar[None]).sum(dim=2) + weight_matrix(weights, m, k, dtype=acc,
+                                                                                   device=z.device)
+    own = torch.arange(m, device=z.device) + weights.offset
+    return torch.softmax(s, dim=1)[torch.arange(m, device=z.device), own]

@@ -206,3 +206,42 @@ def test_old_module_paths_still_import(old):
     if old.endswith(("triton_kernels", "_planted")):
         pytest.importorskip("triton")
     assert importlib.import_module(old) is importlib.import_module(MOVED[old]) is sys.modules[old]
+
+
+def test_one_options_object_serves_every_entry_point():
+    """Each entry point takes the EstimatorOptions fields as keywords or one options= object, with
+    the same results; its signature and docstring list the fields; mixing both forms is refused."""
+    import dataclasses
+    import inspect
+
+    z, mu, lv = _inputs(m=7, k=7, d=3)
+    opts = tk.EstimatorOptions(dataset_size=50, estimator="mws", backend="torch")
+    fields = [f.name for f in dataclasses.fields(tk.EstimatorOptions)]
+    calls = {tk.log_qz: {}, tk.decompose: {}, tk.total_correlation: {}, tk.grouped_decompose: {"groups": [1, 2]}}
+    for fn, own in calls.items():
+        params = inspect.signature(fn).parameters
+        assert [p for p in fields if p in params] == fields and "options" in params, fn.__name__
+        assert all(f"{p}:" in fn.__doc__ for p in fields), fn.__name__
+        by_kw = fn(z, mu, lv, dataset_size=50, estimator="mws", backend="torch", **own)
+        by_obj = fn(z, mu, lv, options=opts, **own)
+        for a, b in zip(torch.utils._pytree.tree_leaves(by_kw), torch.utils._pytree.tree_leaves(by_obj)):
+            assert torch.equal(a, b), fn.__name__
+        with pytest.raises(TypeError, match="either options= or the keywords"):
+            fn(z, mu, lv, options=opts, backend="cpu", **own)
+    # a different option changes the result (the object is not ignored)
+    other = tk.total_correlation(z, mu, lv, options=dataclasses.replace(opts, estimator="mss"))
+    assert not torch.equal(other, tk.total_correlation(z, mu, lv, options=opts))
+    with pytest.raises(TypeError, match="options must be a tcvae_kernels.EstimatorOptions"):
+        tk.log_qz(z, mu, lv, options={"dataset_size": 50})
+
+
+def test_loss_holds_its_options_and_validates_changes():
+    loss = tk.BetaTCVAELoss(dataset_size=100, backend="torch")
+    assert loss.options == tk.EstimatorOptions(dataset_size=100, backend="torch")
+    loss.estimator = "mws"  # attribute access still works and replaces the options object
+    assert loss.options.estimator == "mws" and loss.estimator == "mws"
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        loss.estimator = "nope"
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
+        loss.backend = "gpu"
+    assert loss.options.estimator == "mws"  # a refused change leaves the options as they were

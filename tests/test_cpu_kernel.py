@@ -30,10 +30,10 @@ def test_opcheck(dtype):
     z, mu, lv = make_inputs(7, 9, 3, dtype=dtype)
     for t in (z, mu, lv):
         t.requires_grad_()
-    args = (z, mu, lv, -4.0, -3.5, -2.0, 0)
+    args = (z, mu, lv, [-4.0, -3.5, -2.0], 0)
     torch.library.opcheck(torch.ops.tcvae.log_qz.default, args)
     q, qd, aq, aqd = torch.ops.tcvae.log_qz(*args)
-    bargs = (torch.randn_like(q), torch.randn_like(qd), z.detach(), mu.detach(), lv.detach(), aq, aqd, -4.0, -3.5, -2.0, 0)
+    bargs = (torch.randn_like(q), torch.randn_like(qd), z.detach(), mu.detach(), lv.detach(), aq, aqd, [-4.0, -3.5, -2.0], 0)
     torch.library.opcheck(torch.ops.tcvae.log_qz_backward.default, bargs)
 
 
@@ -75,3 +75,21 @@ def test_thread_count_independence():
         # number of partial buffers, so equal to float32 rounding of their magnitude
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_every_op_takes_the_weight_contract():
+    """LogWeights.op_args is the one layout of the weights the ops take (`float[] weights, int
+    offset`); the C++ side refuses another length with a message that names the layout."""
+    w = tk.log_weights("mss", 9, 100, offset=0)
+    weights, offset = w.op_args()
+    assert weights == [w.w_self, w.w_next, w.w_other] and offset == 0
+    assert tk.LogWeights.from_op_args(weights, offset) == w
+    for name in ("log_qz", "log_qz_groups", "log_qz_backward", "log_qz_groups_backward", "_emulate_log_qz",
+                 "_emulate_log_qz_backward"):
+        schema = getattr(torch.ops.tcvae, name).default._schema
+        assert "float[] weights, int offset" in str(schema), name
+    z, mu, lv = make_inputs(9, 9, 3)
+    with pytest.raises(ValueError, match=r"weights must be \[w_self, w_next, w_other\]"):  # std::invalid_argument
+        torch.ops.tcvae.log_qz(z, mu, lv, weights[:2], 0)
+    with pytest.raises(ValueError, match=r"weights must be \[w_self, w_next, w_other\]"):
+        tk.LogWeights.from_op_args(weights + [0.0], 0)

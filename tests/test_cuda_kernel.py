@@ -117,7 +117,7 @@ def test_cuda_opcheck_and_compile():
     z, mu, lv = make_inputs(7, 9, 3, dtype=torch.float32, device="cuda")
     for t in (z, mu, lv):
         t.requires_grad_()
-    torch.library.opcheck(torch.ops.tcvae.log_qz.default, (z, mu, lv, -4.0, -3.5, -2.0, 0))
+    torch.library.opcheck(torch.ops.tcvae.log_qz.default, (z, mu, lv, [-4.0, -3.5, -2.0], 0))
     compiled = torch.compile(lambda a, b, c: tk.total_correlation(a, b, c, dataset_size=100, backend="cuda"),
                              fullgraph=True)
     assert torch.allclose(compiled(z, mu, lv), tk.total_correlation(z, mu, lv, dataset_size=100, backend="cuda"),

@@ -31,6 +31,7 @@ def test_demo_smoke(tmp_path, capsys):
         r = res[0][name]
         assert set(r) >= {"recon", "dataset_tc", "active", "mig_sampling", "mig_histogram", "factor_vae"}
         assert len(r["history"]) == 3
+        assert all(0.0 < h["self_share"] <= 1.0 for h in r["history"])  # the estimator's regime, logged
     for pic in ("traversals.png", "mutual_information.png", "decomposition.png", "result.json"):
         assert (tmp_path / pic).exists()
 

@@ -114,8 +114,8 @@ def test_fused_cpu_groups_opcheck():
     g = torch.Generator().manual_seed(fresh_seed())
     for dtype in (torch.float64, torch.float32):
         z, mu, lv = (torch.randn(6, 5, generator=g, dtype=torch.float64).to(dtype).requires_grad_() for _ in range(3))
-        torch.library.opcheck(torch.ops.tcvae.log_qz_groups.default, (z, mu, lv, [2, 4], -4.0, -3.0, -2.0, 0))
-        torch.library.opcheck(torch.ops.tcvae.log_qz_groups.default, (z, mu, lv, [5], -4.0, -3.0, -2.0, 1))
+        torch.library.opcheck(torch.ops.tcvae.log_qz_groups.default, (z, mu, lv, [2, 4], [-4.0, -3.0, -2.0], 0))
+        torch.library.opcheck(torch.ops.tcvae.log_qz_groups.default, (z, mu, lv, [5], [-4.0, -3.0, -2.0], 1))
 
 
 def test_fused_cpu_groups_rejects_bad_group_ends():
@@ -124,4 +124,4 @@ def test_fused_cpu_groups_rejects_bad_group_ends():
     z = torch.randn(4, 5, dtype=torch.float64)
     for ends in ([0, 3], [3, 2], [2, 6]):
         with pytest.raises(RuntimeError, match="group_ends must be strictly increasing"):
-            torch.ops.tcvae.log_qz_groups(z, z, z, ends, -1.0, -1.0, -1.0, 0)
+            torch.ops.tcvae.log_qz_groups(z, z, z, ends, [-1.0, -1.0, -1.0], 0)

@@ -76,21 +76,12 @@ def test_chunking_is_exact_forward_and_backward():
 
 
 @pytest.mark.parametrize("estimator", ["mss", "mws"])
-def test_gradcheck_log_qz(estimator):
-    z, mu, logvar = (t.requires_grad_() for t in make_inputs(5, 5, 3))
+@pytest.mark.parametrize("fn,m,d,n", [(tk.log_qz, 5, 3, 40), (tk.decompose, 6, 2, 30)], ids=["log_qz", "decompose"])
+def test_gradcheck_log_qz_and_decompose(fn, m, d, n, estimator):
+    z, mu, logvar = (t.requires_grad_() for t in make_inputs(m, m, d))
 
     def f(z, mu, logvar):
-        return tuple(tk.log_qz(z, mu, logvar, dataset_size=40, estimator=estimator, backend="torch"))
-
-    assert torch.autograd.gradcheck(f, (z, mu, logvar))
-
-
-@pytest.mark.parametrize("estimator", ["mss", "mws"])
-def test_gradcheck_decompose(estimator):
-    z, mu, logvar = (t.requires_grad_() for t in make_inputs(6, 6, 2))
-
-    def f(z, mu, logvar):
-        return tuple(tk.decompose(z, mu, logvar, dataset_size=30, estimator=estimator, backend="torch"))
+        return tuple(fn(z, mu, logvar, dataset_size=n, estimator=estimator, backend="torch"))
 
     assert torch.autograd.gradcheck(f, (z, mu, logvar))
 

@@ -63,7 +63,7 @@ def test_opcheck_triton_ops():
     z, mu, lv = make_inputs(7, 9, 3, dtype=torch.float32, device=DEVICE)
     for t in (z, mu, lv):
         t.requires_grad_()
-    args = (z, mu, lv, -4.0, -3.5, -2.0, 0, False)
+    args = (z, mu, lv, [-4.0, -3.5, -2.0], 0, False)
     # The interpreter executes kernels even on fake tensors, so fake-tensor tracing is checked on GPUs only.
     utils = ("test_schema", "test_autograd_registration") + (("test_faketensor",) if DEVICE == "cuda" else ())
     torch.library.opcheck(tkn.log_qz_op, args, test_utils=utils)
@@ -102,3 +102,22 @@ def test_exp2_peak_kernel_runs_in_the_interpreter():
     x = torch.arange(16, dtype=torch.float32) * -1e-3
     want = sum(torch.exp2(x - i * 1e-6) for i in range(3))
     assert torch.allclose(out[:16], want, rtol=1e-6) and torch.allclose(out[16:], want, rtol=1e-6)
+
+
+def test_split_count_counts_the_programs_of_the_config_that_runs(monkeypatch):
+    """_num_splits: about 2 programs per SM, counted with the rows (forward) or components (column
+    backward) one program of the configuration in use covers; autotuned: the largest candidate block."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev: SimpleNamespace(multi_processor_count=132))
+    cuda = torch.device("cuda")
+    rows, cols = 16384, 16384
+    for cfg in tkn.CONFIGS:
+        with tkn.force_config(cfg):
+            for kind, axis in (("rows", "BLOCK_M"), ("cols", "BLOCK_K")):
+                programs = -(-rows // cfg[kind][axis])
+                assert tkn._num_splits(rows, cols, cuda, kind) == max(1, min(-(-264 // programs), cols // 512))
+    monkeypatch.setattr(tkn, "INTERPRET", False)  # autotuned: the largest block of any candidate
+    largest = max(c["rows"]["BLOCK_M"] for c in tkn.CONFIGS)
+    assert tkn._num_splits(rows, cols, cuda, "rows") == -(-264 // (rows // largest))
+    assert tkn._num_splits(rows, cols, torch.device("cpu"), "rows") == 1

@@ -34,8 +34,7 @@ class CpuBackend(ExtensionBackend):
         if permuted:
             perm = torch.as_tensor(order, device=z.device)
             z, mu, logvar = (t.index_select(1, perm) for t in (z, mu, logvar))
-        q, qd, qg, *_ = torch.ops.tcvae.log_qz_groups(z, mu, logvar, ends, weights.w_self, weights.w_next,
-                                                      weights.w_other, weights.offset)
+        q, qd, qg, *_ = torch.ops.tcvae.log_qz_groups(z, mu, logvar, ends, *weights.op_args())
         if permuted:  # back to the caller's order of dimensions
             qd = qd.index_select(1, torch.as_tensor(sorted(range(d), key=order.__getitem__), device=z.device))
         return q, qd, group_columns(groups, q, qd, lambda k, g: qg[:, k])

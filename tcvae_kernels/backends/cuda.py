@@ -29,7 +29,7 @@ class CudaBackend(ExtensionBackend):
 class _EmulatedCudaFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, mu, logvar, weights, splits):
-        q, qd, aq, aqd = torch.ops.tcvae._emulate_log_qz(z, mu, logvar, *weights, splits,
+        q, qd, aq, aqd = torch.ops.tcvae._emulate_log_qz(z, mu, logvar, *weights.op_args(), splits,
                                                          any(ctx.needs_input_grad[:3]))
         ctx.save_for_backward(z, mu, logvar, aq, aqd)
         ctx.weights, ctx.splits = weights, splits
@@ -39,7 +39,7 @@ class _EmulatedCudaFn(torch.autograd.Function):
     def backward(ctx, grad_q, grad_qd):
         z, mu, logvar, aq, aqd = ctx.saved_tensors
         gz, gmu, glv = torch.ops.tcvae._emulate_log_qz_backward(
-            grad_q.contiguous(), grad_qd.contiguous(), z, mu, logvar, aq, aqd, *ctx.weights, ctx.splits)
+            grad_q.contiguous(), grad_qd.contiguous(), z, mu, logvar, aq, aqd, *ctx.weights.op_args(), ctx.splits)
         return gz, gmu, glv, None, None
 
 
@@ -60,4 +60,4 @@ class CudaEmulationBackend(Backend):
         return [] if z.device.type == "cpu" else ["the emulation runs on CPU tensors"]
 
     def log_qz(self, z, mu, logvar, weights, deterministic=False):
-        return _EmulatedCudaFn.apply(z, mu, logvar, tuple(weights), self.splits)
+        return _EmulatedCudaFn.apply(z, mu, logvar, weights, self.splits)

@@ -1,11 +1,12 @@
 """Python side of the C++/CUDA custom ops ``torch.ops.tcvae.*`` (built from csrc/).
 
-``tcvae::log_qz(z, mu, logvar, w_self, w_next, w_other, offset)
+``tcvae::log_qz(z, mu, logvar, weights, offset)
 -> (log_qz [M], log_qz_dims [M, D], aux_q [M, 2], aux_qd [M, D, 2])`` in the accumulation dtype
 (float64 for float64 inputs, else float32); the aux tensors are the kernel's saved logsumexp states
 (base 2, split as max + rest so the backward's softmax weights stay exact at any magnitude).
 ``tcvae::log_qz_backward(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, ...) -> (grad_z, grad_mu,
-grad_logvar)`` in the inputs' dtypes.
+grad_logvar)`` in the inputs' dtypes. ``weights, offset``: the estimator's log weights as
+:meth:`tcvae_kernels.LogWeights.op_args` lays them out (every op here takes them so).
 ``tcvae::log_qz_groups(z, mu, logvar, group_ends, ...)`` (CPU) adds ``log_qz_groups [M, G]`` for
 groups of contiguous dimensions ``[group_ends[g-1], group_ends[g])``, in the same single pass, with
 ``tcvae::log_qz_groups_backward`` taking its upstream gradient too.
@@ -50,7 +51,7 @@ def cuda_build_reason() -> str:
 if LOAD_ERROR is None:
 
     @torch.library.register_fake("tcvae::log_qz")
-    def _log_qz_fake(z, mu, logvar, w_self, w_next, w_other, offset, grad_terms=True):
+    def _log_qz_fake(z, mu, logvar, weights, offset, grad_terms=True):
         torch._check(z.dim() == 2 and mu.dim() == 2 and mu.shape == logvar.shape)
         torch._check(z.shape[1] == mu.shape[1])
         acc = accumulation_dtype(z.dtype)
@@ -61,20 +62,19 @@ if LOAD_ERROR is None:
                 z.new_empty((m, 2), dtype=acc), z.new_empty((m, d, states), dtype=acc))
 
     @torch.library.register_fake("tcvae::log_qz_backward")
-    def _log_qz_backward_fake(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, w_self, w_next, w_other, offset,
-                              grad_terms=True):
+    def _log_qz_backward_fake(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, weights, offset, grad_terms=True):
         return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)
 
     @torch.library.register_fake("tcvae::log_qz_groups")
-    def _log_qz_groups_fake(z, mu, logvar, group_ends, w_self, w_next, w_other, offset):
-        q, qd, aq, _ = _log_qz_fake(z, mu, logvar, w_self, w_next, w_other, offset)
+    def _log_qz_groups_fake(z, mu, logvar, group_ends, weights, offset):
+        q, qd, aq, _ = _log_qz_fake(z, mu, logvar, weights, offset)
         aqd = z.new_empty((*qd.shape, 2), dtype=q.dtype)  # a CPU-only op: (m, r)
         g = len(group_ends)
         return q, qd, z.new_empty((z.shape[0], g), dtype=q.dtype), aq, aqd, z.new_empty((z.shape[0], g, 2), dtype=q.dtype)
 
     @torch.library.register_fake("tcvae::log_qz_groups_backward")
     def _log_qz_groups_backward_fake(grad_q, grad_qd, grad_qg, z, mu, logvar, aux_q, aux_qd, aux_qg, group_ends,
-                                     w_self, w_next, w_other, offset):
+                                     weights, offset):
         return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)
 
     # Under torch.autocast the ops compute in float32: float16/bfloat16 inputs are upcast and the
@@ -110,8 +110,7 @@ class ExtensionBackend(Backend):
 
     def log_qz(self, z, mu, logvar, weights, deterministic=False):
         # both kernels are always deterministic (fixed-order reductions, no atomics)
-        q, qd, _, _ = torch.ops.tcvae.log_qz(z, mu, logvar, weights.w_self, weights.w_next, weights.w_other,
-                                             weights.offset, needs_grad(z, mu, logvar))
+        q, qd, _, _ = torch.ops.tcvae.log_qz(z, mu, logvar, *weights.op_args(), needs_grad(z, mu, logvar))
         return q, qd
 
 

@@ -44,6 +44,5 @@ class TritonBackend(Backend):
     def log_qz(self, z, mu, logvar, weights, deterministic=False):
         from .triton_kernels import log_qz_op
 
-        q, qd, _, _ = log_qz_op(z, mu, logvar, weights.w_self, weights.w_next, weights.w_other, weights.offset,
-                                bool(deterministic), needs_grad(z, mu, logvar))
+        q, qd, _, _ = log_qz_op(z, mu, logvar, *weights.op_args(), bool(deterministic), needs_grad(z, mu, logvar))
         return q, qd

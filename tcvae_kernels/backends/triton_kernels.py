@@ -54,6 +54,7 @@ import triton.language as tl
 
 from .._autograd import make_backward, no_double_backward, setup_context, setup_nothing
 from .._validation import accumulation_dtype
+from ..estimators import LogWeights
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -490,15 +491,23 @@ def _launch(name, grid, *args, **const):
         wrap_triton(raw)[grid(meta)](*args, **const, **meta, num_warps=c["num_warps"], **opts)
 
 
-def _num_splits(rows: int, cols: int, device: torch.device) -> int:
+def _num_splits(rows: int, cols: int, device: torch.device, kind: str) -> int:
     """Split the reduction axis so that about two programs per SM run (FlashDecoding-style),
-    counting programs of 128 rows and keeping at least 4 tiles of 128 per split."""
+    keeping at least 4 tiles of 128 per split. ``kind``: "rows" (the forward: programs of BLOCK_M
+    queries) or "cols" (the column backward: programs of BLOCK_K components). Programs are counted
+    with the block of the configuration in use where it is known (forced, or the interpreter's),
+    else with the largest block any autotune candidate has: a smaller block the autotuner picks
+    then only runs more programs per SM (an idle SM is the costly error, a larger partial buffer
+    the cheap one)."""
     if _forced_splits is not None:
         return max(1, min(_forced_splits, cols))
     if device.type != "cuda":
         return 1
+    axis = "BLOCK_M" if kind == "rows" else "BLOCK_K"
+    cfg = _forced_config or (INTERPRET_CONFIG if INTERPRET else None)
+    block = cfg[kind][axis] if cfg else max(c[kind][axis] for c in CONFIGS)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(triton.cdiv(2 * sms, triton.cdiv(rows, 128)), triton.cdiv(cols, 512)))
+    return max(1, min(triton.cdiv(2 * sms, triton.cdiv(rows, block)), triton.cdiv(cols, 512)))
 
 
 def _pads() -> tuple[int, int]:
@@ -514,7 +523,7 @@ def _padded(n: int, to: int) -> int:
     return max(to, triton.cdiv(n, to) * to)
 
 
-def _prepare(z, mu, logvar, w_self, w_next, w_other):
+def _prepare(z, mu, logvar, w: LogWeights):
     """Padded, transposed inputs in the compute dtype (float64 arithmetic, one rounding):
     z_t [D, MP], comp [D, 3, KP] = (s, nm, c2) (padding: 1, 0, -inf), csum [KP] = sum_d c2
     (padding -inf), and consts [3] = ((w_self - w_other)·log2e, (w_next - w_other)·log2e, log2(e)/2)."""
@@ -536,26 +545,27 @@ def _prepare(z, mu, logvar, w_self, w_next, w_other):
     comp[:, 2, :k] = c2.t().to(acc)
     csum = torch.full((kp,), float("-inf"), dtype=acc, device=z.device)
     csum[:k] = c2.sum(dim=1).to(acc)
-    consts = torch.tensor([(w_self - w_other) * LOG2E, (w_next - w_other) * LOG2E, 0.5 * LOG2E], dtype=acc,
-                          device=z.device)
+    consts = torch.tensor([(w.w_self - w.w_other) * LOG2E, (w.w_next - w.w_other) * LOG2E, 0.5 * LOG2E],
+                          dtype=acc, device=z.device)
     return z_t, comp, csum, mp, kp, consts
 
 
 @torch.library.triton_op("tcvae_triton::log_qz", mutates_args=())
-def log_qz_op(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, w_self: float, w_next: float,
-              w_other: float, offset: int, deterministic: bool,
-              grad_terms: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def log_qz_op(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, weights: list[float], offset: int,
+              deterministic: bool, grad_terms: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log_qz [M], log_qz_dims [M, D], aux_q [M, 2], aux_qd [M, D, 4]) in the compute dtype. aux_q
     is the joint (m, r) logsumexp state in base 2, aux_qd the marginal one, (qm, qr), followed by the
     two terms of grad_z that the forward sums on the way (``grad_terms``; zeros without it):
     tn[i, d] = sum_j pi[i,j,d]·u·s and jn[i, d] = sum_j p[i,j]·u·s, pi and p the marginal and joint
-    softmax weights over components. ``deterministic`` only travels to the backward (which never
-    uses atomics)."""
+    softmax weights over components. ``weights, offset``: the estimator's log weights as
+    :meth:`tcvae_kernels.LogWeights.op_args` lays them out. ``deterministic`` only travels to the
+    backward (which never uses atomics)."""
     acc = accumulation_dtype(z.dtype)
     m, d = z.shape
     k = mu.shape[0]
-    z_t, comp, csum, mp, kp, consts = _prepare(z, mu, logvar, w_self, w_next, w_other)
-    splits = _num_splits(m, kp, z.device)
+    w = LogWeights.from_op_args(weights, offset)
+    z_t, comp, csum, mp, kp, consts = _prepare(z, mu, logvar, w)
+    splits = _num_splits(m, kp, z.device, "rows")
     part = torch.zeros((splits, d, mp), dtype=acc, device=z.device)
     tpart = torch.zeros_like(part) if grad_terms else part
     jpart = torch.zeros_like(part) if grad_terms else part
@@ -591,8 +601,8 @@ def log_qz_op(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, w_self: f
     else:
         zero = torch.zeros_like(qm)
         aux_qd = torch.stack([qm, qr, zero, zero], dim=2)
-    log_qz = (w_other + LN2 * (top.double() + r.double())).to(acc)
-    log_qz_dims = (w_other + LN2 * (qm.double() + qr.double())).to(acc)
+    log_qz = (w.w_other + LN2 * (top.double() + r.double())).to(acc)
+    log_qz_dims = (w.w_other + LN2 * (qm.double() + qr.double())).to(acc)
     return log_qz, log_qz_dims, aux_q, aux_qd
 
 
@@ -605,9 +615,8 @@ def _pad_rows(t: torch.Tensor, mp: int, value: float) -> torch.Tensor:
 
 @torch.library.triton_op("tcvae_triton::log_qz_backward", mutates_args=())
 def log_qz_backward_op(grad_q: torch.Tensor, grad_qd: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
-                       logvar: torch.Tensor, aux_q: torch.Tensor, aux_qd: torch.Tensor, w_self: float,
-                       w_next: float, w_other: float, offset: int, deterministic: bool,
-                       grad_terms: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       logvar: torch.Tensor, aux_q: torch.Tensor, aux_qd: torch.Tensor, weights: list[float],
+                       offset: int, deterministic: bool, grad_terms: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_z, grad_mu, grad_logvar) in the inputs' dtypes, always bitwise reproducible.
     grad_z = -2 ln2 · (a·jn + b·tn) from the forward's sums (a, b: the upstream gradients of log_qz
     and log_qz_dims); grad_mu and grad_logvar from one pass that sums over queries inside a thread."""
@@ -618,7 +627,7 @@ def log_qz_backward_op(grad_q: torch.Tensor, grad_qd: torch.Tensor, z: torch.Ten
     k = mu.shape[0]
     a0, b0 = grad_q.to(acc), grad_qd.to(acc)
     grad_z = (-2.0 * LN2) * (a0[:, None] * aux_qd[..., 3].to(acc) + b0 * aux_qd[..., 2].to(acc))
-    z_t, comp, csum, mp, kp, consts = _prepare(z, mu, logvar, w_self, w_next, w_other)
+    z_t, comp, csum, mp, kp, consts = _prepare(z, mu, logvar, LogWeights.from_op_args(weights, offset))
     inf = float("inf")
     a = _pad_rows(a0, mp, 0.0)
     jm = _pad_rows(aux_q[:, 0].to(acc), mp, inf)  # padded queries: P = 0·2^(-inf) = 0
@@ -627,7 +636,7 @@ def log_qz_backward_op(grad_q: torch.Tensor, grad_qd: torch.Tensor, z: torch.Ten
     qm = _pad_rows(qm0, mp, 0.0)  # [D, MP]
     qflag = _pad_rows((qm0 != 0).any(dim=0).to(torch.int32), mp, 0)  # rows of the exact path
     bq = _pad_rows((b0 * torch.exp2(-aux_qd[..., 1].to(acc))).t(), mp, 0.0)  # b·2^(-r)
-    col_splits = _num_splits(k, mp, z.device)
+    col_splits = _num_splits(k, mp, z.device, "cols")
     gmu = torch.zeros((col_splits, d, kp), dtype=acc, device=z.device)
     glv = torch.zeros((col_splits, d, kp), dtype=acc, device=z.device)
     _launch("_bwd_cols_kernel", lambda meta: (triton.cdiv(kp, meta["BLOCK_K"]), col_splits),

@@ -126,10 +126,10 @@ Components<T> prepare_components(const at::Tensor& mu, const at::Tensor& logvar,
       T* h_t = out + (d + dd) * kp;
       T* c_t = out + (2 * d + dd) * kp;
       for (int64_t j = 0; j < k; ++j) {
-        const T l = lv[j * d + dd];
+        const double l = double(lv[j * d + dd]);
         mu_t[j] = m[j * d + dd];
-        h_t[j] = T(double(half_precision(l)) * kLog2E);
-        c_t[j] = T(double(log_norm_const(l)) * kLog2E);
+        h_t[j] = T(log2_precision(l));
+        c_t[j] = T(log2_norm_const(l));
       }
       for (int64_t j = k; j < kp; ++j) {  // padding: x2 = -inf for any z (h2 > 0 avoids inf·0)
         mu_t[j] = T(0);

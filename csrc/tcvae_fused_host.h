@@ -39,8 +39,8 @@ inline Layouts make_layouts(const at::Tensor& z, const at::Tensor& mu, const at:
   at::Tensor z_t = at::zeros({d, mp}, z.options().dtype(acc));
   z_t.index_put_({Slice(), Slice(0, m)}, z.t().to(acc));
   const at::Tensor lv = logvar.to(at::kDouble);
-  const at::Tensor s = at::exp(-0.5 * lv) * std::sqrt(0.5 * kLog2E);  // sqrt(h2)
-  const at::Tensor c2 = -0.5 * (lv + kLog2Pi) * kLog2E;
+  const at::Tensor s = at::sqrt(log2_precision(lv));  // sqrt(h2): x2 = c2 - (s·z + nm)^2
+  const at::Tensor c2 = log2_norm_const(lv);
   at::Tensor comp = at::zeros({d, 3, kp}, mu.options().dtype(acc));
   comp.index_put_({Slice(), 0, Slice(k, kp)}, 1.0);
   comp.index_put_({Slice(), 2, Slice(k, kp)}, -inf);

@@ -60,17 +60,21 @@ struct Exp2Floor<double> {
   static constexpr double value = -1100.0;
 };
 
-// h = 0.5 * exp(-logvar): l = c - (z - mu)^2 * h
+// Base-2 coefficients of a component, x2 = l·log2 e = c2 - (z - mu)^2·h2 (host-side preparation of
+// every C++/CUDA kernel; Python's Triton host code states the same in triton_kernels._prepare):
+//   h2 = 0.5·exp(-logvar)·log2 e,   c2 = -0.5·(logvar + log 2π)·log2 e
+// evaluated in double and rounded once to the compute dtype by the caller. Generic over the
+// argument — a double, or an ATen double tensor (exp found by argument-dependent lookup) — so the
+// CPU kernel's loop and the fused kernels' tensor code share this one statement.
 template <typename T>
-TCVAE_HD T half_precision(T logvar) {
+auto log2_precision(const T& logvar) {
   using std::exp;
-  return T(0.5) * exp(-logvar);
+  return (0.5 * kLog2E) * exp(-logvar);
 }
 
-// c = -0.5 * (logvar + log 2π)
 template <typename T>
-TCVAE_HD T log_norm_const(T logvar) {
-  return T(-0.5) * (logvar + T(kLog2Pi));
+auto log2_norm_const(const T& logvar) {
+  return (-0.5 * kLog2E) * (logvar + kLog2Pi);
 }
 
 // The estimator's structured log weights, as every op receives them (the ops' `float[] weights,

@@ -13,9 +13,7 @@ from .extension import ExtensionBackend
 
 @register_backend
 class CpuBackend(ExtensionBackend):
-    name = "cpu"
-    device_type = "cpu"
-    auto_priority = {"cpu": 100}
+    device_type = "cpu"  # also its name; "auto"'s first choice on CPU tensors
     description = "fused C++ kernel (at::parallel_for, at::vec SIMD), O(M·D) memory"
 
     def log_qz_groups(self, z, mu, logvar, weights, groups, deterministic=False):

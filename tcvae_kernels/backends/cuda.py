@@ -11,9 +11,7 @@ from .extension import LOAD_ERROR, ExtensionBackend, build_info, cuda_build_reas
 
 @register_backend
 class CudaBackend(ExtensionBackend):
-    name = "cuda"
-    device_type = "cuda"
-    auto_priority = {"cuda": 100}
+    device_type = "cuda"  # also its name; "auto"'s first choice on CUDA tensors
     description = "fused CUDA C++ kernels (csrc/tcvae_cuda.cu), O(M·D) memory, deterministic"
     self_check = True
 

@@ -91,9 +91,17 @@ if LOAD_ERROR is None:
 
 
 class ExtensionBackend(Backend):
-    """A backend served by the compiled op on one device type (the dispatcher picks the kernel)."""
+    """A backend served by the compiled op on one device type (the dispatcher picks the kernel).
+    A subclass names its ``device_type``; its ``name`` defaults to it, and ``"auto"`` prefers it on
+    that device type above every other backend (priority 100)."""
 
     device_type = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.device_type:
+            cls.name = cls.__dict__.get("name", cls.device_type)
+            cls.auto_priority = cls.__dict__.get("auto_priority", {cls.device_type: 100})
 
     def unavailable_reason(self):
         return LOAD_ERROR

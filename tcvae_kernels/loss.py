@@ -92,24 +92,24 @@ SMALL_BATCH_FRACTION = 0.1
 REGIME_CHECK_EVERY = 100
 
 
-class BetaTCVAETerms(Decomposition):
+class _WithSelfShare:
+    """A decomposition tuple plus the detached batch-mean ``self_share`` as an attribute (not a
+    field: unpacking still gives the decomposition's terms)."""
+
+    self_share: torch.Tensor
+
+    def __repr__(self):
+        return f"{super().__repr__()[:-1]}, self_share={self.self_share!r})"
+
+
+class BetaTCVAETerms(_WithSelfShare, Decomposition):
     """``loss.last`` of :class:`BetaTCVAELoss`: the detached :class:`~tcvae_kernels.Decomposition`
     ``(mi, tc, dim_kl)`` (a 3-tuple, as before) and ``self_share``, the batch mean of
     :func:`tcvae_kernels.self_share` from the same pass (detached)."""
 
-    self_share: torch.Tensor
 
-    def __repr__(self):
-        return f"{super().__repr__()[:-1]}, self_share={self.self_share!r})"
-
-
-class HFVAETerms(GroupedDecomposition):
+class HFVAETerms(_WithSelfShare, GroupedDecomposition):
     """``loss.last`` of :class:`HFVAELoss`: the detached GroupedDecomposition and ``self_share``."""
-
-    self_share: torch.Tensor
-
-    def __repr__(self):
-        return f"{super().__repr__()[:-1]}, self_share={self.self_share!r})"
 
 
 def _terms(cls, parts, share: torch.Tensor):

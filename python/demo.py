@@ -18,7 +18,8 @@ the hardware has it natively (the posterior heads stay float32; 8 min instead of
 Reported per model: reconstruction (nats per image), the data-set TC (``tcvae_kernels.evaluate``: 4,096 samples against all N posteriors), active latents (posterior
 means whose variance over the data exceeds 0.01), the sampling MIG (Chen et al.) and the histogram
 MIG (disentanglement_lib's, 20 bins) on the training subset, and the FactorVAE score (1,000 / 500
-votes). The last line printed starts with ``result:``.
+votes). The last line printed starts with ``result:``; the line before it, ``targets:``, counts the
+seeds that meet each of the README's targets.
 """
 
 from __future__ import annotations
@@ -264,6 +265,36 @@ def pictures(models: dict, images, shapes, a, out: str, seed: int, results: dict
     return paths
 
 
+def target_checks(all_results: dict) -> list[str] | None:
+    """The demo's targets (README), counted over the seeds run; ``None`` unless all three models ran.
+    Per seed: β-TCVAE data-set TC ≤ VAE's / 3; β-TCVAE reconstruction below β-VAE's; ≥ 3 active
+    latents for β-TCVAE and the VAE. The histogram-MIG target (β-TCVAE ≥ β-VAE) is met when it holds
+    on the mean over the seeds and in at least two thirds of them (2 of 3)."""
+    runs = [r for r in all_results.values() if all(name in r for name in MODELS)]
+    if not runs:
+        return None
+    tc, bvae, vae = (lambda r: r["beta-TCVAE"]), (lambda r: r["beta-VAE"]), (lambda r: r["VAE"])
+    k = len(runs)
+
+    def count(pred):
+        return sum(bool(pred(r)) for r in runs)
+
+    mig_tc = sum(tc(r)["mig_histogram"] for r in runs) / k
+    mig_b = sum(bvae(r)["mig_histogram"] for r in runs) / k
+    mig_seeds = count(lambda r: tc(r)["mig_histogram"] >= bvae(r)["mig_histogram"])
+    checks = [
+        ("β-TCVAE data-set TC ≤ VAE's / 3", count(lambda r: tc(r)["dataset_tc"] <= vae(r)["dataset_tc"] / 3), k),
+        ("β-TCVAE reconstruction better than β-VAE's", count(lambda r: tc(r)["recon"] < bvae(r)["recon"]), k),
+        ("≥ 3 active latents (β-TCVAE and VAE)",
+         count(lambda r: tc(r)["active"] >= 3 and vae(r)["active"] >= 3), k),
+    ]
+    lines = [f"{what}: {n}/{k} seeds ({'met' if n == need else 'NOT met'})" for what, n, need in checks]
+    met = mig_tc >= mig_b and 3 * mig_seeds >= 2 * k
+    lines.append(f"β-TCVAE histogram MIG ≥ β-VAE's: {mig_seeds}/{k} seeds, mean {mig_tc:.3f} against {mig_b:.3f} "
+                 f"({'met' if met else 'NOT met'})")
+    return lines
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -338,6 +369,9 @@ def main(argv=None) -> dict:
         parts.append(f"{name} recon {mean(name, 'recon'):.1f} TC {mean(name, 'dataset_tc'):.2f} "
                      f"active {mean(name, 'active'):.1f} MIG {mean(name, 'mig_sampling'):.3f}/"
                      f"{mean(name, 'mig_histogram'):.3f} FactorVAE {mean(name, 'factor_vae'):.3f}")
+    checks = target_checks(all_results)
+    if checks:
+        print("targets: " + "; ".join(checks))
     minutes = sum(r["train_seconds"] for res in all_results.values() for r in res.values()) / 60 / len(a.seeds)
     print(f"result: ({len(a.seeds)} seed{'s' if len(a.seeds) > 1 else ''}, {minutes:.1f} min of training per seed, "
           "MIG sampling/histogram) " + "; ".join(parts))

@@ -27,6 +27,7 @@ def test_demo_smoke(tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("result: (1 seed") and all(name in out[-1] for name in demo.MODELS)
     assert any("materialized [B, B, D] formula" in line for line in out)
+    assert out[-2].startswith("targets: ") and "histogram MIG" in out[-2]
     for name in demo.MODELS:
         r = res[0][name]
         assert set(r) >= {"recon", "dataset_tc", "active", "mig_sampling", "mig_histogram", "factor_vae"}
@@ -34,6 +35,27 @@ def test_demo_smoke(tmp_path, capsys):
         assert all(0.0 < h["self_share"] <= 1.0 for h in r["history"])  # the estimator's regime, logged
     for pic in ("traversals.png", "mutual_information.png", "decomposition.png", "result.json"):
         assert (tmp_path / pic).exists()
+
+
+def test_demo_target_checks_count_the_seeds():
+    demo = _load("demo")
+
+    def run(tc_tc, vae_tc, tc_recon, bvae_recon, tc_mig, bvae_mig, tc_active=3, vae_active=4):
+        return {"beta-TCVAE": {"dataset_tc": tc_tc, "recon": tc_recon, "mig_histogram": tc_mig, "active": tc_active},
+                "beta-VAE": {"dataset_tc": 0.1, "recon": bvae_recon, "mig_histogram": bvae_mig, "active": 2},
+                "VAE": {"dataset_tc": vae_tc, "recon": 15.0, "mig_histogram": 0.0, "active": vae_active}}
+
+    lines = demo.target_checks({0: run(0.2, 3.0, 21, 30, 0.06, 0.03), 1: run(0.5, 1.2, 21, 30, 0.03, 0.09),
+                                2: run(0.2, 3.0, 31, 30, 0.05, 0.04, tc_active=2)})
+    assert lines[0] == "β-TCVAE data-set TC ≤ VAE's / 3: 2/3 seeds (NOT met)"
+    assert lines[1] == "β-TCVAE reconstruction better than β-VAE's: 2/3 seeds (NOT met)"
+    assert lines[2] == "≥ 3 active latents (β-TCVAE and VAE): 2/3 seeds (NOT met)"
+    # above β-VAE in 2 of 3 seeds, but the mean 0.047 is below 0.053
+    assert lines[3] == "β-TCVAE histogram MIG ≥ β-VAE's: 2/3 seeds, mean 0.047 against 0.053 (NOT met)"
+    lines = demo.target_checks({0: run(0.2, 3.0, 21, 30, 0.06, 0.03), 1: run(0.2, 3.0, 21, 30, 0.03, 0.04),
+                                2: run(0.2, 3.0, 21, 30, 0.05, 0.04)})
+    assert all(line.endswith("(met)") for line in lines)
+    assert demo.target_checks({0: {"beta-TCVAE": {}}}) is None  # not all three models ran
 
 
 def test_reproduction_smoke_and_resume(tmp_path):

@@ -273,22 +273,18 @@ def target_checks(all_results: dict) -> list[str] | None:
     runs = [r for r in all_results.values() if all(name in r for name in MODELS)]
     if not runs:
         return None
-    tc, bvae, vae = (lambda r: r["beta-TCVAE"]), (lambda r: r["beta-VAE"]), (lambda r: r["VAE"])
     k = len(runs)
 
     def count(pred):
-        return sum(bool(pred(r)) for r in runs)
+        return sum(bool(pred(r["beta-TCVAE"], r["beta-VAE"], r["VAE"])) for r in runs)
 
-    mig_tc = sum(tc(r)["mig_histogram"] for r in runs) / k
-    mig_b = sum(bvae(r)["mig_histogram"] for r in runs) / k
-    mig_seeds = count(lambda r: tc(r)["mig_histogram"] >= bvae(r)["mig_histogram"])
-    checks = [
-        ("β-TCVAE data-set TC ≤ VAE's / 3", count(lambda r: tc(r)["dataset_tc"] <= vae(r)["dataset_tc"] / 3), k),
-        ("β-TCVAE reconstruction better than β-VAE's", count(lambda r: tc(r)["recon"] < bvae(r)["recon"]), k),
-        ("≥ 3 active latents (β-TCVAE and VAE)",
-         count(lambda r: tc(r)["active"] >= 3 and vae(r)["active"] >= 3), k),
-    ]
-    lines = [f"{what}: {n}/{k} seeds ({'met' if n == need else 'NOT met'})" for what, n, need in checks]
+    lines = [f"{what}: {n}/{k} seeds ({'met' if n == k else 'NOT met'})" for what, n in (
+        ("β-TCVAE data-set TC ≤ VAE's / 3", count(lambda tc, b, v: tc["dataset_tc"] <= v["dataset_tc"] / 3)),
+        ("β-TCVAE reconstruction better than β-VAE's", count(lambda tc, b, v: tc["recon"] < b["recon"])),
+        ("≥ 3 active latents (β-TCVAE and VAE)", count(lambda tc, b, v: tc["active"] >= 3 and v["active"] >= 3)),
+    )]
+    mig_tc, mig_b = (sum(r[name]["mig_histogram"] for r in runs) / k for name in ("beta-TCVAE", "beta-VAE"))
+    mig_seeds = count(lambda tc, b, v: tc["mig_histogram"] >= b["mig_histogram"])
     met = mig_tc >= mig_b and 3 * mig_seeds >= 2 * k
     lines.append(f"β-TCVAE histogram MIG ≥ β-VAE's: {mig_seeds}/{k} seeds, mean {mig_tc:.3f} against {mig_b:.3f} "
                  f"({'met' if met else 'NOT met'})")

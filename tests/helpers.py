@@ -115,3 +115,24 @@ def backends(device="cpu", *, fused_only=False, emulation=False, exclude=(), obj
 
         out.append(CudaEmulationBackend(splits=2))
     return out
+
+
+INTERPRETER_ROWS = 65  # rows and components the Triton interpreter's cases are cut to
+
+
+def interpreter_shapes(shapes, backend_name, device):
+    """``shapes`` [(M, K, D, ...)], those with M·K > 65² cut to M, K <= 65 when the Triton backend
+    runs under the interpreter (CPU tensors). There it tiles by INTERPRET_CONFIG's 32 × 32 and costs a fixed time
+    per tile and dimension; 65 pads to three tiles, the last holding one row, so a cut case takes
+    the paths the full one does (interior and edge tiles, D unchanged) at a third of the tiles
+    129 needs. The full sizes run for every other backend and for Triton on a GPU, whose tiles
+    (up to 256) they are chosen against."""
+    if not (backend_name == "triton" and torch.device(device).type == "cpu"):
+        return list(shapes)
+    out = []
+    for s in shapes:
+        big = s[0] * s[1] > INTERPRETER_ROWS**2
+        cut = (min(s[0], INTERPRETER_ROWS), min(s[1], INTERPRETER_ROWS), *s[2:]) if big else tuple(s)
+        if cut not in out:
+            out.append(cut)
+    return out

@@ -121,12 +121,12 @@ INTERPRETER_ROWS = 65  # rows and components the Triton interpreter's cases are 
 
 
 def interpreter_shapes(shapes, backend_name, device):
-    """``shapes`` [(M, K, D, ...)], those with M·K > 65² cut to M, K <= 65 when the Triton backend
-    runs under the interpreter (CPU tensors). There it tiles by INTERPRET_CONFIG's 32 × 32 and costs a fixed time
-    per tile and dimension; 65 pads to three tiles, the last holding one row, so a cut case takes
-    the paths the full one does (interior and edge tiles, D unchanged) at a third of the tiles
-    129 needs. The full sizes run for every other backend and for Triton on a GPU, whose tiles
-    (up to 256) they are chosen against."""
+    """``shapes`` [(M, K, D, ...)], those with M·K > 65² cut to M, K <= 65 when the Triton
+    backend runs under the interpreter (CPU tensors). There it tiles by INTERPRET_CONFIG's 32 × 32
+    and costs a fixed time per tile and dimension; 65 pads to three tiles, the last holding one
+    row, so a cut case takes the paths the full one does (interior and edge tiles, D unchanged)
+    at 9 of the 25 tiles 129 needs. The full sizes run for every other backend and for Triton on
+    a GPU, whose tiles (up to 256) they are chosen against."""
     if not (backend_name == "triton" and torch.device(device).type == "cpu"):
         return list(shapes)
     out = []

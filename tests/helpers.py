@@ -120,6 +120,11 @@ def backends(device="cpu", *, fused_only=False, emulation=False, exclude=(), obj
 INTERPRETER_ROWS = 65  # rows and components the Triton interpreter's cases are cut to
 
 
+def interpreted(backend_name, device) -> bool:
+    """Whether ``backend_name`` on ``device`` runs under the Triton interpreter (~1e5× slower)."""
+    return backend_name == "triton" and torch.device(device).type == "cpu"
+
+
 def interpreter_shapes(shapes, backend_name, device):
     """``shapes`` [(M, K, D, ...)], those with M·K > 65² cut to M, K <= 65 when the Triton
     backend runs under the interpreter (CPU tensors). There it tiles by INTERPRET_CONFIG's 32 × 32
@@ -127,7 +132,7 @@ def interpreter_shapes(shapes, backend_name, device):
     row, so a cut case takes the paths the full one does (interior and edge tiles, D unchanged)
     at 9 of the 25 tiles 129 needs. The full sizes run for every other backend and for Triton on
     a GPU, whose tiles (up to 256) they are chosen against."""
-    if not (backend_name == "triton" and torch.device(device).type == "cpu"):
+    if not interpreted(backend_name, device):
         return list(shapes)
     out = []
     for s in shapes:

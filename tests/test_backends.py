@@ -19,7 +19,7 @@ from tcvae_kernels.dispatch import get_backend
 from tcvae_kernels.estimators import LogWeights, log_weights
 from tcvae_kernels.testing import check_backend
 
-from helpers import assert_ok, backends, fresh_seed, make_inputs
+from helpers import INTERPRETER_ROWS, assert_ok, backends, fresh_seed, interpreted, make_inputs
 
 
 def _targets():
@@ -35,13 +35,9 @@ def _targets():
 TARGETS = _targets()
 
 
-def _interpreted(name, device):
-    return name == "triton" and device == "cpu"
-
-
 def _sizes(name, device, sizes):
-    """The Triton interpreter runs ~1e5× slower: keep its cases small."""
-    return [s for s in sizes if not _interpreted(name, device) or s[0] * s[1] * s[2] <= 65 * 65 * 33]
+    """The Triton interpreter runs ~1e5× slower: keep its cases small (drop those over 65 × 65 × 33)."""
+    return [s for s in sizes if not interpreted(name, device) or s[0] * s[1] * s[2] <= INTERPRETER_ROWS**2 * 33]
 
 
 

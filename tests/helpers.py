@@ -117,7 +117,12 @@ def backends(device="cpu", *, fused_only=False, emulation=False, exclude=(), obj
     return out
 
 
-INTERPRETER_ROWS = 65  # rows and components the Triton interpreter's cases are cut to
+def interpreter_rows() -> int:
+    """Rows and components the Triton interpreter's cases are cut to: three of its tiles
+    (INTERPRET_CONFIG, 8 × 8), the last holding one row: 17."""
+    from tcvae_kernels.backends.triton_kernels import INTERPRET_CONFIG
+
+    return 2 * max(c[b] for c in INTERPRET_CONFIG.values() for b in ("BLOCK_M", "BLOCK_K")) + 1
 
 
 def interpreted(backend_name, device) -> bool:
@@ -126,18 +131,20 @@ def interpreted(backend_name, device) -> bool:
 
 
 def interpreter_shapes(shapes, backend_name, device):
-    """``shapes`` [(M, K, D, ...)], those with M·K > 65² cut to M, K <= 65 when the Triton
-    backend runs under the interpreter (CPU tensors). There it tiles by INTERPRET_CONFIG's 32 × 32
-    and costs a fixed time per tile and dimension; 65 pads to three tiles, the last holding one
-    row, so a cut case takes the paths the full one does (interior and edge tiles, D unchanged)
-    at 9 of the 25 tiles 129 needs. The full sizes run for every other backend and for Triton on
-    a GPU, whose tiles (up to 256) they are chosen against."""
+    """``shapes`` [(M, K, D, ...)], M and K cut to interpreter_rows() (17) when the Triton backend
+    runs under the interpreter (CPU tensors), D and the rest unchanged. The interpreter costs a
+    fixed time per operation, tile and dimension; 17 pads to three 8 × 8 tiles each way, the last
+    holding one row, so a cut case takes the paths the full one does: interior and edge tiles, and
+    tiles with and without the estimator's self/next weights (a query block meets those only in
+    the diagonal tiles and column 0). The full sizes run for every other backend and for Triton on
+    a GPU, whose tiles (up to 256) they are chosen against; the GPU configs' own tiles run under the
+    interpreter in the slow tier (test_triton.test_every_config_and_backward_mode)."""
     if not interpreted(backend_name, device):
         return list(shapes)
+    rows = interpreter_rows()
     out = []
     for s in shapes:
-        big = s[0] * s[1] > INTERPRETER_ROWS**2
-        cut = (min(s[0], INTERPRETER_ROWS), min(s[1], INTERPRETER_ROWS), *s[2:]) if big else tuple(s)
+        cut = (min(s[0], rows), min(s[1], rows), *s[2:])
         if cut not in out:
             out.append(cut)
     return out

@@ -19,7 +19,7 @@ from tcvae_kernels.dispatch import get_backend
 from tcvae_kernels.estimators import LogWeights, log_weights
 from tcvae_kernels.testing import check_backend
 
-from helpers import INTERPRETER_ROWS, assert_ok, backends, fresh_seed, interpreted, make_inputs
+from helpers import assert_ok, backends, fresh_seed, interpreter_shapes, make_inputs
 
 
 def _targets():
@@ -35,13 +35,6 @@ def _targets():
 TARGETS = _targets()
 
 
-def _sizes(name, device, sizes):
-    """The Triton interpreter runs ~1e5× slower: keep its cases small (drop those over 65 × 65 × 33)."""
-    return [s for s in sizes if not interpreted(name, device) or s[0] * s[1] * s[2] <= INTERPRETER_ROWS**2 * 33]
-
-
-
-
 SHAPES = [(1, 1, 3, "mws"), (2, 2, 1, "mss"), (7, 7, 3, "mss"), (7, 7, 10, "mws"), (129, 129, 33, "mss"),
           (65, 65, 10, "mws"), (300, 300, 3, "mss"), (1000, 1000, 10, "mss"), (5, 17, 3, "mss"), (40, 9, 33, "uniform")]
 
@@ -50,7 +43,7 @@ SHAPES = [(1, 1, 3, "mws"), (2, 2, 1, "mss"), (7, 7, 3, "mss"), (7, 7, 10, "mws"
 @pytest.mark.parametrize("backend,device", TARGETS)
 def test_matches_reference(backend, device, dtype):
     g = torch.Generator().manual_seed(fresh_seed())
-    for m, k, d, est in _sizes(backend, device, SHAPES):
+    for m, k, d, est in interpreter_shapes(SHAPES, backend, device):
         z, mu, lv = make_case(m, k, d, "normal", dtype, device, g)
         assert_ok(check_backend(backend, z, mu, lv, log_weights(est, k, 10 * max(m, k))), f"{m}x{k}x{d} {est}")
 
@@ -59,7 +52,7 @@ def test_matches_reference(backend, device, dtype):
 @pytest.mark.parametrize("backend,device", TARGETS)
 def test_non_contiguous_and_expanded_inputs(backend, device, dtype):
     g = torch.Generator().manual_seed(fresh_seed())
-    for m, k, d in _sizes(backend, device, [(33, 33, 10), (7, 7, 1), (65, 65, 33)]):
+    for m, k, d in interpreter_shapes([(33, 33, 10), (7, 7, 1), (65, 65, 33)], backend, device):
         z, mu, lv = make_case(m, k, d, "noncontiguous", dtype, device, g)
         assert_ok(check_backend(backend, z, mu, lv, log_weights("mss", k, 1000)), "non-contiguous")
         # expanded (stride-0) logvar and a transposed z
@@ -72,7 +65,8 @@ def test_non_contiguous_and_expanded_inputs(backend, device, dtype):
 def test_extreme_values(backend, device, dtype):
     """logvar in [-20, 20] and z 1e3 away from every mean: l is below -1e4 for most pairs."""
     g = torch.Generator().manual_seed(fresh_seed())
-    for m, k, d, est in _sizes(backend, device, [(33, 33, 10, "mws"), (129, 129, 3, "mss"), (17, 301, 5, "uniform")]):
+    shapes = [(33, 33, 10, "mws"), (129, 129, 3, "mss"), (17, 301, 5, "uniform")]
+    for m, k, d, est in interpreter_shapes(shapes, backend, device):
         z, mu, lv = make_case(m, k, d, "extreme", dtype, device, g)
         lv[0] = -20.0
         lv[1] = 20.0
@@ -92,18 +86,20 @@ def test_extreme_values(backend, device, dtype):
 @pytest.mark.parametrize("backend,device", TARGETS)
 def test_mixed_far_and_near_queries(backend, device):
     """Some queries far from every component (exact fallback in the CPU kernel), some near."""
-    z, mu, lv = make_inputs(40, 40, 5, dtype=torch.float32, device=device)
+    ((m, k, d),) = interpreter_shapes([(40, 40, 5)], backend, device)
+    z, mu, lv = make_inputs(m, k, d, dtype=torch.float32, device=device)
     z[::3] += 500.0
-    assert_ok(check_backend(backend, z, mu, lv, log_weights("mss", 40, 1000)), "mixed")
+    assert_ok(check_backend(backend, z, mu, lv, log_weights("mss", k, 1000)), "mixed")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("backend,device", TARGETS)
 def test_half_precision_inputs(backend, device, dtype):
-    z, mu, lv = make_inputs(33, 33, 10, dtype=dtype, device=device)
+    ((m, k, d),) = interpreter_shapes([(33, 33, 10)], backend, device)
+    z, mu, lv = make_inputs(m, k, d, dtype=dtype, device=device)
     out = tk.log_qz(z, mu, lv, dataset_size=500, backend=backend)
     assert out.log_qz.dtype == dtype and out.log_qz_dims.dtype == dtype
-    assert_ok(check_backend(backend, z, mu, lv, log_weights("mss", 33, 500)), str(dtype))
+    assert_ok(check_backend(backend, z, mu, lv, log_weights("mss", k, 500)), str(dtype))
 
 
 @pytest.mark.parametrize("backend,device", TARGETS)
@@ -154,7 +150,8 @@ def test_nan_and_inf_propagate_like_the_reference(backend, device):
 @pytest.mark.parametrize("backend,device", TARGETS)
 def test_deterministic_bitwise(backend, device):
     """deterministic=True: bitwise equal forward and gradients run to run (the CPU kernel always is)."""
-    z, mu, lv = make_inputs(65, 65, 10, dtype=torch.float32, device=device)
+    ((m, k, d),) = interpreter_shapes([(65, 65, 10)], backend, device)
+    z, mu, lv = make_inputs(m, k, d, dtype=torch.float32, device=device)
     outs = []
     for _ in range(2):
         leaves = [t.clone().requires_grad_() for t in (z, mu, lv)]

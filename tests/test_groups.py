@@ -23,7 +23,7 @@ IDS = [b.name for b in BACKENDS]
 
 # (M, K, D, estimator, groups): sizes that are multiples of no tile; groups given as sizes or as
 # index lists, out of order, of uneven sizes, leaving dimensions in singletons; the Triton
-# interpreter's 129 is cut to 65 (helpers.interpreter_shapes)
+# interpreter cuts M and K to 17 (helpers.interpreter_shapes)
 CASES = [
     (1, 1, 3, "mws", [[0, 2], [1]]),
     (2, 2, 4, "mss", [2, 2]),

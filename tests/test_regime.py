@@ -20,7 +20,7 @@ from tcvae_kernels.estimators import log_weights
 from tcvae_kernels.reference import log_qz_x_and_log_pz, self_share_reference
 from tcvae_kernels.testing import check_backend
 
-from helpers import backends, fresh_seed, make_inputs
+from helpers import backends, fresh_seed, interpreter_shapes, make_inputs
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 CASES = [  # (M, K, D, estimator, logvar range, spread)
@@ -50,7 +50,7 @@ def _allowed(be, z, mu, lv, w):
 @pytest.mark.parametrize("be,device", _targets())
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_self_share_matches_its_definition(be, device, dtype):
-    for m, k, d, est, lvr, spread in CASES:
+    for m, k, d, est, lvr, spread in interpreter_shapes(CASES, be.name, device):
         z, mu, lv = make_inputs(m, k, d, dtype=torch.float64, logvar_range=lvr, spread=spread)
         if est == "mss" and m > 1:
             z[m // 2] += 25.0  # one query far from every component

@@ -29,8 +29,16 @@ SMALL = DEVICE == "cpu"  # the interpreter: keep sizes small
 
 
 
-@pytest.mark.parametrize("cfg", range(3), ids=lambda i: "cfg{}".format(i))
-@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+def _config_params():
+    """(cfg, deterministic) pairs: CONFIGS[0] with deterministic=False in the default tier, the
+    other configs and modes (the same code at other tile sizes, each padded to up to 256 rows
+    under the interpreter) in the slow tier."""
+    return [pytest.param(cfg, det, id=f"{'deterministic' if det else 'atomic'}-cfg{cfg}",
+                         marks=() if (cfg, det) == (0, False) else pytest.mark.slow)
+            for det in (False, True) for cfg in range(len(tkn.CONFIGS) if tkn else 3)]
+
+
+@pytest.mark.parametrize("cfg,deterministic", _config_params())
 def test_every_config_and_backward_mode(cfg, deterministic):
     config = tkn.CONFIGS[cfg]
     g = torch.Generator().manual_seed(fresh_seed())
@@ -121,3 +129,25 @@ def test_split_count_counts_the_programs_of_the_config_that_runs(monkeypatch):
     largest = max(c["rows"]["BLOCK_M"] for c in tkn.CONFIGS)
     assert tkn._num_splits(rows, cols, cuda, "rows") == -(-264 // (rows // largest))
     assert tkn._num_splits(rows, cols, torch.device("cpu"), "rows") == 1
+
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter's speed-up (tests/triton_interpreter.py) is for CPU runs")
+def test_the_interpreter_speed_up_changes_no_bit():
+    """conftest skips the interpreter's repeated patching of triton.language; forward and gradients
+    are bitwise those of the interpreter as it ships."""
+    from triton_interpreter import as_shipped, skip_repeated_patching
+
+    assert skip_repeated_patching()  # installed by conftest (True: it is)
+    z, mu, lv = make_inputs(17, 17, 3, dtype=torch.float32)
+
+    def run():
+        leaves = [t.clone().requires_grad_() for t in (z, mu, lv)]
+        tc = tk.total_correlation(*leaves, dataset_size=170, backend="triton")
+        return [tc.detach(), *torch.autograd.grad(tc, leaves)]
+
+    sped_up = run()
+    with as_shipped():
+        shipped = run()
+    for a, b in zip(sped_up, shipped):
+        assert torch.equal(a, b)

@@ -82,10 +82,12 @@ CONFIGS = [
 ]
 
 
-#: Under TRITON_INTERPRET=1 (CPU tests) unless a test forces an entry of CONFIGS: the smallest
-#: tiles, so inputs pad to 32 and the interpreter, whose cost is per operation, runs few tiles.
-INTERPRET_CONFIG = dict(rows=dict(BLOCK_M=32, BLOCK_K=32, num_warps=1, maxnreg=255),
-                        cols=dict(BLOCK_M=32, BLOCK_K=32, num_warps=1, maxnreg=255))
+#: Under TRITON_INTERPRET=1 (CPU tests) unless a test forces an entry of CONFIGS: 8 × 8 tiles, so
+#: inputs pad to 8 and a case of 17 rows and components (3 tiles each way: interior, edge, and
+#: tiles with and without the estimator's weights) costs the interpreter, whose cost is per
+#: operation and tile, a fraction of what 32 × 32 tiles need for the same paths (65 rows).
+INTERPRET_CONFIG = dict(rows=dict(BLOCK_M=8, BLOCK_K=8, num_warps=1, maxnreg=255),
+                        cols=dict(BLOCK_M=8, BLOCK_K=8, num_warps=1, maxnreg=255))
 
 
 @triton.jit

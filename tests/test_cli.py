@@ -5,15 +5,21 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tcvae_kernels.tools.check import main as check_main
 
 
-def test_check_command_passes_and_prints_a_table(capsys):
+@pytest.mark.parametrize("backends", [
+    ["torch", "cpu", "cuda"],
+    pytest.param(None, id="every-available", marks=pytest.mark.slow),  # + the Triton interpreter: minutes
+])
+def test_check_command_passes_and_prints_a_table(capsys, backends):
     # one dtype: the command's loop is the same for each (every dtype's checks: test_backends,
-    # test_groups); every available backend, the Triton interpreter's rows included
-    assert check_main(["--seed", "3", "--dtypes", "float32"]) == 0
+    # test_groups); the same loop for every backend (Triton's checks at interpreter sizes:
+    # test_backends, test_groups)
+    assert check_main(["--seed", "3", "--dtypes", "float32"] + (["--backends", *backends] if backends else [])) == 0
     out = capsys.readouterr().out
     assert "torch   | cpu    | float32 | 7/7" in out and "all checks passed" in out
     assert "cuda    | cpu    | float32 | -     | skipped" in out  # the reason is printed, not a failure

@@ -20,6 +20,7 @@ def _load(name):
     return mod
 
 
+@pytest.mark.slow
 def test_demo_smoke(tmp_path, capsys):
     demo = _load("demo")
     res = demo.main(["--steps", "12", "--log-every", "4", "--train-size", "2048", "--batch", "256",

@@ -71,7 +71,7 @@ def _backends():
 
 @pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("estimator", ["mws", "mss"])
-@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("world", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_global_batch_equals_single_process(world, estimator, backend, tmp_path):
     seed = 1234 + world
     mp.spawn(_worker, args=(world, seed, estimator, backend, str(tmp_path)), nprocs=world, join=True)

@@ -20,7 +20,9 @@ try:
     HAVE_TOOLS = True
 except FileNotFoundError:  # pragma: no cover
     HAVE_TOOLS = False
-pytestmark = pytest.mark.skipif(not HAVE_TOOLS, reason="cuobjdump not found (ships with triton)")
+# one xdist worker for the module: its tests share the compiled reports (lru_cache below)
+pytestmark = [pytest.mark.skipif(not HAVE_TOOLS, reason="cuobjdump not found (ships with triton)"),
+              pytest.mark.xdist_group("gpu_code")]
 
 ARCHS = (80, 90)
 

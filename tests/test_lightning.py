@@ -16,7 +16,9 @@ pytest.importorskip("lightning")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("devices", [1, 2])
+# two processes (Lightning's DDP over Gloo) in the slow tier: the 2-rank Gloo path of the loss is the
+# default tier's through test_distributed
+@pytest.mark.parametrize("devices", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_lightning_example_trains_and_logs(tmp_path, devices):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, os.path.join(ROOT, "python", "lightning_tcvae.py"), "--steps", "4",

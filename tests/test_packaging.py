@@ -1,8 +1,11 @@
-"""Installing the way users install: a plain ``pip install`` of the source tree into a fresh venv
-(build isolation: pip installs torch for the build; no CUDA_HOME in the environment), and a wheel
-built with ``python -m build --wheel --no-isolation`` installed into another fresh venv. Both are
-imported from outside the source tree and must give the fused ``cpu`` backend. Slow (each installs
-torch from this machine's local disk and compiles the extension): about 8 minutes together."""
+"""Installing the way users install. Default tier: the package installed in this environment
+(``make build``'s editable install, which compiled the C++ and the CUDA code) imports in a fresh
+process from outside the source tree, with its metadata, build record and fused ``cpu`` backend;
+the CUDA toolkit detection on fake toolkits. Slow tier (each creates a venv, installs torch from
+this machine's local disk and compiles the CPU kernel; the CUDA compile is make build's): a plain
+``pip install`` of a clean copy of the tree into a fresh venv (build isolation: pip installs torch
+for the build; no CUDA_HOME), and a wheel built with ``python -m build --wheel --no-isolation``
+installed into another."""
 
 import os
 import shutil
@@ -60,21 +63,47 @@ pytestmark = pytest.mark.skipif(shutil.which("git") is None or not os.path.isdir
                                 reason="needs the git checkout")
 
 
+INSTALLED = r"""
+import importlib.metadata, os, sys, tcvae_kernels as tk
+from tcvae_kernels import _build_config as cfg
+assert not os.path.abspath(os.getcwd()).startswith(sys.argv[1])  # run from outside the tree
+assert importlib.metadata.version("tcvae_kernels") == tk.__version__
+assert os.path.isfile(os.path.join(os.path.dirname(tk.__file__), "py.typed"))
+assert cfg.EXTENSION and "cpu" in tk.compiled_backends() and "cpu" in tk.available_backends(), tk.backend_status()
+assert ("cuda" in tk.compiled_backends()) == cfg.CUDA, (tk.compiled_backends(), cfg.CUDA_REASON)
+print("ok", tk.__version__, tk.compiled_backends())
+"""
+
+
+def test_the_installed_package_imports_from_outside_the_tree(tmp_path):
+    """What make test installed: metadata, the build record, py.typed, the fused cpu backend."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = _run([sys.executable, "-c", INSTALLED, ROOT], cwd=str(tmp_path), env=env, timeout=600).stdout
+    assert out.startswith("ok")
+
+
+@pytest.mark.slow
 def test_plain_pip_install_into_a_fresh_venv(tmp_path):
+    """``pip install <clean copy>``: the isolated build from pyproject.toml's build requirements,
+    the CPU kernel only (FORCE_ONLY_CPU=1: the CUDA compile is make build's)."""
     src = _source_copy(str(tmp_path / "src"))
     py = _fresh_venv(str(tmp_path / "venv"))
     env = _env_without_cuda_home()
+    env["FORCE_ONLY_CPU"] = "1"
     r = _run([py, "-m", "pip", "install", "-v", src], cwd=str(tmp_path), env=env, timeout=1800)
     said = [line for line in (r.stdout + r.stderr).splitlines() if "tcvae_kernels: building" in line]
-    assert said, "the build must say what it builds"
+    assert said and "FORCE_ONLY_CPU" in said[0], "the build must say what it builds, and why"
     out = _run([py, "-c", SMOKE, src], cwd=str(tmp_path), env=env, timeout=600).stdout
     assert out.startswith("ok")
 
 
+@pytest.mark.slow
 def test_wheel_builds_and_installs_into_a_fresh_venv(tmp_path):
+    """A wheel built against the torch of this environment (``--no-isolation``), CPU kernel only,
+    installed into a fresh venv: what the wheel ships (the extension, py.typed) is enough."""
     src = _source_copy(str(tmp_path / "src"))
     env = _env_without_cuda_home()
-    env["FORCE_ONLY_CPU"] = "1"  # the CUDA detection is exercised by the plain install above
+    env["FORCE_ONLY_CPU"] = "1"
     _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist"), src],
          cwd=src, env=env, timeout=1800)
     wheels = os.listdir(tmp_path / "dist")

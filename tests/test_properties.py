@@ -1,14 +1,15 @@
 """Property-based tests (hypothesis) across every backend that can run here: random M, K, D
 (including 1 and primes), dtypes, non-contiguous views, values spanning many orders of magnitude —
 each backend within its stated tolerance of the float64 reference (tcvae_kernels/testing.py), the
-fused grouped op on random partitions of the dimensions, and the estimator's invariances. Profiles: ~200 examples per property in CI, --hypothesis-profile=long
-for thousands."""
+fused grouped op on random partitions of the dimensions, and the estimator's invariances. Profiles
+(conftest.py): 200 examples per property ("ci", the default), --hypothesis-profile=long for 5,000;
+the every-backend property runs 25 examples in the default tier and the profile's in the slow one."""
 
 import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tcvae_kernels as tk
@@ -54,9 +55,7 @@ def problems(draw, max_size=33):
 
 
 
-@pytest.mark.skipif(not FUSED, reason="no fused backend available")
-@given(problems(max_size=17))
-def test_every_backend_matches_the_reference(problem):
+def _every_backend_matches_the_reference(problem):
     z, mu, lv, estimator, n = problem
     w = log_weights(estimator, mu.shape[0], n)
     for be in FUSED:
@@ -64,6 +63,16 @@ def test_every_backend_matches_the_reference(problem):
             continue
         assert_ok(check_backend(be, z, mu, lv, w), f"{getattr(be, 'name', be)} {tuple(z.shape)}x{mu.shape[0]} "
                    f"{z.dtype} {estimator}")
+
+
+# One property, two tiers: QUICK examples by default, the profile's (ci: 200, long: 5,000) in the
+# slow tier. Every example runs each fused backend, the Triton interpreter's ~0.5 s included.
+QUICK = 25
+_needs_fused = pytest.mark.skipif(not FUSED, reason="no fused backend available")
+test_every_backend_matches_the_reference = _needs_fused(
+    settings(max_examples=QUICK)(given(problems(max_size=17))(_every_backend_matches_the_reference)))
+test_every_backend_matches_the_reference_profile = pytest.mark.slow(_needs_fused(
+    given(problems(max_size=17))(_every_backend_matches_the_reference)))
 
 
 @pytest.mark.skipif(bool(backend_reasons("cpu", *(torch.zeros(2, 1),) * 3)), reason="the CPU kernel is not built")

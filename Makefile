@@ -56,9 +56,9 @@ test-all: test test-slow
 # Line coverage of tcvae_kernels/ by the default tier and by both tiers (README "Tests").
 coverage: $(VENV)/.built
 	$(PYTEST) --cov=tcvae_kernels --cov-report= tests
-	$(VPY) -m coverage report --format=total > .coverage-default
+	$(VPY) -m coverage report --format=total --precision=1 > .coverage-default
 	$(PYTEST) --cov=tcvae_kernels --cov-report= -m slow --cov-append tests
-	@echo "line coverage of tcvae_kernels/: default tier $$(cat .coverage-default)%, both tiers $$($(VPY) -m coverage report --format=total)%"
+	@echo "line coverage of tcvae_kernels/: default tier $$(cat .coverage-default)%, both tiers $$($(VPY) -m coverage report --format=total --precision=1)%"
 	@rm -f .coverage-default
 
 bench: $(VENV)/.built

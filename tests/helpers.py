@@ -95,6 +95,26 @@ def float16_overflow_case():
     return z, mu, torch.full((1, 5), -3.0, dtype=torch.float16)
 
 
+def float16_cancelling_gradient_case():
+    """(z, mu, logvar) in float16, MSS over 17 components with N = 170, whose grad_logvar[16, 0]
+    is -5.8e3, a sum of terms of ±1e6 (z ~1e3 from means near 0, logvar 0): the reference
+    computes it in float32 as a positive value past 65504, +inf in float16. Found by the property
+    tests (tcvae_kernels.testing.abs_errors)."""
+    z = torch.tensor([[-536.5, 66.0, -478.5], [-238.0, 741.5, -91.625], [2616.0, 142.0, 1169.0],
+                      [-1725.0, -649.0, 910.5], [3318.0, -1169.0, 1849.0], [2108.0, -845.0, 197.5],
+                      [677.0, 859.5, -582.5], [110.6875, 468.25, 491.0], [804.5, -850.5, 453.25],
+                      [1076.0, -490.75, 413.0], [463.25, 381.0, -649.0], [440.0, 150.0, 755.0],
+                      [603.5, -1142.0, -1354.0], [-1391.0, 431.25, 113.6875], [65.0625, 1032.0, -240.625],
+                      [561.5, -914.0, -431.5], [1472.0, -2188.0, 1690.0]], dtype=torch.float16)
+    mu = 1e-4 * torch.tensor([[-2.3162, 3.3379, -5.3644], [7.0381, -6.938, 3.8743], [-9.6512, 32.082, -6.9952],
+                              [0.90361, -4.8876, -4.1962], [-16.012, 3.6907, -6.9284], [-10.719, 0.41127, 18.787],
+                              [-11.368, -2.2781, 5.2738], [1.4985, -16.804, -7.6389], [7.6342, -3.8147, -15.068],
+                              [-2.6751, -1.539, 14.763], [18.053, -7.2289, -18.33], [-7.3004, 7.6294, 15.602],
+                              [-5.312, -1.6749, -3.7694], [24.49, 3.7599, -10.405], [3.2902, -11.854, -8.7786],
+                              [12.541, 8.4639, -5.3263], [17.729, 0.60201, 4.5061]], dtype=torch.float64)
+    return z, mu.to(torch.float16), torch.zeros(17, 3, dtype=torch.float16)
+
+
 def backends(device="cpu", *, fused_only=False, emulation=False, exclude=(), objects=False):
     """The one list of backends the tests run: every registered backend (tcvae_kernels.BACKEND_NAMES,
     registration order) that can run on ``device`` tensors in this process. ``fused_only`` drops the

@@ -19,7 +19,8 @@ from tcvae_kernels.dispatch import get_backend
 from tcvae_kernels.estimators import LogWeights, log_weights
 from tcvae_kernels.testing import check_backend
 
-from helpers import assert_ok, backends, fresh_seed, interpreter_shapes, make_inputs
+from helpers import (assert_ok, backends, float16_cancelling_gradient_case, fresh_seed, interpreter_shapes,
+                     make_inputs)
 
 
 def _targets():
@@ -100,6 +101,14 @@ def test_half_precision_inputs(backend, device, dtype):
     out = tk.log_qz(z, mu, lv, dataset_size=500, backend=backend)
     assert out.log_qz.dtype == dtype and out.log_qz_dims.dtype == dtype
     assert_ok(check_backend(backend, z, mu, lv, log_weights("mss", k, 500)), str(dtype))
+
+
+@pytest.mark.parametrize("backend,device", TARGETS)
+def test_float16_gradient_that_cancels_past_the_range(backend, device):
+    """A grad_logvar element of -5.8e3 summing terms of ±1e6: +inf in float16 for the reference
+    itself (helpers.float16_cancelling_gradient_case); every backend within the same rule."""
+    z, mu, lv = (t.to(device) for t in float16_cancelling_gradient_case())
+    assert_ok(check_backend(backend, z, mu, lv, log_weights("mss", 17, 170)), "float16, cancelling sums")
 
 
 @pytest.mark.parametrize("backend,device", TARGETS)

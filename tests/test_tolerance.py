@@ -10,7 +10,7 @@ from tcvae_kernels.estimators import log_weights
 from tcvae_kernels.reference import log_qz_reference
 from tcvae_kernels.testing import abs_errors, check_backend
 
-from helpers import float16_overflow_case, make_inputs
+from helpers import float16_cancelling_gradient_case, float16_overflow_case, make_inputs
 
 Z, MU, LV = float16_overflow_case()
 
@@ -76,10 +76,24 @@ def test_a_finite_result_where_the_truth_overflows_fails():
 
 
 def test_abs_errors_of_overflowed_elements():
-    truth = torch.tensor([65000.0, 70000.0, -66000.0, 65000.0, 1.0], dtype=torch.float64)
-    result = torch.tensor([float("inf"), float("inf"), float("-inf"), float("-inf"), 1.0]).half()
-    # inf just past the truth: 65520 - 65000; past the threshold: 0; wrong sign: inf
-    assert abs_errors(result, truth).tolist() == [520.0, 0.0, 0.0, float("inf"), 0.0]
+    truth = torch.tensor([65000.0, 70000.0, -66000.0, 65000.0, -5.0, 1.0], dtype=torch.float64)
+    result = torch.tensor([float("inf"), float("inf"), float("-inf"), float("-inf"), float("inf"), 1.0]).half()
+    # inf just past the truth: 65520 - 65000; past the threshold: 0; the other sign: 65520 + |truth|
+    assert abs_errors(result, truth).tolist() == [520.0, 0.0, 0.0, 130520.0, 65525.0, 0.0]
+
+
+def test_an_infinity_of_the_wrong_sign_fails_unless_the_sum_allows_it():
+    """The property tests' case: grad_logvar[16, 0] = -5.8e3 sums terms of ±1e6; the reference
+    itself computes it in float32 as a positive value past 65504 (+inf in float16), within the
+    allowance of such a sum. Sending well-conditioned elements to ±inf still fails."""
+    z, mu, lv = float16_cancelling_gradient_case()
+    w = log_weights("mss", 17, 170)
+    res = check_backend("torch", z, mu, lv, w)
+    assert res.ok, (res.errors, res.allowed)
+    z, mu, lv = make_inputs(9, 9, 4, dtype=torch.float16)
+    for shift in (1e6, -1e6):  # grad_logvar[:, 1] of size ~1 sent to +inf, then to -inf: both signs
+        res = check_backend(_Perturbed(col=1, shift=shift), z, mu, lv, log_weights("mss", 9, 100))
+        assert not res.ok and res.errors["grad_logvar"] > 6e4 > res.allowed["grad_logvar"]
 
 
 def test_float32_errors_beyond_the_rule_fail_and_within_it_pass():

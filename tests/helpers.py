@@ -150,21 +150,27 @@ def interpreted(backend_name, device) -> bool:
     return backend_name == "triton" and torch.device(device).type == "cpu"
 
 
-def interpreter_shapes(shapes, backend_name, device):
-    """``shapes`` [(M, K, D, ...)], M and K cut to interpreter_rows() (17) when the Triton backend
-    runs under the interpreter (CPU tensors), D and the rest unchanged. The interpreter costs a
-    fixed time per operation, tile and dimension; 17 pads to three 8 × 8 tiles each way, the last
+INTERPRETER_DIMS = 10  # dimensions the Triton interpreter's cases are cut to (keep_dims=False)
+
+
+def interpreter_shapes(shapes, backend_name, device, *, keep_dims=False):
+    """``shapes`` [(M, K, D, ...)], M and K cut to interpreter_rows() (17) and D to
+    INTERPRETER_DIMS (unless ``keep_dims``: groups index the dimensions) when the Triton backend
+    runs under the interpreter (CPU tensors); the rest unchanged. The interpreter costs a fixed
+    time per operation, tile and dimension; 17 pads to three 8 × 8 tiles each way, the last
     holding one row, so a cut case takes the paths the full one does: interior and edge tiles, and
     tiles with and without the estimator's self/next weights (a query block meets those only in
-    the diagonal tiles and column 0). The full sizes run for every other backend and for Triton on
-    a GPU, whose tiles (up to 256) they are chosen against; the GPU configs' own tiles run under the
-    interpreter in the slow tier (test_triton.test_every_config_and_backward_mode)."""
+    the diagonal tiles and column 0). D is a loop in the Triton kernels, not a tile. The full sizes
+    run for every other backend and for Triton on a GPU, whose tiles (up to 256) they are chosen
+    against; the GPU configs' own tiles run under the interpreter in the slow tier
+    (test_triton.test_every_config_and_backward_mode)."""
     if not interpreted(backend_name, device):
         return list(shapes)
     rows = interpreter_rows()
     out = []
     for s in shapes:
-        cut = (min(s[0], rows), min(s[1], rows), *s[2:])
+        d = s[2] if keep_dims else min(s[2], INTERPRETER_DIMS)
+        cut = (min(s[0], rows), min(s[1], rows), d, *s[3:])
         if cut not in out:
             out.append(cut)
     return out

@@ -173,6 +173,7 @@ def test_mig_sampling_estimator_known_answers():
 # ----------------------------------------------------------------------------- the demo program
 
 
+@pytest.mark.slow  # an end-to-end run of the example (its parts: the data, evaluate and metrics tests)
 def test_demo_training_loop_runs_a_few_steps(tmp_path):
     spec = importlib.util.spec_from_file_location("train_tcvae", os.path.join(ROOT, "python", "train_tcvae.py"))
     mod = importlib.util.module_from_spec(spec)

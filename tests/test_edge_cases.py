@@ -118,7 +118,7 @@ def _guard_backends():
 
 
 # sizes that are multiples of no block size (kernels tile by 8, 32, 64, 128, 256 and SIMD widths);
-# the Triton interpreter cuts them to 17 (helpers.interpreter_shapes)
+# the Triton interpreter cuts them to 17 rows and 10 dimensions (helpers.interpreter_shapes)
 GUARD_SHAPES = [(1, 1, 1, "mws"), (37, 37, 5, "mss"), (5, 70, 3, "mss"), (70, 5, 1, "uniform"), (129, 129, 33, "mws")]
 
 

@@ -40,7 +40,7 @@ CASES = [
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
 def test_grouped_matches_the_reference(backend, dtype):
     seed = fresh_seed()
-    for m, k, d, est, groups in interpreter_shapes(CASES, backend.name, "cpu"):
+    for m, k, d, est, groups in interpreter_shapes(CASES, backend.name, "cpu", keep_dims=True):
         z, mu, lv = make_inputs(m, k, d, dtype=dtype, seed=seed + m)
         index = normalize_groups(groups, d)
         res = check_backend(backend, z, mu, lv, log_weights(est, k, 10 * max(m, k)), groups=index)

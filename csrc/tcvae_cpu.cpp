@@ -4,8 +4,8 @@
 // built. Forward: for a tile of queries, stream over blocks of components and keep, per (query,
 // dimension) and per query, an online logsumexp state held per SIMD lane. Backward: recompute l
 // block by block (FlashAttention style) and accumulate the column gradients (mu, logvar) into one
-// partial buffer per chunk of queries, reduced in a fixed order afterwards (deterministic for a
-// given thread count).
+// partial buffer per chunk of queries, reduced in a fixed order afterwards; the chunks depend on
+// the problem's size only, so results are bitwise the same for any thread count.
 //
 // SIMD: at::vec::Vectorized<T> (Sleef exp under AVX2/AVX512), vectorized along components j, on
 // components transposed to [D, K_padded]; padding components have c = -inf (l = -inf).
@@ -63,7 +63,14 @@ struct DenormalsAreZero {
 constexpr int64_t kQueryTile = 8;      // queries sharing one pass over a component block
 constexpr int64_t kBlockFwd = 256;     // components per block in the forward
 constexpr int64_t kBlockBwd = 128;     // components per block in the backward
-constexpr int64_t kPartialBudget = int64_t(256) << 20;  // bytes of column-gradient partials
+// The backward's reduction over queries (grad_mu, grad_logvar): query tiles are cut into chunks, each
+// summing into its own [2, D, Kp] partial, the partials summed in chunk order. The partition depends
+// on the problem's size only, never on the thread count, so every result is bitwise the same for any
+// number of threads: at least kMinTilesPerChunk tiles per chunk, at most kMaxChunks chunks (the
+// parallelism of the backward) and kPartialBudget bytes of partials.
+constexpr int64_t kMinTilesPerChunk = 8;  // 64 queries: below that, partials cost more than they save
+constexpr int64_t kMaxChunks = 32;
+constexpr int64_t kPartialBudget = int64_t(64) << 20;
 
 // 2^x, exactly 0 below Exp2Floor (x < 128 here, see Components). float: round-to-nearest split x = n + f, a degree-6
 // polynomial for 2^f, and 2^n built in the exponent bits ((n + 127) << 23: +0 at n = -127);
@@ -431,12 +438,11 @@ void forward_kernel(const T* z, const Components<T>& cp, const Segments& seg, in
 template <typename T>
 void backward_kernel(const T* z, const Components<T>& cp, const Segments& seg, int64_t m_rows, int64_t k, int64_t d,
                      T d_self, T d_next, int64_t offset, const T* aux_q, const T* aux_qd, const T* aux_qg, const T* a,
-                     const T* b, const T* c, T* grad_z, T* partial, int64_t n_chunks) {
+                     const T* b, const T* c, T* grad_z, T* partial, int64_t n_chunks, int64_t tiles_per_chunk) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const int64_t kp = cp.kp, ng = seg.n_groups;
   const int64_t n_tiles = (m_rows + kQueryTile - 1) / kQueryTile;
-  const int64_t tiles_per_chunk = (n_tiles + n_chunks - 1) / n_chunks;
   at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
     DenormalsAreZero ftz;
     std::vector<T> X(d * kBlockBwd), S(kBlockBwd), P(kBlockBwd), dw(kBlockBwd, T(0));
@@ -450,6 +456,7 @@ void backward_kernel(const T* z, const Components<T>& cp, const Segments& seg, i
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       T* gmu_part = partial + chunk * 2 * d * kp;  // [D, Kp]: sum_i U
       T* glv_part = gmu_part + d * kp;             // [D, Kp]: sum_i G·(diff^2·h2 - 0.5·log2e)
+      std::fill(gmu_part, gmu_part + 2 * d * kp, T(0));  // zeroed (first touched) by the thread using it
       const int64_t tile_end = std::min(n_tiles, (chunk + 1) * tiles_per_chunk);
       for (int64_t tile = chunk * tiles_per_chunk; tile < tile_end; ++tile) {
         const int64_t i0 = tile * kQueryTile, ib = std::min(kQueryTile, m_rows - i0);
@@ -615,29 +622,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_groups_backward_cpu(
     const auto cp = prepare_components<scalar_t>(muc, lvc, w.other);
     const int64_t n_tiles = (m + kQueryTile - 1) / kQueryTile;
     const int64_t per_chunk_bytes = 2 * d * cp.kp * int64_t(sizeof(scalar_t));
-    const int64_t n_chunks = std::max<int64_t>(
-        1, std::min<int64_t>({int64_t(at::get_num_threads()), n_tiles, kPartialBudget / per_chunk_bytes}));
-    at::Tensor partial = at::zeros({n_chunks, 2, d, cp.kp}, zc.options());
+    const int64_t most = std::max<int64_t>(1, std::min(kMaxChunks, kPartialBudget / per_chunk_bytes));
+    const int64_t tiles_per_chunk = std::max((n_tiles + most - 1) / most, kMinTilesPerChunk);
+    const int64_t n_chunks = std::max<int64_t>(1, (n_tiles + tiles_per_chunk - 1) / tiles_per_chunk);
+    at::Tensor partial = at::empty({n_chunks, 2, d, cp.kp}, zc.options());
     backward_kernel<scalar_t>(zc.data_ptr<scalar_t>(), cp, seg, m, k, d, scalar_t(w.d_self2()), scalar_t(w.d_next2()),
                               w.offset, sq.data_ptr<scalar_t>(),
                               sqd.data_ptr<scalar_t>(), sqg.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(),
                               b.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), grad_z.data_ptr<scalar_t>(),
-                              partial.data_ptr<scalar_t>(), n_chunks);
-    // grad_mu[j, d] = 2ln2 · sum over chunks of partial[c, 0, d, j] (fixed order: deterministic)
+                              partial.data_ptr<scalar_t>(), n_chunks, tiles_per_chunk);
+    // grad_mu[j, d] = 2ln2 · sum over chunks c of partial[c, 0, d, j], in chunk order (deterministic);
+    // grad_logvar likewise from partial[c, 1]. Parallel over (d, block of j): contiguous reads.
     const scalar_t* p = partial.data_ptr<scalar_t>();
     scalar_t* gmu = grad_mu.data_ptr<scalar_t>();
     scalar_t* glv = grad_lv.data_ptr<scalar_t>();
-    const int64_t kp = cp.kp;
-    at::parallel_for(0, k, 256, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j) {
-        for (int64_t dd = 0; dd < d; ++dd) {
-          scalar_t sm = 0, sl = 0;
-          for (int64_t ci = 0; ci < n_chunks; ++ci) {
-            sm += p[((ci * 2 + 0) * d + dd) * kp + j];
-            sl += p[((ci * 2 + 1) * d + dd) * kp + j];
+    const int64_t kp = cp.kp, jb = 512, n_jb = (k + jb - 1) / jb;
+    at::parallel_for(0, d * n_jb, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<scalar_t> sm(jb), sl(jb);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t dd = t / n_jb, j0 = (t % n_jb) * jb, nj = std::min(jb, k - j0);
+        std::fill(sm.begin(), sm.end(), scalar_t(0));
+        std::fill(sl.begin(), sl.end(), scalar_t(0));
+        for (int64_t ci = 0; ci < n_chunks; ++ci) {
+          const scalar_t* pm = p + ((ci * 2 + 0) * d + dd) * kp + j0;
+          const scalar_t* pl = p + ((ci * 2 + 1) * d + dd) * kp + j0;
+          for (int64_t j = 0; j < nj; ++j) {
+            sm[j] += pm[j];
+            sl[j] += pl[j];
           }
-          gmu[j * d + dd] = scalar_t(2.0 * kLn2) * sm;
-          glv[j * d + dd] = scalar_t(kLn2) * sl;
+        }
+        for (int64_t j = 0; j < nj; ++j) {
+          gmu[(j0 + j) * d + dd] = scalar_t(2.0 * kLn2) * sm[j];
+          glv[(j0 + j) * d + dd] = scalar_t(kLn2) * sl[j];
         }
       }
     });
@@ -660,6 +676,9 @@ std::string build_info() {
   info += ";cuda=1";
 #else
   info += ";cuda=0";
+#endif
+#ifdef TCVAE_SANITIZE_NAME
+  info += std::string(";sanitize=") + TCVAE_SANITIZE_NAME;
 #endif
   return info;
 }

@@ -1,5 +1,9 @@
 """The C++ CPU op: torch.library contract (opcheck, torch.compile), dispatch, threads."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -57,24 +61,60 @@ def test_torch_compile_fullgraph_decompose():
         assert (a - b).abs().max().item() <= 1e-5 * a.abs().max().item()
 
 
-def test_thread_count_independence():
-    z, mu, lv = make_inputs(300, 300, 10, dtype=torch.float32)
-    before = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            leaves = [t.clone().requires_grad_() for t in (z, mu, lv)]
-            q, qd = tk.log_qz(*leaves, dataset_size=1000, backend="cpu")
-            grads = torch.autograd.grad((q * 0.3).sum() - qd.sum(), leaves)
-            results.append([q.detach(), qd.detach(), *grads])
-    finally:
-        torch.set_num_threads(before)
-    for a, b in zip(*results):
-        # forward: bitwise (each row is one thread's work); column gradients: summed in a different
-        # number of partial buffers, so equal to float32 rounding of their magnitude
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
-    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+# Run in a fresh process per thread count: the op with upstream gradients on saved inputs, printing
+# the SHA-256 of every output's and gradient's bytes. argv: inputs file, thread count.
+_THREADS_SCRIPT = r"""
+import hashlib, json, sys
+import torch
+torch.set_num_threads(int(sys.argv[2]))
+from tcvae_kernels.backends.cuda import CudaEmulationBackend
+from tcvae_kernels.dispatch import get_backend
+from tcvae_kernels.estimators import log_weights
+cases, out = torch.load(sys.argv[1]), {}
+for name, (z, mu, lv, a, b, c, groups, backend) in cases.items():
+    be = CudaEmulationBackend(splits=3) if backend == "cuda-emulation" else get_backend(backend)
+    leaves = [t.clone().requires_grad_() for t in (z, mu, lv)]
+    w = log_weights("mss", mu.shape[0], 5000, offset=0)
+    res = be.log_qz_groups(*leaves, w, groups) if groups else be.log_qz(*leaves, w)
+    loss = (a * res[0]).sum() + (b * res[1]).sum() + ((c * res[2]).sum() if groups else 0)
+    tensors = [r.detach() for r in res] + list(torch.autograd.grad(loss, leaves))
+    out[name] = [hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest() for t in tensors]
+print(torch.get_num_threads(), json.dumps(out))
+"""
+
+
+def test_results_do_not_depend_on_the_thread_count(tmp_path):
+    """Every output and gradient of the CPU kernel (plain and grouped op, K ≠ M, float32 and
+    float64) and of the CUDA kernels' CPU emulation is bitwise the same with 1, 2 and 3 threads, each
+    count in a fresh process: the backward's reduction over queries is partitioned by the problem's
+    size, not the thread count (csrc/tcvae_cpu.cpp, kMinTilesPerChunk). M = 1000, D = 17 is the
+    shape where grad mu/logvar used to differ by ~1e-8 between thread counts."""
+    cases = {}
+    for dtype in (torch.float32, torch.float64):
+        for m, k, d, groups, backend in ((1000, 1000, 17, None, "cpu"), (300, 700, 10, [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]], "cpu"),
+                                         (70, 130, 5, None, "cuda-emulation")):
+            z, mu, lv = make_inputs(m, k, d, dtype=dtype)
+            g = torch.Generator().manual_seed(m + k + d)
+            a, b = torch.randn(m, generator=g, dtype=dtype), torch.randn(m, d, generator=g, dtype=dtype)
+            c = torch.randn(m, len(groups) if groups else 0, generator=g, dtype=dtype)
+            cases[f"{backend} {m}x{k}x{d} groups={groups} {dtype}"] = (z, mu, lv, a, b, c, groups, backend)
+    inputs = tmp_path / "inputs.pt"
+    torch.save(cases, inputs)
+    hashes = {}
+    for threads in (1, 2, 3):
+        run = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(inputs), str(threads)],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        used, digests = run.stdout.strip().splitlines()[-1].split(" ", 1)
+        assert int(used) == threads
+        hashes[threads] = json.loads(digests)
+    names = ["log_qz", "log_qz_dims", "log_qz_groups", "grad z", "grad mu", "grad logvar"]
+    for case, ref in hashes[1].items():
+        for threads in (2, 3):
+            got = hashes[threads][case]
+            parts = names if len(ref) == 6 else names[:2] + names[3:]
+            differ = [n for n, x, y in zip(parts, ref, got) if x != y]
+            assert not differ, f"{case}: {differ} differ between 1 and {threads} threads"
 
 
 def test_every_op_takes_the_weight_contract():

@@ -64,22 +64,24 @@ coverage: $(VENV)/.built
 # The C++ code (the CPU kernel and the CUDA kernels' CPU emulation) under AddressSanitizer and
 # UndefinedBehaviorSanitizer: built in a copy of the tree (build/sanitize, never into .venv), its
 # C++-facing tests run there with the runtimes preloaded; the first report of any kind fails.
-# Suppressions (for Python and torch, not for this code): tests/sanitizers/ (README "Tests").
+# Suppressions (for Python and torch, never for this code) and why leaks are not checked:
+# tests/sanitizers.supp.
 SANITIZE_DIR   := build/sanitize
 SANITIZE_TESTS := tests/test_cpu_kernel.py tests/test_cuda_kernel.py tests/test_edge_cases.py \
                   tests/test_backends.py tests/test_groups.py tests/test_regime.py
 SANITIZE_RT    := $(shell g++ -print-file-name=libasan.so):$(shell g++ -print-file-name=libubsan.so)
 sanitize: $(VENV)/.deps
 	rm -rf $(SANITIZE_DIR) && mkdir -p $(SANITIZE_DIR)
-	git ls-files -z --cached --others --exclude-standard | \
-	  while IFS= read -r -d '' f; do [ -e "$$f" ] && cp --parents "$$f" $(SANITIZE_DIR)/; done
+	git ls-files -z --cached --others --exclude-standard | xargs -0 sh -c \
+	  'for f; do if [ -e "$$f" ]; then cp --parents "$$f" $(SANITIZE_DIR)/; fi; done' copy
 	cd $(SANITIZE_DIR) && TCVAE_SANITIZE=address,undefined $(abspath $(VPY)) setup.py -q build_ext --inplace
 	cd $(SANITIZE_DIR) && LD_PRELOAD=$(SANITIZE_RT) \
-	  ASAN_OPTIONS=halt_on_error=1:abort_on_error=1:detect_leaks=1:suppressions=$(CURDIR)/tests/sanitizers/asan.supp \
-	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/sanitizers/lsan.supp:print_suppressions=0 \
-	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:suppressions=$(CURDIR)/tests/sanitizers/ubsan.supp \
+	  ASAN_OPTIONS=halt_on_error=1:abort_on_error=1:detect_leaks=0:log_path=$(CURDIR)/$(SANITIZE_DIR)/report:suppressions=$(CURDIR)/tests/sanitizers.supp \
+	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$(CURDIR)/$(SANITIZE_DIR)/report:suppressions=$(CURDIR)/tests/sanitizers.supp \
 	  $(abspath $(VPY)) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) -k "not triton" \
-	    --sanitized-build=address,undefined $(SANITIZE_TESTS)
+	    --sanitized-build=address,undefined $(SANITIZE_TESTS) \
+	  || { cat $(CURDIR)/$(SANITIZE_DIR)/report.* 2>/dev/null | cut -c1-240 | head -30; exit 1; }
+	@if ls $(SANITIZE_DIR)/report.* >/dev/null 2>&1; then cut -c1-240 $(SANITIZE_DIR)/report.* | head -30; exit 1; fi
 
 bench: $(VENV)/.built
 	-$(VPY) -m pip install --quiet pykeops

@@ -9,6 +9,8 @@ when a usable CUDA toolkit is found. Switches (environment variables):
     TCVAE_CPU_CAPABILITY    default | avx2 | avx512 (default: the best this build machine has)
     TORCH_CUDA_ARCH_LIST    CUDA architectures (default here: "8.0;9.0" when no GPU is visible)
     CUDA_HOME               the CUDA toolkit (default: found, see _find_cuda)
+    TCVAE_SANITIZE          e.g. "address,undefined": the CPU kernel only, with those sanitizers (-O1 -g;
+                            `make sanitize` builds it in a copy of the tree, never into .venv)
     MAX_JOBS                parallel compile jobs
 
 A usable toolkit has ``bin/nvcc`` and the CUDA runtime library (``libcudart``) and matches the
@@ -134,8 +136,9 @@ def _extensions():
     import torch
     from torch.utils import cpp_extension
 
-    if _flag("FORCE_ONLY_CPU"):
-        home, why = None, "FORCE_ONLY_CPU=1"
+    sanitize = os.environ.get("TCVAE_SANITIZE", "").strip()
+    if _flag("FORCE_ONLY_CPU") or sanitize:
+        home, why = None, "FORCE_ONLY_CPU=1" if not sanitize else f"TCVAE_SANITIZE={sanitize}"
     elif not cuda_sources:
         home, why = None, "no CUDA sources"
     else:
@@ -157,12 +160,17 @@ def _extensions():
     capability = _cpu_capability()
     cxx = ["-O3", "-fopenmp", "-ffp-contract=off", "-DTCVAE_CPU_CAPABILITY_NAME=\"" + capability + "\""]
     cxx += CAPABILITY_FLAGS[capability]
+    link = ["-fopenmp"]
+    if sanitize:  # halt at the first report of any kind (UBSan would otherwise print and go on)
+        san = [f"-fsanitize={sanitize}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+        cxx = [f for f in cxx if f != "-O3"] + ["-O1", "-g", f"-DTCVAE_SANITIZE_NAME=\"{sanitize}\""] + san
+        link += san
     kwargs = dict(
         name="tcvae_kernels._C",
         sources=cpp_sources,
         include_dirs=[os.path.join(HERE, "csrc")],
         extra_compile_args={"cxx": cxx},
-        extra_link_args=["-fopenmp"],
+        extra_link_args=link,
         py_limited_api=True,
     )
     if home is not None:

@@ -7,6 +7,7 @@ test-slow``; CI runs both)."""
 
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -29,3 +30,20 @@ _common = dict(deadline=None, print_blob=True, suppress_health_check=[HealthChec
 settings.register_profile("ci", max_examples=200, **_common)
 settings.register_profile("long", max_examples=5000, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--sanitized-build", default=None, metavar="SANITIZERS",
+                     help="fail unless the loaded extension was built with TCVAE_SANITIZE=SANITIZERS (make sanitize)")
+
+
+def pytest_configure(config):
+    want = config.getoption("--sanitized-build")
+    if want:
+        import tcvae_kernels
+        from tcvae_kernels.backends import extension
+
+        got = extension.build_info().get("sanitize")
+        if got != want:
+            raise pytest.UsageError(f"--sanitized-build={want}: the extension loaded from "
+                                    f"{tcvae_kernels.__file__} was built with sanitize={got} ({extension.LOAD_ERROR or 'loaded'})")

@@ -28,9 +28,9 @@ class EstimatorOptions:
             ``tcvae_kernels.BACKEND_NAMES``).
         check_finite: raise ValueError on NaN/inf inputs (a device sync on GPUs); otherwise
             non-finite inputs propagate to the outputs.
-        deterministic: bitwise reproducible gradients on backends whose fast backward uses
-            atomics (Triton: a second pass instead, about 2× the backward's cost). The CPU and CUDA
-            kernels and the reference are always deterministic.
+        deterministic: the same bits in every process, not just run to run: Triton launches a
+            fixed kernel configuration instead of the autotuner's pick (which is by timing); every
+            other backend is deterministic without it (docs: "Determinism").
         process_group: a torch.distributed group (e.g. ``torch.distributed.group.WORLD``): the
             components are the (mu, logvar) of every rank's batch, gathered differentiably, and the
             weights are those of the global batch; this rank's queries are rows offset by

@@ -163,7 +163,7 @@ def interpreter_shapes(shapes, backend_name, device, *, keep_dims=False):
     the diagonal tiles and column 0). D is a loop in the Triton kernels, not a tile. The full sizes
     run for every other backend and for Triton on a GPU, whose tiles (up to 256) they are chosen
     against; the GPU configs' own tiles run under the interpreter in the slow tier
-    (test_triton.test_every_config_and_backward_mode)."""
+    (test_triton.test_every_config)."""
     if not interpreted(backend_name, device):
         return list(shapes)
     rows = interpreter_rows()

@@ -1,5 +1,5 @@
-"""Triton-specific checks: every autotune config, the split-K path, both backward modes
-(atomics / deterministic second pass), the torch.library contract. Under TRITON_INTERPRET=1 on CPU
+"""Triton-specific checks: every autotune config, the split-K path, the fixed config of
+``deterministic=True``, the torch.library contract. Under TRITON_INTERPRET=1 on CPU
 tensors in CI (small sizes); on CUDA at realistic sizes when a GPU is present."""
 
 import os
@@ -30,16 +30,14 @@ SMALL = DEVICE == "cpu"  # the interpreter: keep sizes small
 
 
 def _config_params():
-    """(cfg, deterministic) pairs: CONFIGS[0] with deterministic=False in the default tier, the
-    other configs and modes (the same code at other tile sizes, each padded to up to 256 rows
-    under the interpreter) in the slow tier."""
-    return [pytest.param(cfg, det, id=f"{'deterministic' if det else 'atomic'}-cfg{cfg}",
-                         marks=() if (cfg, det) == (0, False) else pytest.mark.slow)
-            for det in (False, True) for cfg in range(len(tkn.CONFIGS) if tkn else 3)]
+    """CONFIGS[0] in the default tier, the others (the same code at other tile sizes, each padded to
+    up to 256 rows under the interpreter) in the slow tier."""
+    return [pytest.param(cfg, id=f"cfg{cfg}", marks=() if cfg == 0 else pytest.mark.slow)
+            for cfg in range(len(tkn.CONFIGS) if tkn else 3)]
 
 
-@pytest.mark.parametrize("cfg,deterministic", _config_params())
-def test_every_config_and_backward_mode(cfg, deterministic):
+@pytest.mark.parametrize("cfg", _config_params())
+def test_every_config(cfg):
     config = tkn.CONFIGS[cfg]
     g = torch.Generator().manual_seed(fresh_seed())
     shapes = [(1, 1, 1, "mws"), (2, 2, 3, "mss"), (7, 7, 10, "mss"), (65, 65, 33, "mws"), (7, 40, 3, "mss"),
@@ -47,17 +45,50 @@ def test_every_config_and_backward_mode(cfg, deterministic):
     with tkn.force_config(config):
         for m, k, d, est in shapes:
             z, mu, lv = make_inputs(m, k, d, dtype=torch.float32, device=DEVICE, seed=int(torch.randint(0, 2**31, (1,), generator=g)))
-            assert_ok(check_backend("triton", z, mu, lv, log_weights(est, k, 10 * max(m, k)),
-                                     deterministic=deterministic), f"{config} {m}x{k}x{d} {est}")
+            assert_ok(check_backend("triton", z, mu, lv, log_weights(est, k, 10 * max(m, k))),
+                      f"{config} {m}x{k}x{d} {est}")
+
+
+def test_deterministic_launches_a_fixed_config(monkeypatch):
+    """``deterministic=True`` launches every kernel with CONFIGS[0] instead of the autotuner's pick
+    (which is by timing, so it may differ between processes and round differently); without it the
+    autotuned kernels go through the autotuner. Forced configs and the interpreter's come first."""
+    monkeypatch.setattr(tkn, "INTERPRET", False)
+    for name in tkn.KERNELS:
+        tuned = tkn.KERNELS[name][0] in tkn._TUNED
+        assert tkn._launch_config(name, deterministic=True) is tkn.CONFIGS[0]
+        assert tkn._launch_config(name, deterministic=False) is (None if tuned else tkn.CONFIGS[0])
+        with tkn.force_config(tkn.CONFIGS[1]):
+            assert tkn._launch_config(name, deterministic=True) is tkn.CONFIGS[1]
+    monkeypatch.setattr(tkn, "INTERPRET", True)
+    assert tkn._launch_config("_fwd_kernel", deterministic=False) is tkn.INTERPRET_CONFIG
+    assert any(k[0] in tkn._TUNED for k in tkn.KERNELS.values())  # the autotuned path is not vacuous
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_deterministic_reaches_every_launch(monkeypatch, deterministic):
+    """The public option travels to every kernel launch of the forward and the backward."""
+    seen = []
+    real = tkn._launch_config
+
+    def spy(name, det):
+        seen.append((name, det))
+        return real(name, det)
+
+    monkeypatch.setattr(tkn, "_launch_config", spy)
+    z, mu, lv = (t.requires_grad_() for t in make_inputs(3, 3, 2, dtype=torch.float32, device=DEVICE))
+    q, qd = tk.log_qz(z, mu, lv, dataset_size=10, backend="triton", deterministic=deterministic)
+    (q.sum() + qd.sum()).backward()
+    names = {name for name, _ in seen}
+    assert {"_marginal_exact_kernel", "_bwd_cols_kernel"} <= names and any(n.startswith("_fwd_kernel") for n in names)
+    assert all(det is deterministic for _, det in seen), seen
 
 
 @pytest.mark.parametrize("splits", [2, 3])
 def test_split_k_matches_reference(splits):
     z, mu, lv = make_inputs(37, 150, 5, dtype=torch.float64, device=DEVICE)
-    for det in (False, True):
-        with tkn.force_config(tkn.CONFIGS[2], splits=splits):
-            assert_ok(check_backend("triton", z, mu, lv, log_weights("mss", 150, 1000), deterministic=det),
-                       f"splits={splits} det={det}")
+    with tkn.force_config(tkn.CONFIGS[2], splits=splits):
+        assert_ok(check_backend("triton", z, mu, lv, log_weights("mss", 150, 1000)), f"splits={splits}")
 
 
 def test_split_k_with_far_queries_uses_the_exact_path():

@@ -46,7 +46,8 @@ class Backend:
         return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
     def log_qz(self, z, mu, logvar, weights: LogWeights, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """``deterministic``: bitwise reproducible gradients even where the fast path uses atomics."""
+        """``deterministic``: results bitwise the same in every process (a backend whose launch
+        configuration is autotuned fixes it; the others are deterministic anyway)."""
         raise NotImplementedError
 
     def log_qz_groups(self, z, mu, logvar, weights: LogWeights, groups: list[list[int]], deterministic: bool = False):

@@ -475,16 +475,27 @@ _TUNED = {
 }
 
 
-def _launch(name, grid, *args, **const):
-    """Launch kernel ``name`` with a fixed config (forced; the first under the interpreter or for
-    kernels that are not autotuned), else through its autotuner."""
+def _launch_config(name: str, deterministic: bool) -> dict | None:
+    """The CONFIGS entry kernel ``name`` runs with, or None for its autotuner: forced (tests), the
+    interpreter's, CONFIGS[0] for kernels that are not autotuned and with ``deterministic`` (the
+    autotuner picks by timing, so two processes may pick configs that round differently; a fixed
+    config makes every result bitwise the same in every process on the same GPU and software)."""
+    if _forced_config is not None:
+        return _forced_config
+    if INTERPRET:
+        return INTERPRET_CONFIG
+    return CONFIGS[0] if deterministic or KERNELS[name][0] not in _TUNED else None
+
+
+def _launch(name, grid, *args, deterministic: bool = False, **const):
+    """Launch kernel ``name`` with :func:`_launch_config`'s config, else through its autotuner."""
     from torch.library import wrap_triton
 
     raw, kind, fixed = KERNELS[name]
-    tuned = _TUNED.get(raw)
     const = {**fixed, **const}
-    cfg = _forced_config or (INTERPRET_CONFIG if INTERPRET else (CONFIGS[0] if tuned is None else None))
+    cfg = _launch_config(name, deterministic)
     if cfg is None:
+        tuned = _TUNED[raw]
         wrap_triton(tuned)[grid](*args, **const)
     else:
         c = cfg[kind]
@@ -560,8 +571,8 @@ def log_qz_op(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, weights: 
     two terms of grad_z that the forward sums on the way (``grad_terms``; zeros without it):
     tn[i, d] = sum_j pi[i,j,d]·u·s and jn[i, d] = sum_j p[i,j]·u·s, pi and p the marginal and joint
     softmax weights over components. ``weights, offset``: the estimator's log weights as
-    :meth:`tcvae_kernels.LogWeights.op_args` lays them out. ``deterministic`` only travels to the
-    backward (which never uses atomics)."""
+    :meth:`tcvae_kernels.LogWeights.op_args` lays them out. ``deterministic``: launch with a fixed
+    config instead of the autotuner's pick (:func:`_launch_config`)."""
     acc = accumulation_dtype(z.dtype)
     m, d = z.shape
     k = mu.shape[0]
@@ -575,7 +586,8 @@ def log_qz_op(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, weights: 
     js = torch.empty((splits, mp), dtype=acc, device=z.device)
     _launch("_fwd_kernel+grad" if grad_terms else "_fwd_kernel",
             lambda meta: (triton.cdiv(mp, meta["BLOCK_M"]), splits),
-            z_t, comp, csum, part, tpart, jpart, jm, js, mp, kp, k, d, offset, consts, splits)
+            z_t, comp, csum, part, tpart, jpart, jm, js, mp, kp, k, d, offset, consts, splits,
+            deterministic=deterministic)
     jm, js = jm[:, :m], js[:, :m]
     # joint: combine the splits' (max, sum) states
     top = jm.max(dim=0).values
@@ -596,7 +608,8 @@ def log_qz_op(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, weights: 
     else:
         tn = qm
     _launch("_marginal_exact_kernel", lambda meta: (triton.cdiv(mp, meta["BLOCK_M"]),),
-            z_t, comp, acc_sum, qm, qr, tn, m, mp, kp, k, d, offset, consts, TINY, GRAD=grad_terms)
+            z_t, comp, acc_sum, qm, qr, tn, m, mp, kp, k, d, offset, consts, TINY, GRAD=grad_terms,
+            deterministic=deterministic)
     qm, qr = qm[:, :m].t(), qr[:, :m].t()
     if grad_terms:
         aux_qd = torch.stack([qm, qr, tn[:, :m].t(), jn.t()], dim=2)
@@ -619,7 +632,8 @@ def _pad_rows(t: torch.Tensor, mp: int, value: float) -> torch.Tensor:
 def log_qz_backward_op(grad_q: torch.Tensor, grad_qd: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
                        logvar: torch.Tensor, aux_q: torch.Tensor, aux_qd: torch.Tensor, weights: list[float],
                        offset: int, deterministic: bool, grad_terms: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(grad_z, grad_mu, grad_logvar) in the inputs' dtypes, always bitwise reproducible.
+    """(grad_z, grad_mu, grad_logvar) in the inputs' dtypes, bitwise reproducible for one launch
+    config (no atomics; ``deterministic``: a fixed one, :func:`_launch_config`).
     grad_z = -2 ln2 · (a·jn + b·tn) from the forward's sums (a, b: the upstream gradients of log_qz
     and log_qz_dims); grad_mu and grad_logvar from one pass that sums over queries inside a thread."""
     if not grad_terms:
@@ -642,7 +656,8 @@ def log_qz_backward_op(grad_q: torch.Tensor, grad_qd: torch.Tensor, z: torch.Ten
     gmu = torch.zeros((col_splits, d, kp), dtype=acc, device=z.device)
     glv = torch.zeros((col_splits, d, kp), dtype=acc, device=z.device)
     _launch("_bwd_cols_kernel", lambda meta: (triton.cdiv(kp, meta["BLOCK_K"]), col_splits),
-            z_t, comp, csum, jm, jr, a, bq, qm, qflag, gmu, glv, mp, kp, k, d, offset, consts, col_splits)
+            z_t, comp, csum, jm, jr, a, bq, qm, qflag, gmu, glv, mp, kp, k, d, offset, consts, col_splits,
+            deterministic=deterministic)
     grad_mu = (2.0 * LN2) * (gmu.sum(dim=0) * comp[:, 0])[:, :k].t()  # sum_i G·u·s
     grad_lv = LN2 * glv.sum(dim=0)[:, :k].t()
     return grad_z.to(z.dtype), grad_mu.to(mu.dtype), grad_lv.to(logvar.dtype)

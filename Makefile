@@ -11,9 +11,21 @@ export MAX_JOBS ?= 2
 
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu csrc/*.cuh)
 
-.PHONY: all venv build demo test test-slow test-all coverage sanitize bench clean
+.PHONY: all help venv build demo test test-slow test-all coverage sanitize bench clean
 
 all: test
+
+# `make help`: one line per target (tests/test_layout.py checks each names a rule of this file).
+help:
+	@echo "make demo       set up .venv, cross-check every backend, train and compare 3 models"
+	@echo "make test       set up .venv, run the default test tier"
+	@echo "make test-slow  the slow tier (heavy repetitions of the default tier's paths)"
+	@echo "make test-all   both tiers"
+	@echo "make coverage   line coverage of tcvae_kernels/ by the default tier and by both"
+	@echo "make sanitize   the C++ code's tests under ASan + UBSan (build/sanitize)"
+	@echo "make bench      the CPU benchmarks (bench/RESULTS.md)"
+	@echo "make build      set up .venv and build the extension (also: make venv)"
+	@echo "make clean      remove build outputs"
 
 $(VENV)/.deps: requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)

@@ -26,7 +26,7 @@ import torch
 
 from tcvae_kernels.api import normalize_groups
 from tcvae_kernels.tools.benchmark import dense_mss_log_weights, make_inputs
-from tcvae_kernels.dispatch import Backend, get_backend
+from tcvae_kernels.backends.base import Backend, get_backend
 from tcvae_kernels.estimators import log_weights
 from tcvae_kernels.reference import log_density
 

@@ -6,7 +6,7 @@ GPU backend (cuda, triton) under ``torch.profiler`` and reports per kernel the m
 over ``--reps`` calls, the time ``python -m tcvae_kernels gpu-report`` predicts for it (the model's
 clocks per element, with this GPU's SM count and the clock given by ``--clock-ghz``), their ratio,
 and the measured time as a multiple of the measured MUFU floor: M·K·(D+1) exp2 at the rate of
-``triton_kernels.exp2_peak`` (per sweep; the training step has two sweeps' worth).
+``tcvae_kernels.tools.exp2_peak`` (per sweep; the training step has two sweeps' worth).
 
     python bench/gpu_kernels.py [--m 16384] [--dims 10 32 64] [--out bench/out/gpu/kernels.md]
 """
@@ -102,13 +102,14 @@ def main(argv=None) -> int:
         return 2
     import tcvae_kernels as tk
     from tcvae_kernels.tools import gpu_report as gr
-    from tcvae_kernels.backends import triton_kernels as tkn
 
     dev = torch.device("cuda")
     props = torch.cuda.get_device_properties(dev)
     arch = props.major * 10 + props.minor
     machine = {"name": props.name, "sms": props.multi_processor_count, "clock_hz": args.clock_ghz * 1e9}
-    peak = tkn.exp2_peak(dev)
+    from tcvae_kernels.tools.exp2_peak import exp2_peak
+
+    peak = exp2_peak(dev)
     reports = gr.triton_reports((arch,)) + gr.cuda_reports((arch,))
     sources = [s for s in ("cuda", "triton") if s in tk.available_backends()]
     rows = []

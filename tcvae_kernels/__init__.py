@@ -28,31 +28,31 @@ from .api import (
     self_share,
     total_correlation,
 )
-from .dispatch import BACKEND_NAMES, BackendNotSupportedError, available_backends, backend_status, compiled_backends
+from .backends.base import backend_names
+from .dispatch import BackendNotSupportedError, available_backends, backend_status, compiled_backends
 from .estimators import ESTIMATORS, LogWeights, log_weights
-from .options import EstimatorOptions
+from .options import EstimatorKwargs, EstimatorOptions
 from .loss import (
     BetaTCVAELoss,
     BetaTCVAETerms,
     BetaVAELoss,
+    BetaVAETerms,
     EstimatorRegimeWarning,
     FactorVAELoss,
+    FactorVAETerms,
     HFVAELoss,
     HFVAETerms,
     default_discriminator,
     permute_dims,
 )
 from .evaluation import data, evaluate, metrics
-from . import _aliases
-
-_aliases.install()  # the modules' paths before the backends/, evaluation/, tools/ layout still import
 
 from ._version import __version__
 
 __all__ = [
-    "BACKEND_NAMES",
     "ESTIMATORS",
     "EstimatorOptions",
+    "EstimatorKwargs",
     "BackendNotSupportedError",
     "BetaTCVAELoss",
     "BetaVAELoss",
@@ -67,6 +67,7 @@ __all__ = [
     "LogQz",
     "LogWeights",
     "available_backends",
+    "backend_names",
     "backend_status",
     "compiled_backends",
     "decompose",
@@ -76,6 +77,8 @@ __all__ = [
     "self_share",
     "BetaTCVAETerms",
     "HFVAETerms",
+    "BetaVAETerms",
+    "FactorVAETerms",
     "EstimatorRegimeWarning",
     "data",
     "evaluate",

@@ -6,16 +6,20 @@ The formulas are in :mod:`tcvae_kernels.reference`; the weights in :mod:`tcvae_k
 from __future__ import annotations
 
 import functools
-
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, Union, Unpack
 
 import torch
 
 from ._validation import check_estimator_args, check_finite_inputs, check_inputs, normalize_groups
 from .dispatch import select_backend
 from .estimators import LogWeights, log_weights
-from .options import EstimatorOptions, takes_options
+from .options import EstimatorKwargs, EstimatorOptions, options_doc, resolve_options
 from .reference import log_qz_x_and_log_pz
+
+
+#: a partition of the D dimensions: sizes ``[2, 3, 5]`` or index lists ``[[0, 3], [1, 2, 4]]``
+Groups = Union[Sequence[int], Sequence[Sequence[int]]]
 
 
 class LogQz(NamedTuple):
@@ -108,9 +112,9 @@ def _log_qz_acc(z, mu, logvar, opts: EstimatorOptions, *, need_own_component=Fal
     return _Estimate(*be.log_qz_groups(z, mu, logvar, weights, index, deterministic=det), weights)
 
 
-@takes_options
-def log_qz(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, opts: EstimatorOptions, *,
-           groups=None) -> LogQz | LogQzGroups:
+@options_doc
+def log_qz(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, groups: Groups | None = None,
+           options: EstimatorOptions | None = None, **kwargs: Unpack[EstimatorKwargs]) -> LogQz | LogQzGroups:
     """Minibatch estimates of log q(z_i) and log q(z_id).
 
     ``log_qz[i] = logsumexp_j(sum_d l[i,j,d] + w[i,j])``, ``log_qz_dims[i,d] = logsumexp_j(l[i,j,d] + w[i,j])``
@@ -132,6 +136,7 @@ def log_qz(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, opts: Estima
         fused ops themselves are registered to do the same when called directly. Differentiable
         w.r.t. all three inputs.
     """
+    opts = resolve_options(options, dict(kwargs))
     out = z.dtype if not (isinstance(z, torch.Tensor) and autocast_active(z)) else torch.promote_types(z.dtype, torch.float32)
     lqz, lqzd, lqg, _ = _under_autocast(_log_qz_acc)(z, mu, logvar, opts, groups=groups)
     if lqg is None:
@@ -170,8 +175,9 @@ def _grouped_decompose(z, mu, logvar, opts: EstimatorOptions, groups) -> tuple[G
     return parts, _self_share(lqzx, est)
 
 
-@takes_options
-def decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, opts: EstimatorOptions) -> Decomposition:
+@options_doc
+def decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, options: EstimatorOptions | None = None,
+              **kwargs: Unpack[EstimatorKwargs]) -> Decomposition:
     """β-TCVAE decomposition of the batch: ``(mi, tc, dim_kl)`` scalar tensors, differentiable.
 
     ``MI = mean_i(log q(z_i|x_i) - log q(z_i))``, ``TC = mean_i(log q(z_i) - sum_d log q(z_id))``,
@@ -185,11 +191,12 @@ def decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, opts: Est
         z: queries [M, D]. mu, logvar: the batch's components [K, D], K >= M.
 {options}
     """
-    return _decompose(z, mu, logvar, opts)[0]
+    return _decompose(z, mu, logvar, resolve_options(options, dict(kwargs)))[0]
 
 
-@takes_options
-def self_share(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, opts: EstimatorOptions) -> torch.Tensor:
+@options_doc
+def self_share(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, options: EstimatorOptions | None = None,
+               **kwargs: Unpack[EstimatorKwargs]) -> torch.Tensor:
     """The estimator's regime per query: the share of the minibatch estimate of q(z_i) that query
     i's own component carries, ``self_share[i] = exp(log q(z_i|x_i) + w_self - log q(z_i))`` in (0, 1]
     ([M], accumulation dtype; z_i drawn from component i, M <= K).
@@ -206,25 +213,30 @@ def self_share(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, opts: Es
         z: queries [M, D]. mu, logvar: the batch's components [K, D], K >= M.
 {options}
     """
-    return _decompose(z, mu, logvar, opts)[1]
+    return _decompose(z, mu, logvar, resolve_options(options, dict(kwargs)))[1]
 
 
-@takes_options
-@_under_autocast
-def total_correlation(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, opts: EstimatorOptions) -> torch.Tensor:
+@options_doc
+def total_correlation(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *,
+                      options: EstimatorOptions | None = None, **kwargs: Unpack[EstimatorKwargs]) -> torch.Tensor:
     """``TC = mean_i(log q(z_i) - sum_d log q(z_id))``, a differentiable scalar (accumulation dtype).
 
     Args:
         z: queries [M, D]. mu, logvar: components [K, D].
 {options}
     """
+    return _total_correlation(z, mu, logvar, resolve_options(options, dict(kwargs)))
+
+
+@_under_autocast
+def _total_correlation(z, mu, logvar, opts: EstimatorOptions) -> torch.Tensor:
     est = _log_qz_acc(z, mu, logvar, opts)
     return (est.lqz - est.lqzd.sum(dim=1)).mean()
 
 
-@takes_options
-def grouped_decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, opts: EstimatorOptions, *,
-                      groups) -> GroupedDecomposition:
+@options_doc
+def grouped_decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, groups: Groups,
+                      options: EstimatorOptions | None = None, **kwargs: Unpack[EstimatorKwargs]) -> GroupedDecomposition:
     """HFVAE decomposition (Esmaeili et al. 2019) for a partition of the dimensions into groups:
 
     ``MI = mean_i(log q(z_i|x_i) - log q(z_i))``,
@@ -238,4 +250,4 @@ def grouped_decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, o
         groups: the partition, as sizes ``[2, 3, 5]`` or index lists ``[[0, 3], [1, 2, 4]]``.
 {options}
     """
-    return _grouped_decompose(z, mu, logvar, opts, groups)[0]
+    return _grouped_decompose(z, mu, logvar, resolve_options(options, dict(kwargs)), groups)[0]

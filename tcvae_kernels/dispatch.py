@@ -22,27 +22,7 @@ import warnings
 import torch
 
 from . import backends as _backends  # noqa: F401  (importing the package registers every backend)
-from .backends.base import (  # noqa: F401  (re-exported: the dispatcher's vocabulary)
-    _LOADERS,
-    _REGISTRY,
-    Backend,
-    auto_order,
-    backend_names,
-    get_backend,
-    group_columns,
-    needs_grad,
-    register_backend,
-)
-
-
-def __getattr__(name):
-    """``BACKEND_NAMES`` (every name a user may pass besides "auto") and ``AUTO_ORDER`` (device
-    type -> "auto"'s preference), derived from the registered backends."""
-    if name == "BACKEND_NAMES":
-        return backend_names()
-    if name == "AUTO_ORDER":
-        return {dev: auto_order(dev) for dev in ("cpu", "cuda")}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+from .backends.base import Backend, auto_order, backend_names, get_backend
 
 
 class BackendNotSupportedError(ValueError):

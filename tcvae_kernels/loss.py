@@ -16,15 +16,15 @@ import dataclasses
 import math
 import numbers
 import warnings
-from typing import NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar, overload
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ._validation import _check_int, normalize_groups
-from .api import Decomposition, GroupedDecomposition, _decompose, _grouped_decompose
-from .options import OPTION_NAMES, EstimatorOptions
+from .api import Decomposition, GroupedDecomposition, Groups, _decompose, _grouped_decompose
+from .options import EstimatorOptions
 
 
 def _check_weight(name: str, value) -> float:
@@ -118,6 +118,26 @@ def _terms(cls, parts, share: torch.Tensor):
     return out
 
 
+T = TypeVar("T")
+
+
+class _OptionField(Generic[T]):
+    """``loss.<name>``: a field of ``loss.options``; setting it replaces the options (validated)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _OptionField[T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> T: ...
+    def __get__(self, obj, owner=None):
+        return self if obj is None else getattr(obj.options, self.name)
+
+    def __set__(self, obj: Any, value: T) -> None:
+        obj.options = dataclasses.replace(obj.options, **{self.name: value}).validate()
+
+
 class BetaTCVAELoss(_WarmupMixin, nn.Module):
     """β-TCVAE KL penalty ``α·MI + β·TC + γ·dim_KL`` (Chen et al. 2018), batch means.
 
@@ -143,6 +163,14 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
             call either way.
     """
 
+    # the fields of EstimatorOptions, readable and settable on the loss (tests/test_typing.py: all of them)
+    dataset_size: _OptionField[int | None] = _OptionField()
+    estimator: _OptionField[str] = _OptionField()
+    backend: _OptionField[str] = _OptionField()
+    check_finite: _OptionField[bool] = _OptionField()
+    deterministic: _OptionField[bool] = _OptionField()
+    process_group: _OptionField[Any] = _OptionField()
+
     def __init__(
         self,
         dataset_size: int | None,
@@ -155,9 +183,9 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         warmup_steps: int = 0,
         check_finite: bool = False,
         deterministic: bool = False,
-        process_group=None,
+        process_group: Any = None,
         warn_regime: bool = True,
-    ):
+    ) -> None:
         super().__init__()
         self._init_warmup(warmup_steps)
         self.warn_regime = bool(warn_regime)
@@ -213,22 +241,6 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         )
 
 
-def _option_property(name: str) -> property:
-    """``loss.<name>``: a field of ``loss.options``; setting it replaces the options (validated)."""
-
-    def get(self):
-        return getattr(self.options, name)
-
-    def set(self, value):
-        self.options = dataclasses.replace(self.options, **{name: value}).validate()
-
-    return property(get, set, doc=f"``options.{name}`` (tcvae_kernels.EstimatorOptions)")
-
-
-for _name in OPTION_NAMES:
-    setattr(BetaTCVAELoss, _name, _option_property(_name))
-
-
 def _implied_dims(groups) -> int:
     """D implied by a partition: the sum of sizes, or 1 + the largest index."""
     if isinstance(groups, (list, tuple)) and groups and all(isinstance(g, (list, tuple)) for g in groups):
@@ -249,9 +261,13 @@ class HFVAELoss(BetaTCVAELoss):
     Other arguments as for :class:`BetaTCVAELoss`; ``.last`` is a GroupedDecomposition.
     """
 
-    def __init__(self, dataset_size: int | None, groups, alpha: float = 1.0, beta: float = 6.0,
-                 beta_within: float = 1.0, gamma: float = 1.0, estimator: str = "mss", backend: str = "auto", **kw):
-        super().__init__(dataset_size, alpha, beta, gamma, estimator, backend, **kw)
+    def __init__(self, dataset_size: int | None, groups: Groups, alpha: float = 1.0, beta: float = 6.0,
+                 beta_within: float = 1.0, gamma: float = 1.0, estimator: str = "mss", backend: str = "auto", *,
+                 warmup_steps: int = 0, check_finite: bool = False, deterministic: bool = False,
+                 process_group: Any = None, warn_regime: bool = True) -> None:
+        super().__init__(dataset_size, alpha, beta, gamma, estimator, backend, warmup_steps=warmup_steps,
+                         check_finite=check_finite, deterministic=deterministic, process_group=process_group,
+                         warn_regime=warn_regime)
         self.beta_within = _check_weight("beta_within", beta_within)
         self.groups = groups
         normalize_groups(groups, _implied_dims(groups))  # a valid partition (checked against D per call)

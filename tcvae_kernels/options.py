@@ -4,16 +4,15 @@ The public functions (:func:`~tcvae_kernels.log_qz`, :func:`~tcvae_kernels.decom
 :func:`~tcvae_kernels.total_correlation`, :func:`~tcvae_kernels.grouped_decompose`) and the losses
 (:class:`~tcvae_kernels.BetaTCVAELoss`, :class:`~tcvae_kernels.HFVAELoss`) take the fields of
 :class:`EstimatorOptions` as keywords, or one ``options=EstimatorOptions(...)``; the fields, their
-defaults and their documentation are written here only (:func:`takes_options` derives each
-function's signature and the options part of its docstring from them).
+defaults and their documentation are written here only; :class:`EstimatorKwargs` gives type checkers
+the same fields as the functions' ``**options`` (a test keeps the two equal) and
+:func:`options_doc` fills the options part of their docstrings.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
-from typing import Any
+from typing import Any, Callable, TypedDict, TypeVar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +24,7 @@ class EstimatorOptions:
         estimator: "mss" (stratified), "mws" (weighted) or "uniform" (plain mixture, -log K); see
             :mod:`tcvae_kernels.estimators`.
         backend: "auto" or a registered backend name ("torch", "cpu", "cuda", "triton"; see
-            ``tcvae_kernels.BACKEND_NAMES``).
+            ``tcvae_kernels.backend_names()``).
         check_finite: raise ValueError on NaN/inf inputs (a device sync on GPUs); otherwise
             non-finite inputs propagate to the outputs.
         deterministic: the same bits in every process, not just run to run: Triton launches a
@@ -56,12 +55,29 @@ class EstimatorOptions:
         return self
 
 
+class EstimatorKwargs(TypedDict, total=False):
+    """The fields of :class:`EstimatorOptions` as keyword arguments: the public functions take
+    ``**options: Unpack[EstimatorKwargs]``, so type checkers see every option (a misspelled one is an
+    error). Same names, types and meaning as the dataclass (tests/test_typing.py keeps them equal)."""
+
+    dataset_size: int | None
+    estimator: str
+    backend: str
+    check_finite: bool
+    deterministic: bool
+    process_group: Any
+
+
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(EstimatorOptions))
 _OPTIONS_DOC = EstimatorOptions.__doc__.split("Options:", 1)[1].strip("\n").rstrip()
 
 
-def resolve_options(options, given: dict) -> EstimatorOptions:
-    """``options=`` or the option keywords ``given`` (not both) as one EstimatorOptions."""
+def resolve_options(options: EstimatorOptions | None, given: dict[str, Any]) -> EstimatorOptions:
+    """``options=`` or the option keywords ``given`` (not both) as one EstimatorOptions; raises
+    TypeError on a keyword that is no option."""
+    unknown = sorted(set(given) - set(OPTION_NAMES))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {unknown}; the options are {list(OPTION_NAMES)}")
     if options is None:
         return EstimatorOptions(**given)
     if not isinstance(options, EstimatorOptions):
@@ -72,21 +88,11 @@ def resolve_options(options, given: dict) -> EstimatorOptions:
     return options
 
 
-def takes_options(fn):
-    """``fn(z, mu, logvar, opts, *, <own keywords>)`` as the public
-    ``f(z, mu, logvar, *, <own keywords>, <EstimatorOptions fields>, options=None)``; the options
-    part of the docstring (an ``{options}`` placeholder) is filled from EstimatorOptions."""
-    params = list(inspect.signature(fn).parameters.values())
-    kw = inspect.Parameter.KEYWORD_ONLY
-    fields = [inspect.Parameter(f.name, kw, default=f.default) for f in dataclasses.fields(EstimatorOptions)]
-    public = params[:3] + params[4:] + fields + [inspect.Parameter("options", kw, default=None)]
+F = TypeVar("F", bound=Callable[..., Any])
 
-    @functools.wraps(fn)
-    def wrapper(z, mu, logvar, *, options=None, **kwargs):
-        given = {k: kwargs.pop(k) for k in OPTION_NAMES if k in kwargs}
-        return fn(z, mu, logvar, resolve_options(options, given), **kwargs)
 
-    wrapper.__signature__ = inspect.Signature(public, return_annotation=inspect.signature(fn).return_annotation)
-    wrapper.__doc__ = (fn.__doc__ or "").replace(
+def options_doc(fn: F) -> F:
+    """Fills the ``{options}`` placeholder of ``fn``'s docstring with the fields' documentation."""
+    fn.__doc__ = (fn.__doc__ or "").replace(
         "{options}", _OPTIONS_DOC + "\n        options: an EstimatorOptions holding the fields above (instead of them).")
-    return wrapper
+    return fn

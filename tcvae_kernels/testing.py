@@ -1,5 +1,6 @@
 """Cross-checking a backend against the float64 reference (used by the tests and by
-``python -m tcvae_kernels check``).
+``python -m tcvae_kernels check``), on inputs from :func:`random_inputs` (the one generator of
+random cases: tests, ``check``, the benchmarks).
 
 Tolerance rule, per input dtype (errors are max-abs over all elements):
 
@@ -47,11 +48,45 @@ from dataclasses import dataclass
 
 import torch
 
-from .dispatch import Backend, get_backend
+from .backends.base import Backend, get_backend
 from .estimators import LogWeights
 from .reference import log_qz_reference
 
 EPS32 = torch.finfo(torch.float32).eps
+
+INPUT_KINDS = ("normal", "noncontiguous", "extreme")
+
+
+def random_inputs(m: int, k: int, d: int, *, kind: str = "normal", dtype: torch.dtype = torch.float64,
+                  device: str | torch.device = "cpu", generator: torch.Generator | None = None,
+                  spread: float = 1.0, logvar_range: tuple[float, float] = (-2.0, 1.0)
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random (z [M, D], mu [K, D], logvar [K, D]), drawn in float64 then rounded to ``dtype``.
+
+    ``mu ~ spread·N(0, 1)``; ``logvar`` uniform in ``logvar_range``; z_i drawn from component i for
+    i < min(M, K) (the estimators' own-component convention), from a random component for the
+    other rows. ``kind``: "normal"; "noncontiguous" (the same values through transposed and
+    strided views); "extreme" (logvar uniform in [-20, 20], z 10³ away from its component in every
+    dimension: the kernels' exact fallback). Raises ValueError on another kind."""
+    if kind not in INPUT_KINDS:
+        raise ValueError(f"kind must be one of {INPUT_KINDS}, got {kind!r}")
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    f64 = torch.float64
+    mu = spread * torch.randn(k, d, generator=g, dtype=f64)
+    lo, hi = (-20.0, 20.0) if kind == "extreme" else logvar_range
+    logvar = lo + (hi - lo) * torch.rand(k, d, generator=g, dtype=f64)
+    src = torch.randint(0, k, (m,), generator=g)
+    src[: min(m, k)] = torch.arange(min(m, k))
+    if kind == "extreme":
+        z = mu[src] + 1e3 * torch.sign(torch.randn(m, d, generator=g, dtype=f64))
+    else:
+        z = mu[src] + torch.exp(0.5 * logvar[src]) * torch.randn(m, d, generator=g, dtype=f64)
+    z, mu, logvar = (t.to(dtype=dtype, device=device) for t in (z, mu, logvar))
+    if kind == "noncontiguous":  # [D, M] storage seen as [M, D]; mu a column slice of a wider tensor
+        z = z.t().contiguous().t()
+        mu = torch.cat([mu, mu], dim=1)[:, :d] if d > 1 else mu.t().contiguous().t()
+        logvar = logvar.t().contiguous().t()
+    return z, mu, logvar
 
 
 @dataclass

@@ -7,9 +7,11 @@ import math
 import os
 import random
 
+import pytest
 import torch
 
 from tcvae_kernels.estimators import log_weights, weight_matrix
+from tcvae_kernels.testing import random_inputs
 
 
 def fresh_seed() -> int:
@@ -19,16 +21,10 @@ def fresh_seed() -> int:
     return seed
 
 
-def make_inputs(m, k, d, *, dtype=torch.float64, seed=None, spread=1.0, logvar_range=(-2.0, 1.0), device="cpu"):
-    """z [M, D] near the components, mu [K, D], logvar [K, D] uniform in ``logvar_range``."""
+def make_inputs(m, k, d, *, seed=None, **kw):
+    """:func:`tcvae_kernels.testing.random_inputs` (same keywords) with a fresh, printed seed."""
     g = torch.Generator().manual_seed(fresh_seed() if seed is None else seed)
-    mu = spread * torch.randn(k, d, generator=g, dtype=torch.float64)
-    lo, hi = logvar_range
-    logvar = lo + (hi - lo) * torch.rand(k, d, generator=g, dtype=torch.float64)
-    src = torch.randint(0, k, (m,), generator=g)
-    src[: min(m, k)] = torch.arange(min(m, k))  # z_i drawn from component i where it exists
-    z = mu[src] + torch.exp(0.5 * logvar[src]) * torch.randn(m, d, generator=g, dtype=torch.float64)
-    return tuple(t.to(dtype=dtype, device=device) for t in (z, mu, logvar))
+    return random_inputs(m, k, d, generator=g, **kw)
 
 
 def brute_force(z, mu, logvar, weights):
@@ -115,26 +111,48 @@ def float16_cancelling_gradient_case():
     return z, mu.to(torch.float16), torch.zeros(17, 3, dtype=torch.float16)
 
 
-def backends(device="cpu", *, fused_only=False, emulation=False, exclude=(), objects=False):
-    """The one list of backends the tests run: every registered backend (tcvae_kernels.BACKEND_NAMES,
+def backends(device="cpu", *, fused_only=False, emulation: bool | tuple[int, ...] = False, exclude=(), objects=False):
+    """The one list of backends the tests run: every registered backend (tcvae_kernels.backend_names(),
     registration order) that can run on ``device`` tensors in this process. ``fused_only`` drops the
     reference ``torch``; ``exclude`` drops names; ``emulation`` appends the CUDA kernels' code run
-    serially on the CPU (split-K forced to 2) when the extension is built; ``objects`` gives Backend
+    serially on the CPU when the extension is built (split-K forced to 2, or one object per count of
+    a tuple); ``objects`` gives Backend
     objects instead of names (the emulation is always an object)."""
-    from tcvae_kernels import BACKEND_NAMES
+    from tcvae_kernels import backend_names
     from tcvae_kernels.backends import extension
-    from tcvae_kernels.dispatch import backend_reasons, get_backend
+    from tcvae_kernels.backends.base import get_backend
+    from tcvae_kernels.dispatch import backend_reasons
 
     probe = torch.zeros(2, 1, device=device)
-    out = [b for b in BACKEND_NAMES if b not in exclude and not (fused_only and b == "torch")
+    out = [b for b in backend_names() if b not in exclude and not (fused_only and b == "torch")
            and not backend_reasons(b, probe, probe, probe)]
     if objects:
         out = [get_backend(b) for b in out]
     if emulation and device == "cpu" and extension.LOAD_ERROR is None:
         from tcvae_kernels.backends.cuda import CudaEmulationBackend
 
-        out.append(CudaEmulationBackend(splits=2))
+        out += [CudaEmulationBackend(splits=s) for s in ((2,) if emulation is True else emulation)]
     return out
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def backend_id(backend) -> str:
+    """A test id for a backend name or object: its name; the CUDA kernels' CPU emulation
+    "cuda-emulation" with its split-K count."""
+    if isinstance(backend, str):
+        return backend
+    splits = getattr(backend, "splits", None)
+    return f"{backend.name}-emulation{splits}" if splits is not None else backend.name
+
+
+def targets(devices=None, **kw):
+    """The one builder of parametrized backend cases: ``pytest.param(backend, device, id="<backend>-<device>")``
+    for every device in ``devices`` (default: cpu, and cuda when present) and every backend
+    :func:`backends` (same keywords) gives there; one skipped case when there is none."""
+    out = [pytest.param(b, dev, id=f"{backend_id(b)}-{dev}") for dev in (devices or DEVICES) for b in backends(dev, **kw)]
+    return out or [pytest.param(None, None, marks=pytest.mark.skip(reason="no backend can run here"))]
 
 
 def interpreter_rows() -> int:

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import tcvae_kernels as tk
-from tcvae_kernels.dispatch import BACKEND_NAMES
 
 from helpers import make_inputs, max_abs
 
@@ -93,13 +92,13 @@ def test_decompose_matches_its_definition():
 
 def test_backend_selection_and_errors():
     assert "torch" in tk.available_backends()
-    assert set(tk.available_backends()) <= set(BACKEND_NAMES)
+    assert set(tk.available_backends()) <= set(tk.backend_names())
     z, mu, lv = _inputs()
     ref = tk.log_qz(z, mu, lv, dataset_size=100, backend="torch")
     auto = tk.log_qz(z, mu, lv, dataset_size=100, backend="auto")
     assert max_abs(ref.log_qz, auto.log_qz) < 1e-10
     # an explicit backend that cannot run says why, per backend
-    for name in BACKEND_NAMES:
+    for name in tk.backend_names():
         from tcvae_kernels.dispatch import backend_reasons
 
         reasons = backend_reasons(name, z, mu, lv)
@@ -166,8 +165,8 @@ def test_backend_registry_derives_the_names_and_auto_order(monkeypatch):
     from tcvae_kernels.backends import base
     from tcvae_kernels.backends.torch_ref import TorchBackend
 
-    assert tk.BACKEND_NAMES == dispatch.BACKEND_NAMES == base.backend_names() == ("torch", "cpu", "cuda", "triton")
-    assert dispatch.AUTO_ORDER == {"cpu": ("cpu", "torch"), "cuda": ("cuda", "triton", "torch")}
+    assert tk.backend_names() == ("torch", "cpu", "cuda", "triton")
+    assert (base.auto_order("cpu"), base.auto_order("cuda")) == (("cpu", "torch"), ("cuda", "triton", "torch"))
     monkeypatch.setattr(base, "_LOADERS", dict(base._LOADERS))
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
 
@@ -181,7 +180,7 @@ def test_backend_registry_derives_the_names_and_auto_order(monkeypatch):
             type(self).calls += 1
             return super().log_qz(z, mu, logvar, weights, deterministic)
 
-    assert dispatch.BACKEND_NAMES[-1] == "doubled" and base.auto_order("cpu")[0] == "doubled"
+    assert tk.backend_names()[-1] == "doubled" and base.auto_order("cpu")[0] == "doubled"
     assert base.auto_order("cuda") == ("cuda", "triton", "torch")
     z = torch.randn(5, 3, dtype=torch.float64)
     assert dispatch.select_backend("auto", z, z, z).name == "doubled"
@@ -194,20 +193,6 @@ def test_backend_registry_derives_the_names_and_auto_order(monkeypatch):
             base.register_backend(bad)
 
 
-@pytest.mark.parametrize("old", sorted(__import__("tcvae_kernels._aliases", fromlist=["MOVED"]).MOVED))
-def test_old_module_paths_still_import(old):
-    """Every module path from before the backends/ evaluation/ tools/ layout imports the moved
-    module itself (the same object)."""
-    import importlib
-    import sys
-
-    from tcvae_kernels._aliases import MOVED
-
-    if old.endswith(("triton_kernels", "_planted")):
-        pytest.importorskip("triton")
-    assert importlib.import_module(old) is importlib.import_module(MOVED[old]) is sys.modules[old]
-
-
 def test_one_options_object_serves_every_entry_point():
     """Each entry point takes the EstimatorOptions fields as keywords or one options= object, with
     the same results; its signature and docstring list the fields; mixing both forms is refused."""
@@ -217,11 +202,17 @@ def test_one_options_object_serves_every_entry_point():
     z, mu, lv = _inputs(m=7, k=7, d=3)
     opts = tk.EstimatorOptions(dataset_size=50, estimator="mws", backend="torch")
     fields = [f.name for f in dataclasses.fields(tk.EstimatorOptions)]
-    calls = {tk.log_qz: {}, tk.decompose: {}, tk.total_correlation: {}, tk.grouped_decompose: {"groups": [1, 2]}}
+    import typing
+
+    calls = {tk.log_qz: {}, tk.decompose: {}, tk.total_correlation: {}, tk.self_share: {},
+             tk.grouped_decompose: {"groups": [1, 2]}}
     for fn, own in calls.items():
         params = inspect.signature(fn).parameters
-        assert [p for p in fields if p in params] == fields and "options" in params, fn.__name__
+        hints = typing.get_type_hints(fn)
+        assert "options" in params and hints["kwargs"] == typing.Unpack[tk.EstimatorKwargs], fn.__name__
         assert all(f"{p}:" in fn.__doc__ for p in fields), fn.__name__
+        with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['dataset_sise'\]"):
+            fn(z, mu, lv, dataset_sise=50, **own)
         by_kw = fn(z, mu, lv, dataset_size=50, estimator="mws", backend="torch", **own)
         by_obj = fn(z, mu, lv, options=opts, **own)
         for a, b in zip(torch.utils._pytree.tree_leaves(by_kw), torch.utils._pytree.tree_leaves(by_obj)):

@@ -10,14 +10,16 @@ import pytest
 import torch
 
 import tcvae_kernels as tk
-from tcvae_kernels import dispatch, ops
+from tcvae_kernels import dispatch
+from tcvae_kernels.backends import base, extension
+from tcvae_kernels.backends.cpu import CpuBackend
 
 from helpers import make_inputs
 
-pytestmark = pytest.mark.skipif(ops.LOAD_ERROR is not None, reason=f"extension not built: {ops.LOAD_ERROR}")
+pytestmark = pytest.mark.skipif(extension.LOAD_ERROR is not None, reason=f"extension not built: {extension.LOAD_ERROR}")
 
 
-class _Checked(ops.CpuBackend):
+class _Checked(CpuBackend):
     self_check = True
 
 
@@ -42,7 +44,7 @@ def swap_cpu(monkeypatch):
 
     def install(be):
         be.name = "cpu"
-        monkeypatch.setitem(dispatch._REGISTRY, "cpu", be)
+        monkeypatch.setitem(base._REGISTRY, "cpu", be)
         return be
 
     return install
@@ -123,5 +125,5 @@ def test_the_environment_switch_turns_the_check_off(swap_cpu, inputs, monkeypatc
 
 
 def test_the_gpu_backends_are_the_checked_ones():
-    assert dispatch.get_backend("cuda").self_check and dispatch.get_backend("triton").self_check
-    assert not dispatch.get_backend("cpu").self_check and not dispatch.get_backend("torch").self_check
+    assert base.get_backend("cuda").self_check and base.get_backend("triton").self_check
+    assert not base.get_backend("cpu").self_check and not base.get_backend("torch").self_check

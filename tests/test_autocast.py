@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tcvae_kernels as tk
-from tcvae_kernels.backends import extension as ops
+from tcvae_kernels.backends import extension
 
 from helpers import backends, make_inputs
 
@@ -49,7 +49,7 @@ def test_float32_inputs_are_unchanged_by_autocast(device, dtype, backend):
     assert loss.dtype == torch.float32
 
 
-@pytest.mark.skipif(ops.LOAD_ERROR is not None, reason="extension not built")
+@pytest.mark.skipif(extension.LOAD_ERROR is not None, reason="extension not built")
 @pytest.mark.parametrize("device,dtype", CASES)
 def test_the_compiled_op_under_autocast(device, dtype):
     z, mu, lv = make_inputs(7, 7, 3, dtype=torch.float32, device=device)

@@ -14,26 +14,15 @@ import pytest
 import torch
 
 import tcvae_kernels as tk
-from tcvae_kernels.tools.check import make_case
-from tcvae_kernels.dispatch import get_backend
+from tcvae_kernels.backends.base import get_backend
 from tcvae_kernels.estimators import LogWeights, log_weights
-from tcvae_kernels.testing import check_backend
+from tcvae_kernels.testing import check_backend, random_inputs
 
-from helpers import (assert_ok, backends, float16_cancelling_gradient_case, fresh_seed, interpreter_shapes,
+from helpers import (assert_ok, float16_cancelling_gradient_case, fresh_seed, interpreter_shapes, targets,
                      make_inputs)
 
 
-def _targets():
-    """(backend, device) pairs that can run here."""
-    out = []
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for dev in devices:
-        for name in backends(dev, fused_only=True):
-            out.append(pytest.param(name, dev, id=f"{name}-{dev}"))
-    return out or [pytest.param(None, None, marks=pytest.mark.skip(reason="no fused backend available"))]
-
-
-TARGETS = _targets()
+TARGETS = targets(fused_only=True)
 
 
 SHAPES = [(1, 1, 3, "mws"), (2, 2, 1, "mss"), (7, 7, 3, "mss"), (7, 7, 10, "mws"), (129, 129, 33, "mss"),
@@ -45,7 +34,7 @@ SHAPES = [(1, 1, 3, "mws"), (2, 2, 1, "mss"), (7, 7, 3, "mss"), (7, 7, 10, "mws"
 def test_matches_reference(backend, device, dtype):
     g = torch.Generator().manual_seed(fresh_seed())
     for m, k, d, est in interpreter_shapes(SHAPES, backend, device):
-        z, mu, lv = make_case(m, k, d, "normal", dtype, device, g)
+        z, mu, lv = random_inputs(m, k, d, kind="normal", dtype=dtype, device=device, generator=g)
         assert_ok(check_backend(backend, z, mu, lv, log_weights(est, k, 10 * max(m, k))), f"{m}x{k}x{d} {est}")
 
 
@@ -54,7 +43,7 @@ def test_matches_reference(backend, device, dtype):
 def test_non_contiguous_and_expanded_inputs(backend, device, dtype):
     g = torch.Generator().manual_seed(fresh_seed())
     for m, k, d in interpreter_shapes([(33, 33, 10), (7, 7, 1), (65, 65, 33)], backend, device):
-        z, mu, lv = make_case(m, k, d, "noncontiguous", dtype, device, g)
+        z, mu, lv = random_inputs(m, k, d, kind="noncontiguous", dtype=dtype, device=device, generator=g)
         assert_ok(check_backend(backend, z, mu, lv, log_weights("mss", k, 1000)), "non-contiguous")
         # expanded (stride-0) logvar and a transposed z
         lv_exp = lv[:1].expand(k, d)
@@ -68,7 +57,7 @@ def test_extreme_values(backend, device, dtype):
     g = torch.Generator().manual_seed(fresh_seed())
     shapes = [(33, 33, 10, "mws"), (129, 129, 3, "mss"), (17, 301, 5, "uniform")]
     for m, k, d, est in interpreter_shapes(shapes, backend, device):
-        z, mu, lv = make_case(m, k, d, "extreme", dtype, device, g)
+        z, mu, lv = random_inputs(m, k, d, kind="extreme", dtype=dtype, device=device, generator=g)
         lv[0] = -20.0
         lv[1] = 20.0
         w = log_weights(est, k, 10 * max(m, k))

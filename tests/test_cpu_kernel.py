@@ -8,16 +8,16 @@ import pytest
 import torch
 
 import tcvae_kernels as tk
-from tcvae_kernels.backends import extension as ops
+from tcvae_kernels.backends import extension
 from tcvae_kernels.dispatch import select_backend
 
 from helpers import make_inputs
 
-pytestmark = pytest.mark.skipif(ops.LOAD_ERROR is not None, reason=f"extension not built: {ops.LOAD_ERROR}")
+pytestmark = pytest.mark.skipif(extension.LOAD_ERROR is not None, reason=f"extension not built: {extension.LOAD_ERROR}")
 
 
 def test_extension_reports_its_build():
-    info = ops.build_info()
+    info = extension.build_info()
     assert info["cpu_capability"] in ("default", "avx2", "avx512")
     assert info["cuda"] in ("0", "1")
     assert "cpu" in tk.available_backends()
@@ -68,7 +68,7 @@ import hashlib, json, sys
 import torch
 torch.set_num_threads(int(sys.argv[2]))
 from tcvae_kernels.backends.cuda import CudaEmulationBackend
-from tcvae_kernels.dispatch import get_backend
+from tcvae_kernels.backends.base import get_backend
 from tcvae_kernels.estimators import log_weights
 cases, out = torch.load(sys.argv[1]), {}
 for name, (z, mu, lv, a, b, c, groups, backend) in cases.items():

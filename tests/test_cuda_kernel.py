@@ -7,15 +7,15 @@ import pytest
 import torch
 
 import tcvae_kernels as tk
-from tcvae_kernels.backends import extension as ops
-from tcvae_kernels.tools.check import make_case
+from tcvae_kernels.backends import extension
+from tcvae_kernels.backends.cuda import CudaEmulationBackend
 from tcvae_kernels.dispatch import backend_reasons
 from tcvae_kernels.estimators import LogWeights, log_weights
-from tcvae_kernels.testing import check_backend
+from tcvae_kernels.testing import check_backend, random_inputs
 
 from helpers import assert_ok, fresh_seed, make_inputs
 
-pytestmark = pytest.mark.skipif(ops.LOAD_ERROR is not None, reason=f"extension not built: {ops.LOAD_ERROR}")
+pytestmark = pytest.mark.skipif(extension.LOAD_ERROR is not None, reason=f"extension not built: {extension.LOAD_ERROR}")
 
 HAS_GPU = torch.cuda.is_available() and not backend_reasons(
     "cuda", torch.zeros(2, 1, device="cuda"), torch.zeros(2, 1, device="cuda"), torch.zeros(2, 1, device="cuda"))
@@ -30,7 +30,7 @@ def _targets():
 
 
 def _backend(spec):
-    return ops.CudaEmulationBackend(splits=spec[1]) if isinstance(spec, tuple) else spec
+    return CudaEmulationBackend(splits=spec[1]) if isinstance(spec, tuple) else spec
 
 
 
@@ -46,7 +46,7 @@ SHAPES = [(1, 1, 1, "mws"), (2, 2, 3, "mss"), (7, 7, 8, "mss"), (9, 40, 9, "mss"
 def test_matches_reference(spec, device, dtype):
     g = torch.Generator().manual_seed(fresh_seed())
     for m, k, d, est in SHAPES:
-        z, mu, lv = make_case(m, k, d, "normal", dtype, device, g)
+        z, mu, lv = random_inputs(m, k, d, kind="normal", dtype=dtype, device=device, generator=g)
         assert_ok(check_backend(_backend(spec), z, mu, lv, log_weights(est, k, 10 * max(m, k))), f"{m}x{k}x{d} {est}")
 
 
@@ -55,7 +55,7 @@ def test_matches_reference(spec, device, dtype):
 def test_extreme_and_far_values(spec, device, dtype):
     g = torch.Generator().manual_seed(fresh_seed())
     for m, k, d, est in [(33, 33, 10, "mws"), (40, 129, 3, "mss")]:
-        z, mu, lv = make_case(m, k, d, "extreme", dtype, device, g)
+        z, mu, lv = random_inputs(m, k, d, kind="extreme", dtype=dtype, device=device, generator=g)
         lv[0], lv[1] = -20.0, 20.0
         w = log_weights(est, k, 10 * max(m, k))
         assert_ok(check_backend(_backend(spec), z, mu, lv, w), "extreme")
@@ -68,7 +68,7 @@ def test_extreme_and_far_values(spec, device, dtype):
 def test_non_contiguous_offset_and_nan(spec, device):
     be = _backend(spec)
     g = torch.Generator().manual_seed(fresh_seed())
-    z, mu, lv = make_case(45, 45, 10, "noncontiguous", torch.float32, device, g)
+    z, mu, lv = random_inputs(45, 45, 10, kind="noncontiguous", dtype=torch.float32, device=device, generator=g)
     assert_ok(check_backend(be, z, mu, lv, log_weights("mss", 45, 1000)), "non-contiguous")
     z, mu, lv = make_inputs(6, 14, 4, device=device)
     assert_ok(check_backend(be, z, mu, lv, log_weights("mss", 14, 100, offset=5)), "offset")
@@ -85,7 +85,7 @@ def test_non_contiguous_offset_and_nan(spec, device):
 
 
 def test_emulation_gradcheck_float64():
-    be = ops.CudaEmulationBackend(splits=2)
+    be = CudaEmulationBackend(splits=2)
     z, mu, lv = (t.requires_grad_() for t in make_inputs(5, 37, 3))
     w = log_weights("mss", 37, 500)
     assert torch.autograd.gradcheck(lambda *a: be.log_qz(*a, w), (z, mu, lv))
@@ -95,14 +95,14 @@ def test_cuda_backend_reasons_without_gpu():
     z = torch.zeros(3, 2)
     reasons = backend_reasons("cuda", z, z, z)
     assert reasons  # CPU tensors (and, on a machine without the CUDA build, the build itself)
-    if ops.build_info().get("cuda") == "1":
+    if extension.build_info().get("cuda") == "1":
         assert any("runs on cuda tensors" in r for r in reasons)
 
 
 def test_emulation_handles_large_d():
     """No register array depends on D any more: D = 100 runs through the same code."""
     z, mu, lv = make_inputs(9, 40, 100, dtype=torch.float32)
-    assert_ok(check_backend(ops.CudaEmulationBackend(splits=2), z, mu, lv, log_weights("mss", 40, 400)), "D=100")
+    assert_ok(check_backend(CudaEmulationBackend(splits=2), z, mu, lv, log_weights("mss", 40, 400)), "D=100")
 
 
 @pytest.mark.skipif(not HAS_GPU, reason="needs a GPU")
@@ -130,6 +130,6 @@ def test_ci_build_compiled_the_cuda_kernel():
 
     if not (os.environ.get("CUDA_HOME") and torch.version.cuda):
         pytest.skip("not a CUDA-enabled build environment")
-    if ops.build_info().get("sanitize"):
+    if extension.build_info().get("sanitize"):
         pytest.skip("make sanitize builds the CPU kernel only")
-    assert ops.build_info().get("cuda") == "1"
+    assert extension.build_info().get("cuda") == "1"

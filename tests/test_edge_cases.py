@@ -6,12 +6,10 @@ import pytest
 import torch
 
 import tcvae_kernels as tk
-from tcvae_kernels.backends import extension as ops
-from tcvae_kernels.dispatch import backend_reasons, get_backend
 from tcvae_kernels.estimators import log_weights
 from tcvae_kernels.testing import check_backend
 
-from helpers import assert_ok, backends, fresh_seed, interpreter_shapes, make_inputs
+from helpers import assert_ok, backends, fresh_seed, interpreter_shapes, make_inputs, targets
 
 
 BACKENDS = backends("cpu")
@@ -105,25 +103,14 @@ def _guarded(t: torch.Tensor) -> torch.Tensor:
     return view
 
 
-def _guard_backends():
-    """(backend, device): every CPU backend, the CUDA kernels' emulation, and on a GPU machine the
-    GPU backends on CUDA tensors (compute-sanitizer's memcheck, bench/gpu_check.sh, goes further)."""
-    out = [(get_backend(b), "cpu") for b in BACKENDS]
-    if ops.LOAD_ERROR is None:
-        out += [(ops.CudaEmulationBackend(splits=1), "cpu"), (ops.CudaEmulationBackend(splits=3), "cpu")]
-    if torch.cuda.is_available():
-        z = torch.zeros(2, 1, device="cuda")
-        out += [(get_backend(b), "cuda") for b in ("cuda", "triton") if not backend_reasons(b, z, z, z)]
-    return out
-
-
 # sizes that are multiples of no block size (kernels tile by 8, 32, 64, 128, 256 and SIMD widths);
 # the Triton interpreter cuts them to 17 rows and 10 dimensions (helpers.interpreter_shapes)
 GUARD_SHAPES = [(1, 1, 1, "mws"), (37, 37, 5, "mss"), (5, 70, 3, "mss"), (70, 5, 1, "uniform"), (129, 129, 33, "mws")]
 
 
-@pytest.mark.parametrize("be, device", _guard_backends(),
-                         ids=[f"{b.name}{getattr(b, 'splits', '')}-{dev}" for b, dev in _guard_backends()])
+# every backend on every device here, and the CUDA kernels' emulation with 1 and 3 split-K slices
+# (on a GPU, compute-sanitizer's memcheck, bench/gpu_check.sh, goes further)
+@pytest.mark.parametrize("be, device", targets(objects=True, emulation=(1, 3)))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_no_out_of_bounds_reads(be, device, dtype):
     """Forward and backward read only their inputs: on inputs fenced by NaN the results are finite

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from tcvae_kernels.backends import extension as ops
+from tcvae_kernels.backends import extension
 
-pytestmark = pytest.mark.skipif(ops.LOAD_ERROR is not None, reason=f"extension not built: {ops.LOAD_ERROR}")
+pytestmark = pytest.mark.skipif(extension.LOAD_ERROR is not None, reason=f"extension not built: {extension.LOAD_ERROR}")
 
 
 def _ulp_error(x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import functools
 import pytest
 import torch
 
-from tcvae_kernels.backends import extension as ops
+from tcvae_kernels.backends import extension
 
 triton = pytest.importorskip("triton")
 from tcvae_kernels.tools import gpu_report as gr  # noqa: E402
@@ -66,7 +66,7 @@ def test_triton_hot_loops_have_no_shuffles():
     assert not bad, bad
 
 
-needs_cuda_build = pytest.mark.skipif(ops.LOAD_ERROR is not None or ops.build_info().get("cuda") != "1",
+needs_cuda_build = pytest.mark.skipif(extension.LOAD_ERROR is not None or extension.build_info().get("cuda") != "1",
                                       reason="extension built without its CUDA kernels")
 
 

@@ -20,9 +20,8 @@ from tcvae_kernels.estimators import log_weights
 from tcvae_kernels.reference import log_qz_x_and_log_pz, self_share_reference
 from tcvae_kernels.testing import check_backend
 
-from helpers import backends, fresh_seed, interpreter_shapes, make_inputs
+from helpers import fresh_seed, interpreter_shapes, make_inputs, targets
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 CASES = [  # (M, K, D, estimator, logvar range, spread)
     (1, 1, 1, "mws", (-2.0, 1.0), 1.0),
     (7, 7, 3, "mss", (-2.0, 1.0), 1.0),
@@ -33,12 +32,6 @@ CASES = [  # (M, K, D, estimator, logvar range, spread)
 ]
 
 
-def _targets():
-    out = []
-    for dev in DEVICES:
-        for be in backends(dev, objects=True, emulation=True):
-            out.append(pytest.param(be, dev, id=f"{be.name}-{dev}"))
-    return out
 
 
 def _allowed(be, z, mu, lv, w):
@@ -47,7 +40,7 @@ def _allowed(be, z, mu, lv, w):
     return res.allowed["log_qz"]
 
 
-@pytest.mark.parametrize("be,device", _targets())
+@pytest.mark.parametrize("be,device", targets(objects=True, emulation=True))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_self_share_matches_its_definition(be, device, dtype):
     for m, k, d, est, lvr, spread in interpreter_shapes(CASES, be.name, device):
@@ -57,7 +50,7 @@ def test_self_share_matches_its_definition(be, device, dtype):
         z, mu, lv = (t.to(device=device, dtype=dtype) for t in (z, mu, lv))
         w = log_weights(est, k, 10 * k)
         ref = self_share_reference(*(t.double().cpu() for t in (z, mu, lv)), w)  # on the rounded inputs
-        if be.name in tk.BACKEND_NAMES:  # the public function, on this backend
+        if be.name in tk.backend_names():  # the public function, on this backend
             got = tk.self_share(z, mu, lv, dataset_size=10 * k, estimator=est, backend=be.name)
         else:  # the emulation: the same formula on its outputs
             q, qd = be.log_qz(z, mu, lv, w)

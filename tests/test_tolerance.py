@@ -5,7 +5,7 @@ it measures an element that rounded to ±inf by the least error that rounds ther
 
 import torch
 
-from tcvae_kernels.dispatch import Backend
+from tcvae_kernels.backends.base import Backend
 from tcvae_kernels.estimators import log_weights
 from tcvae_kernels.reference import log_qz_reference
 from tcvae_kernels.testing import abs_errors, check_backend

@@ -8,4 +8,4 @@
     triton_adapter.py  ``triton``: the adapter of triton_kernels.py (imported on first use)
 """
 
-from . import torch_ref, cpu, cuda, triton_adapter  # noqa: F401  (registration order: BACKEND_NAMES)
+from . import torch_ref, cpu, cuda, triton_adapter  # noqa: F401  (registration order: backend_names())

@@ -3,7 +3,7 @@
 A backend is a :class:`Backend` subclass in its own module of this package, beside its kernel,
 registered with :func:`register_backend`; its ``name`` and ``auto_priority`` (per device type, for
 ``backend="auto"``, higher first) are all the dispatcher needs. The names users may pass
-(``tcvae_kernels.BACKEND_NAMES``) and ``"auto"``'s order per device type are derived from the
+(``tcvae_kernels.backend_names()``) and ``"auto"``'s order per device type are derived from the
 registrations (:func:`backend_names`, :func:`auto_order`): nothing else lists the backends.
 """
 

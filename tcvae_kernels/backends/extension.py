@@ -120,16 +120,3 @@ class ExtensionBackend(Backend):
         # both kernels are always deterministic (fixed-order reductions, no atomics)
         q, qd, _, _ = torch.ops.tcvae.log_qz(z, mu, logvar, *weights.op_args(), needs_grad(z, mu, logvar))
         return q, qd
-
-
-def __getattr__(name):
-    """The adapters that moved to cpu.py / cuda.py, under this module's old name (tcvae_kernels.backends.extension)."""
-    if name in ("CpuBackend",):
-        from . import cpu
-
-        return getattr(cpu, name)
-    if name in ("CudaBackend", "CudaEmulationBackend"):
-        from . import cuda
-
-        return getattr(cuda, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,21 +1,11 @@
 """Fused Triton kernels of ``log_qz`` (forward and backward) for NVIDIA GPUs.
 
-Math: tcvae_kernels/reference.py. Base 2, with each component's quadratic pre-scaled: for query
-i, component j and dimension d,
+The math: tcvae_kernels/reference.py; the design shared with the CUDA kernels (base 2, pre-scaled
+components, no running maximum for the marginals, the exact fallback, split-K, the forward that sums
+grad_z's terms): docs/kernels.md. What is particular to this file:
 
-    u[i,j,d]  = (z[i,d] - mu[j,d])·s[j,d] = z·s + nm,  s = sqrt(0.5·exp(-logvar)·log2 e), nm = -mu·s
-    x2[i,j,d] = c2[j,d] - u²  = l[i,j,d]·log2 e,       c2 = -0.5·(logvar + log 2π)·log2 e
-    dw[i,j]   = (w_self - w_other)·log2 e at j = s_i, (w_next - w_other)·log2 e at j = s_i+1 mod K
-    log_qz_dims[i,d] = w_other + ln2 · log2(sum_j 2^(x2 + dw))
-    log_qz[i]        = w_other + ln2 · log2(sum_j 2^(S[i,j] + dw)),  S = sum_d x2  (online max)
-
-so an element costs two FMAs (u, x2), one add (S), one exp2 and one add (the marginal sum): a
-backward-stable evaluation (the rounding of nm = -mu·s is a relative perturbation of mu of one
-ulp). 2^x2 cannot overflow (x2 < 64 for finite s), so the marginal sums need no running maximum;
-sums that underflow below 2^-60 (z far from every component) are recomputed exactly.
-
-Layout, the point of the design: every reduction stays inside a thread. The forward and the row
-backward work on [BLOCK_K, BLOCK_M] tiles (components × queries) whose default layout gives each
+Layout, the point of the design: every reduction stays inside a thread. The forward works on
+[BLOCK_K, BLOCK_M] tiles (components × queries) whose default layout gives each
 thread whole columns (threadsPerWarp = [1, 32]): a thread owns BLOCK_M/(32·num_warps) queries and
 loops over the tile's components in registers, so sums over components are register adds — no
 shuffles, no barriers; sums of products are explicit FFMA chains (``_dot0``), one instruction per
@@ -32,11 +22,8 @@ Forward: a program owns BLOCK_M queries and a slice of the components (split-K, 
 still fill the GPU); per tile it loops over d, adding x2 into the joint tile S (in the order
 d = 0, 1, ..., so every kernel recomputes S bitwise) and the in-thread sums of 2^(x2 + dw) into the
 marginal accumulators (global [SPLITS, D, MP] scratch owned by the program: any D works).
-Backward (recompute, FlashAttention-style), with the forward's saved (m, r) states:
-    G = P + bq·2^(x2 + dw - qm),  P = a_i·2^((S + dw - m_i) - r_i),  bq = b·2^(-r_id)
-    grad_z = -2 ln2 · sum_j G·u·s,  grad_mu = 2 ln2 · s · sum_i G·u,  grad_logvar = ln2 · sum_i G·(u² - log2(e)/2)
-``_bwd_rows_kernel`` (reduction over components in-thread) gives grad_z, ``_bwd_cols_kernel``
-(reduction over queries in-thread) grad_mu and grad_logvar: both deterministic, no atomics.
+Backward: ``_fwd_kernel+grad`` sums grad_z's two terms (tn, jn) on its way; ``_bwd_cols_kernel``
+(a program owns components, the reduction over queries in-thread) gives grad_mu and grad_logvar.
 
 Runs unchanged under ``TRITON_INTERPRET=1`` on CPU tensors (how CI tests it, at small sizes);
 ``python -m tcvae_kernels gpu-report`` compiles every kernel and config for sm_80/sm_90 and reads
@@ -396,36 +383,6 @@ def _bwd_cols_kernel(
             else:
                 _bwd_cols_dims(z_ptr, comp_ptr, bq_ptr, qm_ptr, gmu_base, glv_base, rows, cols, P, 0.0,
                                MP, KP, D, consts_ptr, False, False, BLOCK_M, BLOCK_K)
-
-
-@triton.jit
-def _exp2_peak_kernel(out_ptr, n_iter, BLOCK: tl.constexpr):
-    """BLOCK independent exp2 chains per program, n_iter exps each, values kept in registers."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    x = tl.arange(0, BLOCK).to(tl.float32) * -1e-3
-    acc = tl.zeros([BLOCK], tl.float32)
-    for _ in range(n_iter):
-        acc += tl.exp2(x)  # one MUFU op and two adds per element and iteration
-        x = x - 1e-6
-    tl.store(out_ptr + offs, acc)
-
-
-def exp2_peak(device: torch.device, n_iter: int = 4096, block: int = 1024) -> float:
-    """Measured exp2 throughput (exps/s) of the GPU: the MUFU peak the kernels are compared with."""
-    programs = 8 * torch.cuda.get_device_properties(device).multi_processor_count
-    out = torch.empty(programs * block, device=device)
-    run = lambda: _exp2_peak_kernel[(programs,)](out, n_iter, BLOCK=block, num_warps=8)  # noqa: E731
-    run()
-    torch.cuda.synchronize(device)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    best = float("inf")
-    for _ in range(5):
-        start.record()
-        run()
-        end.record()
-        torch.cuda.synchronize(device)
-        best = min(best, start.elapsed_time(end) / 1e3)
-    return programs * block * n_iter / best
 
 
 # ----------------------------------------------------------------------------- host side

@@ -27,7 +27,6 @@ import argparse
 import datetime
 import gc
 import json
-import math
 import os
 import platform
 import statistics
@@ -194,12 +193,12 @@ def make_call(fn, mode, inputs):
 
 
 def make_inputs(m, d, device, dtype):
-    """Benchmark inputs: z drawn from the components, logvar in [-2, 0]."""
+    """Benchmark inputs (:func:`tcvae_kernels.testing.random_inputs`): z_i drawn from component i,
+    logvar in [-2, 0], a seed fixed by the shape."""
+    from ..testing import random_inputs
+
     g = torch.Generator().manual_seed(m * 1000 + d)
-    mu = torch.randn(m, d, generator=g)
-    logvar = -2 + 2 * torch.rand(m, d, generator=g)
-    z = mu + torch.exp(0.5 * logvar) * torch.randn(m, d, generator=g)
-    return [t.to(device=device, dtype=dtype) for t in (z, mu, logvar)]
+    return list(random_inputs(m, m, d, dtype=dtype, device=device, generator=g, logvar_range=(-2.0, 0.0)))
 
 
 def measure(fn, mode, inputs, device, min_time, max_reps, min_reps=3):
@@ -235,7 +234,7 @@ def exp_throughput(device: str, dtype, n: int = 1 << 18) -> float:
     (a 2^24 array measures ~3× lower on a 2-core machine). CUDA: ``torch.exp`` is memory-bound
     there, so a Triton kernel evaluates exp2 on register-resident values (the MUFU peak)."""
     if device.startswith("cuda"):
-        from ..backends.triton_kernels import exp2_peak
+        from .exp2_peak import exp2_peak
 
         return exp2_peak(torch.device(device))
     x = -20 * torch.rand(n, device=device, dtype=torch.float32).to(dtype)
@@ -436,9 +435,9 @@ def main(argv=None) -> int:
     if a.methods:
         methods = a.methods
     else:
-        from ..dispatch import BACKEND_NAMES
+        from ..backends.base import backend_names
 
-        methods = ["eager", "compile", "keops"] + [b for b in BACKEND_NAMES if b != "torch"] + ["torch"]
+        methods = ["eager", "compile", "keops"] + [b for b in backend_names() if b != "torch"] + ["torch"]
         methods = [m for m in methods if method_unavailable(m, a.device) is None]
         if a.device == "cpu":
             methods = [m for m in methods if m != "triton"]  # the interpreter is not a benchmark

@@ -11,10 +11,11 @@ import time
 
 import torch
 
-from ..dispatch import BACKEND_NAMES, backend_reasons
+from ..backends.base import backend_names
+from ..dispatch import backend_reasons
 from ..estimators import log_weights
 from ..progress import progress
-from ..testing import check_backend
+from ..testing import check_backend, random_inputs
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -39,25 +40,6 @@ ALL_CASES = QUICK_CASES + [
 ]
 
 
-def make_case(m, k, d, kind, dtype, device, generator):
-    """Random inputs of one family: "normal" (z drawn from the components), "noncontiguous"
-    (the same through transposed / strided views) or "extreme" (logvar in [-20, 20], z far away)."""
-    mu = torch.randn(k, d, generator=generator, dtype=torch.float64)
-    if kind == "extreme":
-        logvar = -20 + 40 * torch.rand(k, d, generator=generator, dtype=torch.float64)
-        z = 1e3 * torch.sign(torch.randn(m, d, generator=generator, dtype=torch.float64)) + mu[torch.arange(m) % k]
-    else:
-        logvar = -2 + 3 * torch.rand(k, d, generator=generator, dtype=torch.float64)
-        src = torch.arange(m) % k
-        z = mu[src] + torch.exp(0.5 * logvar[src]) * torch.randn(m, d, generator=generator, dtype=torch.float64)
-    z, mu, logvar = (t.to(dtype=dtype, device=device) for t in (z, mu, logvar))
-    if kind == "noncontiguous":
-        z = z.t().contiguous().t()
-        mu = torch.cat([mu, mu], dim=1)[:, :d] if d > 1 else mu.t().contiguous().t()
-        logvar = logvar.t().contiguous().t()
-    return z, mu, logvar
-
-
 def run_checks(backends, devices, dtypes, cases, seed, out=None):
     out = out or sys.stdout
     rows, failures = [], 0
@@ -70,7 +52,7 @@ def run_checks(backends, devices, dtypes, cases, seed, out=None):
                 t0 = time.perf_counter()
                 for m, k, d, est, kind, groups in progress(cases, desc=f"check {name} {device} {dtype_name}",
                                                            unit="case", leave=False):
-                    z, mu, logvar = make_case(m, k, d, kind, dtype, device, g)
+                    z, mu, logvar = random_inputs(m, k, d, kind=kind, dtype=dtype, device=device, generator=g)
                     why = backend_reasons(name, z, mu, logvar)
                     if why:
                         skipped = why[0]
@@ -104,7 +86,7 @@ def run_checks(backends, devices, dtypes, cases, seed, out=None):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tcvae_kernels check", description=__doc__)
     p.add_argument("--all", action="store_true", help="every dtype and more sizes (slower)")
-    p.add_argument("--backends", nargs="+", default=None, choices=BACKEND_NAMES, help="default: all available")
+    p.add_argument("--backends", nargs="+", default=None, choices=backend_names(), help="default: all available")
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
     p.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES))
     p.add_argument("--seed", type=int, default=None, help="default: fresh")
@@ -112,7 +94,7 @@ def main(argv=None) -> int:
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(2**31)
     devices = a.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     dtypes = a.dtypes or (list(DTYPES) if a.all else ["float64", "float32"])
-    backends = a.backends or list(BACKEND_NAMES)
+    backends = a.backends or list(backend_names())
     print(f"tcvae_kernels check: seed={seed}, torch {torch.__version__}, threads={torch.get_num_threads()}")
     failures = run_checks(backends, devices, dtypes, ALL_CASES if a.all else QUICK_CASES, seed)
     print("all checks passed" if failures == 0 else f"{failures} backend/device/dtype combination(s) FAILED")

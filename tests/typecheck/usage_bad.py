@@ -1,0 +1,17 @@
+"""Misuse a type checker must reject: every line marked `# E: <code>` must get that error, and no
+other line any (tests/test_typing.py)."""
+
+import torch
+
+import tcvae_kernels as tk
+
+z = mu = lv = torch.zeros(4, 2)
+d = tk.decompose(z, mu, lv, dataset_sise=100)  # E: call-arg
+n: int = d.tc  # E: assignment
+tk.log_qz(z, mu, lv, dataset_size=100, estimator=3)  # E: arg-type
+tk.total_correlation(z, mu, lv, dataset_size="100")  # E: arg-type
+tk.grouped_decompose(z, mu, lv, dataset_size=100)  # E: call-arg
+loss = tk.BetaTCVAELoss(dataset_size=100, betta=2.0)  # E: call-arg
+loss.estimator = 3  # E: assignment
+tk.HFVAELoss(100, groups=[1, 1], warmup=5)  # E: call-arg
+s: str = tk.self_share(z, mu, lv, dataset_size=100)  # E: assignment

@@ -1,0 +1,25 @@
+"""Public API as a type checker sees it: this file must type-check (tests/test_typing.py)."""
+
+import torch
+
+import tcvae_kernels as tk
+
+z = mu = lv = torch.zeros(4, 2)
+d: tk.Decomposition = tk.decompose(z, mu, lv, dataset_size=100, estimator="mss")
+tc: torch.Tensor = d.tc
+q = tk.log_qz(z, mu, lv, dataset_size=100, backend="cpu", check_finite=True)
+t: torch.Tensor = tk.total_correlation(z, mu, lv, options=tk.EstimatorOptions(dataset_size=100))
+g: tk.GroupedDecomposition = tk.grouped_decompose(z, mu, lv, groups=[[0], [1]], dataset_size=100)
+s: torch.Tensor = tk.self_share(z, mu, lv, dataset_size=100, deterministic=True, process_group=None)
+kwargs: tk.EstimatorKwargs = {"dataset_size": 100, "estimator": "mws"}
+t2: torch.Tensor = tk.total_correlation(z, mu, lv, **kwargs)
+loss = tk.BetaTCVAELoss(dataset_size=100, beta=6.0, warmup_steps=10)
+estimator: str = loss.estimator
+loss.estimator = "mws"
+loss.dataset_size = None
+hf = tk.HFVAELoss(100, groups=[1, 1], beta_within=2.0, check_finite=True)
+last = loss.last
+if last is not None:
+    share: torch.Tensor = last.self_share
+    mi: torch.Tensor = last.mi
+names: tuple[str, ...] = tk.backend_names()

@@ -16,15 +16,10 @@
 //   comp  [D, 3, KP]   per dimension: s, nm, c2 over components (padding: 1, 0, -inf)
 //                      s = sqrt(0.5·exp(-logvar)·log2e), nm = -mu·s, c2 = -0.5·(logvar + log 2π)·log2e
 //   csum  [KP]         sum_d c2 (padding: -inf)
-// Math (base 2, see tcvae_math.h and tcvae_kernels/reference.py):
-//   u = z·s + nm = (z - mu)·s,  x2 = c2 - u² = l·log2e,  dw = self/next weight correction,
-//   L = (csum + Sq) + dw with Sq = -sum_d u² (= S, the joint sum of x2, recomputed bitwise),
-//   e = 2^(x2 + dw), marginal sums A = sum_j e, joint online logsumexp (m, s) of L.
-// Gradients (a, b: upstream of log_qz, log_qz_dims; P = 2^(L - m - r), pi = e / A the joint and
-// marginal softmax weights over components):
-//   grad_z  = -2 ln2 · (a·jn + b·tn),  tn = sum_j pi·u·s,  jn = sum_j P·u·s   (summed by the forward)
-//   grad_mu = 2 ln2 · s · sum_i G·u,  grad_logvar = ln2 · sum_i G·(u² - log2(e)/2),
-//   G = a·P + b·pi = P' + bq·2^(x2 + dw - qm)   (column backward, P' = a·P, bq = b·2^-r_d)
+// Names used below (the design, in full: docs/kernels.md): u = z·s + nm, x2 = c2 - u², dw the
+// self/next weight correction, L = (csum + Sq) + dw with Sq = -sum_d u² (the joint sum, recomputed
+// bitwise), A = sum_j 2^(x2 + dw) the marginal sums, (m, s) the joint's online logsumexp, tn / jn the
+// two grad_z terms the forward sums, G the column backward's coefficient.
 #pragma once
 
 #include "tcvae_math.h"

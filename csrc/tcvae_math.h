@@ -1,17 +1,6 @@
-// Math shared by the CPU (tcvae_cpu.cpp) and CUDA (tcvae_cuda.cu) kernels.
-//
-// Notation (see tcvae_kernels/reference.py for the full statement):
-//   queries z [M, D], components mu, logvar [K, D]
-//   l[i,j,d]        = c[j,d] - (z[i,d] - mu[j,d])^2 * h[j,d]
-//                     with h = 0.5 * exp(-logvar), c = -0.5 * (logvar + log 2π)
-//   w[i,j]          = w_self if j == s_i, w_next if j == (s_i + 1) mod K, else w_other,
-//                     s_i = i + offset (self/next apply only when 0 <= s_i < K)
-//   log_qz[i]       = logsumexp_j( sum_d l[i,j,d] + w[i,j] )
-//   log_qz_dims[i,d]= logsumexp_j( l[i,j,d] + w[i,j] )
-// Backward, with upstream a_i (log_qz) and b_id (log_qz_dims):
-//   G[i,j,d] = a_i * exp(S_ij + w_ij - log_qz_i) + b_id * exp(l_ijd + w_ij - log_qz_dims_id)
-//   dz[i,d]  = -sum_j G * (z - mu) * 2h,   dmu[j,d] = sum_i G * (z - mu) * 2h,
-//   dlogvar[j,d] = sum_i G * ((z - mu)^2 * h - 0.5)
+// Helpers shared by the CPU (tcvae_cpu.cpp) and CUDA (tcvae_cuda.cu) kernels: constants, the base-2
+// pre-scaling of a component, the structured log weights (LogWeights), the accumulation dtype, the
+// 2^x polynomial and exp2_fma. The math: tcvae_kernels/reference.py; the design: docs/kernels.md.
 #pragma once
 
 #include <cmath>

@@ -29,7 +29,7 @@ class EstimatorOptions:
             non-finite inputs propagate to the outputs.
         deterministic: the same bits in every process, not just run to run: Triton launches a
             fixed kernel configuration instead of the autotuner's pick (which is by timing); every
-            other backend is deterministic without it (docs: "Determinism").
+            other backend is deterministic without it (docs/determinism.md).
         process_group: a torch.distributed group (e.g. ``torch.distributed.group.WORLD``): the
             components are the (mu, logvar) of every rank's batch, gathered differentiably, and the
             weights are those of the global batch; this rank's queries are rows offset by

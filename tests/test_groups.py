@@ -202,3 +202,17 @@ def test_grouped_decomposition_identities():
     assert (parts.tc_between + parts.tc_within).item() == pytest.approx(base.tc.item(), abs=1e-10)
     singles = tk.grouped_decompose(z, mu, lv, groups=[1] * 6, dataset_size=500)
     assert singles.tc_within.item() == 0.0 and torch.equal(singles.tc_between, base.tc)
+
+
+@pytest.mark.parametrize("groups, match", [
+    ([2, 2], "sum to D=5"),
+    ([0, 5], "positive"),
+    ([[0, 1], [1, 2, 3, 4]], "partition"),
+    ([[0, 1], [2, 3]], "partition"),
+    ([[0, 1], 3], "all sizes"),
+    ([], "non-empty"),
+])
+def test_bad_groups_raise(groups, match):
+    z, mu, lv = make_inputs(4, 4, 5)
+    with pytest.raises(ValueError, match=match):
+        tk.log_qz(z, mu, lv, dataset_size=100, groups=groups)

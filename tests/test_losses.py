@@ -29,20 +29,6 @@ def test_hfvae_weights_each_term():
     assert loss.item() == pytest.approx((p.mi + 2 * p.tc_between + 3 * p.tc_within + 4 * p.dim_kl).item(), abs=1e-10)
 
 
-@pytest.mark.parametrize("groups, match", [
-    ([2, 2], "sum to D=5"),
-    ([0, 5], "positive"),
-    ([[0, 1], [1, 2, 3, 4]], "partition"),
-    ([[0, 1], [2, 3]], "partition"),
-    ([[0, 1], 3], "all sizes"),
-    ([], "non-empty"),
-])
-def test_bad_groups_raise(groups, match):
-    z, mu, lv = make_inputs(4, 4, 5)
-    with pytest.raises(ValueError, match=match):
-        tk.log_qz(z, mu, lv, dataset_size=100, groups=groups)
-
-
 # ----------------------------------------------------------------------------- β-VAE
 
 

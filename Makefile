@@ -11,7 +11,7 @@ export MAX_JOBS ?= 2
 
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu csrc/*.cuh)
 
-.PHONY: all help venv build demo test test-slow test-all coverage sanitize bench clean
+.PHONY: all help venv build demo test test-slow test-all coverage sanitize docs bench clean
 
 all: test
 
@@ -23,6 +23,7 @@ help:
 	@echo "make test-all   both tiers"
 	@echo "make coverage   line coverage of tcvae_kernels/ by the default tier and by both"
 	@echo "make sanitize   the C++ code's tests under ASan + UBSan (build/sanitize)"
+	@echo "make docs       the documentation site into docs/_build/html (warnings are errors)"
 	@echo "make bench      the CPU benchmarks (bench/RESULTS.md)"
 	@echo "make build      set up .venv and build the extension (also: make venv)"
 	@echo "make clean      remove build outputs"
@@ -95,6 +96,16 @@ sanitize: $(VENV)/.deps
 	  || { cat $(CURDIR)/$(SANITIZE_DIR)/report.* 2>/dev/null | cut -c1-240 | head -30; exit 1; }
 	@if ls $(SANITIZE_DIR)/report.* >/dev/null 2>&1; then cut -c1-240 $(SANITIZE_DIR)/report.* | head -30; exit 1; fi
 
+# The documentation site (docs/: Sphinx + furo + MyST, the API reference from the docstrings), built
+# from scratch with warnings as errors (-W -n: a broken cross-reference, a dead internal link or a
+# malformed docstring fails). Its dependencies: the `docs` extra of pyproject.toml.
+DOCS_DEPS = $(shell $(PYTHON) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['docs']))")
+docs: $(VENV)/.built
+	$(VPY) -m pip install --quiet $(foreach d,$(DOCS_DEPS),"$(d)")
+	rm -rf docs/_build
+	$(VPY) -m sphinx -E -W -n --keep-going -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
+
 bench: $(VENV)/.built
 	-$(VPY) -m pip install --quiet pykeops
 	$(VPY) -m tcvae_kernels bench --full --out bench/out/cpu_full
@@ -104,4 +115,4 @@ bench: $(VENV)/.built
 	$(VPY) bench/bench_metrics.py
 
 clean:
-	rm -rf build *.egg-info tcvae_kernels/*.so bench/out .pytest_cache .coverage .coverage.*
+	rm -rf build *.egg-info tcvae_kernels/*.so bench/out .pytest_cache .coverage .coverage.* docs/_build

@@ -135,6 +135,18 @@ def log_qz(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, groups: G
         inputs are upcast and the results are float32 (autocast's rule for softmax-like ops); the
         fused ops themselves are registered to do the same when called directly. Differentiable
         w.r.t. all three inputs.
+
+    Raises:
+        TypeError: an input that is no floating tensor, inputs of different dtypes or devices, an
+            unknown option keyword.
+        ValueError: a malformed shape, option or partition, naming the argument.
+
+    Example:
+        >>> import torch, tcvae_kernels as tk
+        >>> z = mu = logvar = torch.zeros(4, 2)
+        >>> out = tk.log_qz(z, mu, logvar, dataset_size=10, estimator="mws")
+        >>> out.log_qz.shape, out.log_qz_dims.shape
+        (torch.Size([4]), torch.Size([4, 2]))
     """
     opts = resolve_options(options, dict(kwargs))
     out = z.dtype if not (isinstance(z, torch.Tensor) and autocast_active(z)) else torch.promote_types(z.dtype, torch.float32)
@@ -190,6 +202,14 @@ def decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, option
     Args:
         z: queries [M, D]. mu, logvar: the batch's components [K, D], K >= M.
 {options}
+
+    Example:
+        >>> import torch, tcvae_kernels as tk
+        >>> mu, logvar = torch.zeros(8, 3), torch.zeros(8, 3)
+        >>> z = mu + torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+        >>> parts = tk.decompose(z, mu, logvar, dataset_size=100)
+        >>> [t.dim() for t in parts]  # mi, tc, dim_kl: scalars
+        [0, 0, 0]
     """
     return _decompose(z, mu, logvar, resolve_options(options, dict(kwargs)))[0]
 

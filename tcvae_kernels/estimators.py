@@ -28,6 +28,8 @@ from typing import NamedTuple
 
 import torch
 
+#: Names of the estimators, "mss" (minibatch stratified sampling), "mws" (minibatch weighted
+#: sampling) and "uniform" (the plain mixture, weight -log K).
 ESTIMATORS = ("mss", "mws", "uniform")
 
 

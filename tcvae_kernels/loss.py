@@ -161,6 +161,15 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
             ``dataset_size`` (checked every ``REGIME_CHECK_EVERY`` training calls): the TC estimate
             is then unreliable, often negative. ``loss.last.self_share`` holds the value of every
             call either way.
+
+    Example:
+        >>> import torch, tcvae_kernels as tk
+        >>> loss_fn = tk.BetaTCVAELoss(dataset_size=1000, beta=6.0, warn_regime=False)
+        >>> mu, logvar = torch.zeros(16, 4), torch.zeros(16, 4)
+        >>> z = mu + torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+        >>> penalty = loss_fn(z, mu, logvar)
+        >>> penalty.dim(), loss_fn.last.tc.dim(), loss_fn.last.self_share.dim()
+        (0, 0, 0)
     """
 
     # the fields of EstimatorOptions, readable and settable on the loss (tests/test_typing.py: all of them)

@@ -2,8 +2,8 @@
 score, MIG, DCI, SAP, Modularity/Explicitness — with disentanglement_lib 1.5's algorithms and
 defaults (cross-checked against the real package in CI: ``tests/test_dlib_crosscheck.py``), plus
 Chen et al.'s sampling MIG. ``represent`` maps observations [n, ...] (numpy) to codes [n, D]
-(numpy); ``data`` is a :class:`tcvae_kernels.data.GroundTruthData` (complete grids such as
-``Shapes``, or :class:`~tcvae_kernels.data.ObservedData` for incomplete ones); ``rng`` is a
+(numpy); ``data`` is a :class:`tcvae_kernels.evaluation.data.GroundTruthData` (complete grids such as
+``Shapes``, or :class:`~tcvae_kernels.evaluation.data.ObservedData` for incomplete ones); ``rng`` is a
 ``np.random.Generator`` or a ``np.random.RandomState`` (with a RandomState every metric draws
 exactly what disentanglement_lib draws from the same state). Codes sampled for a metric come in
 batches of 16 (the library's ``batch_size``), factors uniform over the grid.
@@ -22,10 +22,10 @@ batches of 16 (the library's ``batch_size``), factors uniform over the grid.
   factor k, labelled k; the classifier maps each dim to its majority factor; score = accuracy on
   5,000 new votes (trained on 10,000).
 * :func:`beta_vae_score` — Higgins et al. (2017): a point is the mean over 64 pairs of
-  |z(x1) - z(x2)| where x1, x2 share factor k, labelled k; scikit-learn's ``LogisticRegression``
+  ``|z(x1) - z(x2)|`` where x1, x2 share factor k, labelled k; scikit-learn's ``LogisticRegression``
   (defaults) on 10,000 points; score = accuracy on 5,000 new points.
 * :func:`dci` — Eastwood & Williams (2018): one ``GradientBoostingClassifier`` (defaults) per
-  factor on 10,000 codes; importance R [D, K] = |feature_importances_|;
+  factor on 10,000 codes; importance R [D, K] = ``|feature_importances_|``;
   ``disentanglement = Σ_d ρ_d (1 - H_K(P_d·))`` with ``P_dk = R_dk / Σ_k R_dk``,
   ``ρ_d = Σ_k R_dk / Σ R``; ``completeness = Σ_k ρ_k (1 - H_D(P̃_·k))`` with
   ``P̃_dk = R_dk / Σ_d R_dk``, ``ρ_k = Σ_d R_dk / Σ R`` (entropies in base K and D, 1e-11 added);
@@ -405,7 +405,7 @@ def modularity_explicitness(represent: Callable, data, rng, *, num_train: int = 
     return modularity_explicitness_from_codes(ct, ft, ce, fe, bins=bins)
 
 
-# name -> (function, the headline numbers of its result)
+#: name -> (function, the headline numbers of its result)
 METRICS = {
     "beta_vae": (beta_vae_score, ("eval_accuracy",)),
     "factor_vae": (factor_vae_score, ("eval_accuracy",)),
@@ -434,7 +434,7 @@ def evaluate(represent: Callable, data, metrics=tuple(METRICS), *, seed: int = 0
     from a fresh ``np.random.RandomState(seed)`` (what the library's evaluation does with its
     ``random_seed``). ``options``: {metric: {keyword: value}} overrides, e.g.
     ``{"dci": {"num_train": 2000}}``. Data whose factor grid is incomplete: wrap it in
-    :class:`tcvae_kernels.data.ObservedData` (sampling then draws observed combinations only); a
+    :class:`tcvae_kernels.evaluation.data.ObservedData` (sampling then draws observed combinations only); a
     factor with a single observed value is refused by the classifier-based metrics with a
     ValueError naming it."""
     names = [metrics] if isinstance(metrics, str) else list(metrics)

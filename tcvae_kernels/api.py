@@ -23,7 +23,8 @@ Groups = Union[Sequence[int], Sequence[Sequence[int]]]
 
 
 class LogQz(NamedTuple):
-    """``log_qz`` [M]: log q(z_i); ``log_qz_dims`` [M, D]: log q(z_id)."""
+    """What :func:`log_qz` returns: ``log_qz`` [M], the estimates of log q(z_i), and ``log_qz_dims``
+    [M, D], those of log q(z_id); in the inputs' dtype (float32 under autocast)."""
 
     log_qz: torch.Tensor
     log_qz_dims: torch.Tensor
@@ -38,7 +39,10 @@ class LogQzGroups(NamedTuple):
 
 
 class Decomposition(NamedTuple):
-    """Batch means of the β-TCVAE KL decomposition (scalar tensors)."""
+    """Batch means of the β-TCVAE KL decomposition, scalar tensors in the accumulation dtype
+    (float32, float64 for float64 inputs): ``mi`` (index-code mutual information), ``tc`` (total
+    correlation), ``dim_kl`` (dimension-wise KL to the prior); MI + TC + dim-KL =
+    mean_i(log q(z_i|x_i) - log p(z_i)). Formulas: :func:`decompose`."""
 
     mi: torch.Tensor
     tc: torch.Tensor
@@ -203,6 +207,13 @@ def decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, option
         z: queries [M, D]. mu, logvar: the batch's components [K, D], K >= M.
 {options}
 
+    Returns:
+        :class:`Decomposition` ``(mi, tc, dim_kl)``, differentiable scalar tensors.
+
+    Raises:
+        TypeError: as :func:`log_qz`.
+        ValueError: as :func:`log_qz`, and when M > K (z_i must be drawn from component i).
+
     Example:
         >>> import torch, tcvae_kernels as tk
         >>> mu, logvar = torch.zeros(8, 3), torch.zeros(8, 3)
@@ -232,6 +243,10 @@ def self_share(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, optio
     Args:
         z: queries [M, D]. mu, logvar: the batch's components [K, D], K >= M.
 {options}
+
+    Returns:
+        self_share [M], in (0, 1], in the accumulation dtype (a diagnostic; differentiable like the
+        rest).
     """
     return _decompose(z, mu, logvar, resolve_options(options, dict(kwargs)))[1]
 
@@ -244,6 +259,9 @@ def total_correlation(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *
     Args:
         z: queries [M, D]. mu, logvar: components [K, D].
 {options}
+
+    Returns:
+        TC, a differentiable scalar tensor in the accumulation dtype.
     """
     return _total_correlation(z, mu, logvar, resolve_options(options, dict(kwargs)))
 
@@ -269,5 +287,12 @@ def grouped_decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *
         z: queries [M, D]. mu, logvar: the batch's components [K, D], K >= M.
         groups: the partition, as sizes ``[2, 3, 5]`` or index lists ``[[0, 3], [1, 2, 4]]``.
 {options}
+
+    Returns:
+        :class:`GroupedDecomposition` ``(mi, tc_between, tc_within, dim_kl)``, differentiable
+        scalar tensors in the accumulation dtype.
+
+    Raises:
+        ValueError: groups that are not a partition of the D dimensions (naming the problem).
     """
     return _grouped_decompose(z, mu, logvar, resolve_options(options, dict(kwargs)), groups)[0]

@@ -34,10 +34,17 @@ def _missing_reason(name: str) -> str:
 
 
 def available_backends(device: str | torch.device | None = None) -> list[str]:
-    """Names of the backends that can run here: built and installed, and with a device of their
-    kind in this process (``cuda`` and ``triton`` need a GPU). With ``device`` ("cpu", "cuda",
-    ...): those that run on tensors of that device type. What is installed regardless of the
-    devices: :func:`compiled_backends`; why a backend is missing: :func:`backend_status`."""
+    """The backends that can run here: built and installed, and with a device of their kind in this
+    process (``cuda`` and ``triton`` need a GPU). What is installed regardless of the devices:
+    :func:`compiled_backends`; why a backend is missing: :func:`backend_status`.
+
+    Args:
+        device: None for every device here, or a device ("cpu", "cuda", ``torch.device``): only
+            the backends that run on tensors of its type.
+
+    Returns:
+        Backend names, in registration order (a subset of :func:`~tcvae_kernels.backend_names`).
+    """
     kind = None if device is None else torch.device(device).type
     names = []
     for name in compiled_backends():
@@ -48,8 +55,12 @@ def available_backends(device: str | torch.device | None = None) -> list[str]:
 
 
 def compiled_backends() -> list[str]:
-    """Names of the backends this installation ships and has built (the extension loads, triton is
-    importable), whether or not a device for them exists in this process."""
+    """The backends this installation ships and has built (the extension loads, triton is
+    importable), whether or not a device for them exists in this process.
+
+    Returns:
+        Backend names, in registration order.
+    """
     names = []
     for name in backend_names():
         be = get_backend(name)
@@ -59,7 +70,12 @@ def compiled_backends() -> list[str]:
 
 
 def backend_status() -> dict[str, str]:
-    """Per backend name: "available (cpu, cuda)", or why it cannot run here."""
+    """Why each backend can or cannot run here.
+
+    Returns:
+        ``{name: status}`` for every registered backend: "available (cpu, cuda)" (the device types
+        it runs on here), or the reason it cannot run (not built, no GPU, triton missing, ...).
+    """
     out = {}
     for name in backend_names():
         be = get_backend(name)

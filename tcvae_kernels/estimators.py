@@ -57,9 +57,22 @@ class LogWeights(NamedTuple):
 
 
 def log_weights(estimator: str, num_components: int, dataset_size: int | None, offset: int = 0) -> LogWeights:
-    """Return the structured log weights of ``estimator`` for K = ``num_components``.
+    """The structured log weights of an estimator (the weight contract every op takes).
 
-    Arguments are assumed validated (see ``_validation.check_estimator_args``).
+    Args:
+        estimator: "mss", "mws" or "uniform" (:data:`~tcvae_kernels.estimators.ESTIMATORS`).
+        num_components: K, the components of the mixture (K >= 2 for "mss").
+        dataset_size: N (>= K for "mss"); unused by "uniform".
+        offset: s_i - i, the index of query i's own component minus i (0 for a minibatch).
+
+    Returns:
+        :class:`LogWeights` ``(w_self, w_next, w_other, offset)``: "mws" ``-log(N·K)`` everywhere;
+        "mss" ``w_self = -log N``, ``w_next = log(N-K+1) - log N - log(K-1)``,
+        ``w_other = -log(K-1)``; "uniform" ``-log K`` everywhere.
+
+    Raises:
+        ValueError: an unknown estimator (the other arguments are not validated here: the public
+            functions do it first).
     """
     k = num_components
     if estimator == "mws":

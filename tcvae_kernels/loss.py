@@ -295,6 +295,9 @@ class HFVAELoss(BetaTCVAELoss):
 
 
 class BetaVAETerms(NamedTuple):
+    """``loss.last`` of :class:`BetaVAELoss`: ``kl``, the detached batch mean of
+    KL(q(z|x_i) ‖ N(0, I)) (a scalar tensor, before β)."""
+
     kl: torch.Tensor
 
 
@@ -319,8 +322,19 @@ class BetaVAELoss(_WarmupMixin, nn.Module):
 
 
 def permute_dims(z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Each column of z [M, D] shuffled by its own random permutation of the batch (samples of
-    ∏_d q(z_d) from samples of q(z)); one argsort of an [M, D] uniform matrix, no loop over D."""
+    """Each column of z shuffled by its own random permutation of the batch: samples of ∏_d q(z_d)
+    from samples of q(z) (FactorVAE); one argsort of an [M, D] uniform matrix, no loop over D.
+
+    Args:
+        z: samples [M, D], any floating dtype and device.
+        generator: a CPU ``torch.Generator`` for the permutations (None: the global RNG on z's device).
+
+    Returns:
+        The shuffled samples ``out[:, d] = z[perm_d, d]``, [M, D], in z's dtype and on its device.
+
+    Raises:
+        ValueError: z is not 2-D.
+    """
     if z.ndim != 2:
         raise ValueError(f"z must be [M, D], got {tuple(z.shape)}")
     keys = torch.rand(z.shape, generator=generator, device="cpu" if generator is not None else z.device)
@@ -328,8 +342,17 @@ def permute_dims(z: torch.Tensor, generator: torch.Generator | None = None) -> t
 
 
 def default_discriminator(latent_dim: int, hidden: int = 1000, layers: int = 6) -> nn.Module:
-    """The FactorVAE paper's discriminator: an MLP of ``layers`` hidden layers of ``hidden`` units,
-    LeakyReLU(0.2), two logits (index 0: "from q(z)", index 1: "from ∏_d q(z_d))")."""
+    """The FactorVAE paper's discriminator (Kim & Mnih 2018) for :class:`FactorVAELoss`.
+
+    Args:
+        latent_dim: D, the width of its input z [M, D].
+        hidden: units per hidden layer.
+        layers: hidden layers, each Linear + LeakyReLU(0.2).
+
+    Returns:
+        An ``nn.Sequential`` mapping [M, D] to two logits [M, 2] (index 0: "from q(z)", index 1:
+        "from ∏_d q(z_d)"), float32 on the CPU.
+    """
     mods, width = [], latent_dim
     for _ in range(layers):
         mods += [nn.Linear(width, hidden), nn.LeakyReLU(0.2)]
@@ -339,6 +362,10 @@ def default_discriminator(latent_dim: int, hidden: int = 1000, layers: int = 6) 
 
 
 class FactorVAETerms(NamedTuple):
+    """``loss.last`` of :class:`FactorVAELoss`: the detached scalar tensors ``kl`` (batch mean of
+    KL(q(z|x_i) ‖ N(0, I))) and ``tc``, the discriminator's density-ratio estimate of the total
+    correlation (before γ)."""
+
     kl: torch.Tensor
     tc: torch.Tensor
 

@@ -111,7 +111,11 @@ def register_backend(cls: type[Backend]) -> type[Backend]:
 
 
 def backend_names() -> tuple[str, ...]:
-    """Every registered backend name, in registration order."""
+    """Every registered backend name, live (a backend registered later joins).
+
+    Returns:
+        The names a user may pass as ``backend=`` besides "auto", in registration order.
+    """
     return tuple(_LOADERS)
 
 

@@ -27,8 +27,21 @@ def _dist():
 
 
 def gather_components(mu: torch.Tensor, logvar: torch.Tensor, process_group) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(mu_global [M_global, D], logvar_global [M_global, D], offset of this rank's rows), gathered in
-    rank order with gradients flowing back to the owning ranks. Every rank must hold the same batch size."""
+    """The global batch's components, gathered in rank order by one differentiable all-gather
+    (the gradients of the gathered rows flow back to the ranks that own them).
+
+    Args:
+        mu, logvar: this rank's components [M_local, D].
+        process_group: a ``torch.distributed`` group (every rank calls this collectively).
+
+    Returns:
+        ``(mu_global [M_global, D], logvar_global [M_global, D], offset)``, M_global = world·M_local;
+        offset = rank·M_local, the global index of this rank's first row.
+
+    Raises:
+        ValueError: the ranks hold components of different shapes (use ``drop_last=True``).
+        RuntimeError: torch.distributed is unavailable or not initialised.
+    """
     dist = _dist()
     world = dist.get_world_size(process_group)
     rank = dist.get_rank(process_group)

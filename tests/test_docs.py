@@ -46,7 +46,7 @@ def test_blocks_not_run_say_why():
             assert re.match(r"# not run: \S.{10,}", first), b.id
 
 
-@pytest.mark.parametrize("module", ["tcvae_kernels.api", "tcvae_kernels.loss", "tcvae_kernels.options",
+@pytest.mark.parametrize("module", ["tcvae_kernels.api", "tcvae_kernels.loss", "tcvae_kernels.options", "tcvae_kernels.evaluation.evaluate",
                                     "tcvae_kernels.estimators"])
 def test_docstring_examples(module):
     mod = importlib.import_module(module)

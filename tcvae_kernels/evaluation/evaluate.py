@@ -37,6 +37,9 @@ class Estimate(NamedTuple):
 
 
 class FullDecomposition(NamedTuple):
+    """The data set's decomposition: ``mi``, ``tc``, ``dim_kl`` (each an :class:`Estimate` in nats)
+    and ``samples``, the Monte Carlo samples they rest on."""
+
     mi: Estimate
     tc: Estimate
     dim_kl: Estimate
@@ -51,7 +54,19 @@ def _check(mu, logvar):
 
 
 def sample_posteriors(mu, logvar, samples: int, generator: torch.Generator | None = None):
-    """(z [S, D], idx [S]): idx uniform over the N posteriors, z ~ q(z | x_idx)."""
+    """Samples of the aggregate posterior q(z) = (1/N)·Σ_n q(z | x_n).
+
+    Args:
+        mu, logvar: the N encoder posteriors [N, D].
+        samples: S >= 1.
+        generator: a CPU ``torch.Generator`` (None: the global RNG).
+
+    Returns:
+        ``(z [S, D], idx [S])``: idx uniform over the N posteriors, z ~ q(z | x_idx), in mu's dtype.
+
+    Raises:
+        TypeError, ValueError: mu/logvar not tensors of one [N, D] shape; samples < 1.
+    """
     _check(mu, logvar)
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
@@ -63,8 +78,19 @@ def sample_posteriors(mu, logvar, samples: int, generator: torch.Generator | Non
 
 @torch.no_grad()
 def mixture_log_density(z, mu, logvar, *, chunk: int = 1024, backend: str = "auto", progress: bool = False):
-    """(log q(z_s) [S], log q(z_sd) [S, D]) under the uniform mixture of the N posteriors,
-    evaluated chunk by chunk of queries (K = N components per call); ``progress``: a bar per chunk."""
+    """log q(z_s) and log q(z_sd) under the uniform mixture of the N posteriors (the fused op with
+    ``estimator="uniform"``, K = N), chunk by chunk of queries.
+
+    Args:
+        z: queries [S, D].
+        mu, logvar: the N components [N, D].
+        chunk: queries per call of the fused op (K = N components each): memory O((chunk + N)·D).
+        backend: as for :func:`tcvae_kernels.log_qz`.
+        progress: a progress line per chunk.
+
+    Returns:
+        ``(log_qz [S], log_qz_dims [S, D])``, z's dtype.
+    """
     outs_q, outs_d = [], []
     for s in _progress(range(0, z.shape[0], chunk), desc="log q(z)", enabled=progress, unit="chunk"):
         q, qd = log_qz(z[s : s + chunk], mu, logvar, estimator="uniform", backend=backend)
@@ -82,7 +108,22 @@ def _estimate(x: torch.Tensor) -> Estimate:
 @torch.no_grad()
 def decomposition_from_samples(z, idx, mu, logvar, *, chunk: int = 1024, backend: str = "auto",
                                progress: bool = False) -> FullDecomposition:
-    """The full-data decomposition from given samples z [S, D] drawn from q(z | x_idx)."""
+    """The data set's MI, TC and dim-KL from given samples of the aggregate posterior:
+    ``MI = E[log q(z|x) - log q(z)]``, ``TC = E[log q(z) - Σ_d log q(z_d)]``,
+    ``dim_KL = E[Σ_d log q(z_d) - log p(z)]`` with q the mixture of all N posteriors, p = N(0, I).
+
+    Args:
+        z: samples [S, D], z_s drawn from q(z | x_idx[s]).
+        idx: [S], the posterior each sample was drawn from.
+        mu, logvar: the N encoder posteriors [N, D].
+        chunk: queries per call of the fused op (K = N components each): memory O((chunk + N)·D).
+        backend: as for :func:`tcvae_kernels.log_qz`.
+        progress: a progress line per chunk.
+
+    Returns:
+        :class:`FullDecomposition`, each term an :class:`Estimate` (mean and standard error over
+        the samples, nats), computed in float64.
+    """
     _check(mu, logvar)
     lq, lqd = mixture_log_density(z, mu, logvar, chunk=chunk, backend=backend, progress=progress)
     lq, lqd = lq.double(), lqd.double()
@@ -95,8 +136,29 @@ def decomposition_from_samples(z, idx, mu, logvar, *, chunk: int = 1024, backend
 
 def full_decomposition(mu, logvar, *, samples: int = 10000, generator=None, chunk: int = 1024,
                        backend: str = "auto", progress: bool = False) -> FullDecomposition:
-    """Monte Carlo estimates (with standard errors) of MI, TC and dim-KL over the whole data set
-    whose encoder posteriors are (mu, logvar) [N, D]."""
+    """Monte Carlo estimates (with standard errors) of MI, TC and dim-KL over the whole data set:
+    :func:`sample_posteriors` then :func:`decomposition_from_samples`.
+
+    Args:
+        mu, logvar: the encoder posteriors of the N data points [N, D].
+        samples: Monte Carlo samples S.
+        generator: a CPU ``torch.Generator`` (None: the global RNG).
+        chunk: queries per call of the fused op (K = N components each): memory O((chunk + N)·D).
+        backend: as for :func:`tcvae_kernels.log_qz`.
+        progress: a progress line per chunk.
+
+    Returns:
+        :class:`FullDecomposition` (nats).
+
+    Example:
+        >>> import torch
+        >>> from tcvae_kernels import evaluate
+        >>> mu, logvar = torch.randn(200, 3), torch.full((200, 3), -2.0)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> full = evaluate.full_decomposition(mu, logvar, samples=500, generator=g, backend="torch")
+        >>> full.samples, full.mi.value > 0
+        (500, True)
+    """
     z, idx = sample_posteriors(mu, logvar, samples, generator)
     return decomposition_from_samples(z, idx, mu, logvar, chunk=chunk, backend=backend, progress=progress)
 
@@ -104,7 +166,19 @@ def full_decomposition(mu, logvar, *, samples: int = 10000, generator=None, chun
 @torch.no_grad()
 def marginal_entropies(mu, logvar, *, samples: int = 10000, generator=None, chunk: int = 1024,
                        backend: str = "auto", progress: bool = False) -> torch.Tensor:
-    """H(z_d) [D] (nats) of the aggregate posterior, by Monte Carlo with all N components."""
+    """H(z_d), the entropy of each dimension of the aggregate posterior, by Monte Carlo with all N
+    components.
+
+    Args:
+        mu, logvar: the N encoder posteriors [N, D].
+        samples, generator: as :func:`full_decomposition`.
+        chunk: queries per call of the fused op (K = N components each): memory O((chunk + N)·D).
+        backend: as for :func:`tcvae_kernels.log_qz`.
+        progress: a progress line per chunk.
+
+    Returns:
+        [D], float64 (nats).
+    """
     z, _ = sample_posteriors(mu, logvar, samples, generator)
     _, lqd = mixture_log_density(z, mu, logvar, chunk=chunk, backend=backend, progress=progress)
     return -lqd.double().mean(0)
@@ -114,9 +188,26 @@ def marginal_entropies(mu, logvar, *, samples: int = 10000, generator=None, chun
 def conditional_entropies(mu, logvar, factors, factor_sizes: Sequence[int], *, samples: int = 10000,
                           generator=None, chunk: int = 1024, backend: str = "auto",
                           progress: bool = False) -> torch.Tensor:
-    """H(z_d | v_k) [num_factors, D] (nats): for each factor k and value v, the entropy of the
-    mixture of the posteriors of the points with v_k = v (Monte Carlo, ``samples`` samples per
-    value), weighted by the empirical p(v_k = v)."""
+    """H(z_d | v_k): for each factor k and value v, the entropy of the mixture of the posteriors of
+    the points with v_k = v (Monte Carlo, ``samples`` samples per value), weighted by the empirical
+    p(v_k = v). With :func:`marginal_entropies`, the mutual informations I(z_d; v_k) of the MIG.
+
+    Args:
+        mu, logvar: the N encoder posteriors [N, D].
+        factors: integer factor values [N, K] (numpy or a tensor), factor k in [0, factor_sizes[k]).
+        factor_sizes: K values, the number of values of each factor.
+        samples: Monte Carlo samples per factor value.
+        generator: a CPU ``torch.Generator`` (None: the global RNG).
+        chunk: queries per call of the fused op (K = N components each): memory O((chunk + N)·D).
+        backend: as for :func:`tcvae_kernels.log_qz`.
+        progress: a progress line per chunk.
+
+    Returns:
+        [K, D], float64 (nats).
+
+    Raises:
+        ValueError: factors not [N, K].
+    """
     _check(mu, logvar)
     factors = np.asarray(factors)
     if factors.shape != (mu.shape[0], len(factor_sizes)):
@@ -136,7 +227,15 @@ def conditional_entropies(mu, logvar, factors, factor_sizes: Sequence[int], *, s
 
 
 def factor_entropies(factors, factor_sizes: Sequence[int]) -> torch.Tensor:
-    """H(v_k) [num_factors] (nats) of the empirical factor distribution."""
+    """H(v_k), the entropy of each factor's empirical distribution.
+
+    Args:
+        factors: integer factor values [N, K].
+        factor_sizes: K values, the number of values of each factor.
+
+    Returns:
+        [K], float64 (nats).
+    """
     factors = np.asarray(factors)
     out = []
     for k, size in enumerate(factor_sizes):

@@ -33,7 +33,12 @@ def _integers(rng, high: int, size=None):
 
 
 class GroundTruthData:
-    """Factors of variation with known values, and observations generated from them."""
+    """Factors of variation with known values, and observations generated from them: the interface
+    of disentanglement_lib's ground-truth data sets that the metrics use: ``factor_names`` (K
+    names) and ``factor_sizes`` (the number of values of each factor, factor k in [0, size_k)).
+    Subclasses implement ``sample_observations_from_factors(factors [n, K], rng) -> [n, ...]``
+    (and ``factors_to_index`` for complete grids).
+    """
 
     factor_names: tuple = ()
     factor_sizes: tuple = ()
@@ -88,10 +93,20 @@ def _heart(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def render(factors: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Render [n, 5] factors (shape, scale, orientation, pos_x, pos_y indices) to [n, size, size] uint8 {0, 1}.
+    """Render dSprites-grid factors to binary images (deterministic: numpy only).
 
     Geometry: scale s ∈ linspace(0.5, 1, 6) gives a shape of half-width ≈ 10·s pixels (at 64 px);
     orientation θ ∈ [0, 2π) in 40 steps; the centre moves over [12, 52] px in 32 steps per axis.
+
+    Args:
+        factors: integer indices [n, 5]: shape (3), scale (6), orientation (40), pos_x (32), pos_y (32).
+        size: image side in pixels.
+
+    Returns:
+        [n, size, size] uint8 images with values in {0, 1}.
+
+    Raises:
+        ValueError: factors not [n, 5], or an index out of its range (naming the factor).
     """
     f = np.asarray(factors)
     if f.ndim != 2 or f.shape[1] != 5:
@@ -183,7 +198,15 @@ class FactorCodes(GroundTruthData):
 
 
 def grid_subset(data: GroundTruthData, strides: Sequence[int]) -> np.ndarray:
-    """Flat indices of the sub-grid taking every ``strides[k]``-th value of factor k."""
+    """The sub-grid taking every ``strides[k]``-th value of factor k (a smaller, still complete grid).
+
+    Args:
+        data: a complete grid (implements ``factors_to_index``).
+        strides: K positive steps.
+
+    Returns:
+        Flat indices into ``data``'s grid, int64 [prod_k ceil(size_k / strides[k])].
+    """
     axes = [np.arange(0, n, st) for n, st in zip(data.factor_sizes, strides)]
     mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
     return data.factors_to_index(mesh)

@@ -85,10 +85,25 @@ def _average(gaps: np.ndarray, h_v: np.ndarray, average: str) -> float:
 
 def mig(mu, logvar, factors, factor_sizes, *, samples: int = 10000, generator=None, backend: str = "auto",
         progress: bool = False, average: str = "all") -> dict:
-    """Sampling MIG (Chen et al.) from the posteriors (mu, logvar) [N, D] of data points with
-    integer ``factors`` [N, K]. Returns {"mig", "per_factor", "mi" [K, D], "h_z" [D], "h_z_given_v" [K, D]}.
-    ``progress``: bars for the entropy estimates. ``average``: "all" (every factor that varies) or
-    "chen2018_dsprites" (every factor but the first, shape: Chen et al.'s dSprites MIG)."""
+    """Sampling MIG (Chen et al. 2018) from the encoder posteriors of data points with known factors.
+
+    Args:
+        mu, logvar: the posteriors [N, D] (tensors).
+        factors: integer factor values [N, K], factor k in [0, factor_sizes[k]).
+        factor_sizes: K values.
+        samples: Monte Carlo samples per entropy (:mod:`tcvae_kernels.evaluation.evaluate`).
+        generator: a CPU ``torch.Generator`` (None: the global RNG).
+        backend: as for :func:`tcvae_kernels.log_qz`.
+        progress: progress lines for the entropy estimates.
+        average: "all" (every factor that varies) or "chen2018_dsprites" (every factor but the
+            first, shape: Chen et al.'s dSprites MIG).
+
+    Returns:
+        ``{"mig": float, "per_factor": [K], "mi": [K, D], "h_z": [D], "h_z_given_v": [K, D]}`` (nats).
+
+    Raises:
+        ValueError: factors not [N, K]; an unknown ``average``.
+    """
     h_z = _dataset.marginal_entropies(mu, logvar, samples=samples, generator=generator, backend=backend,
                                       progress=progress).cpu()
     h_cond = _dataset.conditional_entropies(mu, logvar, factors, factor_sizes, samples=samples, generator=generator,
@@ -142,8 +157,18 @@ def _discrete_mi_matrix(disc: np.ndarray, factors: np.ndarray) -> np.ndarray:
 
 
 def mig_histogram(codes: np.ndarray, factors: np.ndarray, *, bins: int = 20, average: str = "all") -> dict:
-    """disentanglement_lib's MIG from codes [N, D] (float; binned in their own dtype) and integer
-    factors [N, K]. Returns {"mig", "per_factor", "mi" [K, D]}; ``average`` as in :func:`mig`."""
+    """disentanglement_lib's MIG from codes: each dimension binned into ``bins`` equal-width bins
+    (edges in the codes' own dtype), discrete mutual information with each factor, the gap.
+
+    Args:
+        codes: [N, D], float.
+        factors: integer factor values [N, K].
+        bins: bins per code dimension.
+        average: as in :func:`mig`.
+
+    Returns:
+        ``{"mig": float, "per_factor": [K], "mi": [K, D]}`` (nats).
+    """
     codes, factors = _check_codes_factors(codes, factors)
     mi = _discrete_mi_matrix(_histogram_discretize(codes, bins), factors).T
     h_v = np.array([_discrete_mi(factors[:, k], factors[:, k]) for k in range(factors.shape[1])])
@@ -160,8 +185,20 @@ def _represent(represent, x) -> np.ndarray:
 
 def factor_codes(represent: Callable, data, n: int, rng, *, batch_size: int = 16, progress: bool = False,
                  desc: str = "codes") -> tuple[np.ndarray, np.ndarray]:
-    """(codes [n, D], factors [n, K]) of n observations with uniformly sampled factors, drawn in
-    batches of ``batch_size`` (disentanglement_lib's generate_batch_factor_code, same stream)."""
+    """Codes of observations with uniformly sampled factors, drawn in batches as
+    disentanglement_lib's ``generate_batch_factor_code`` (the same stream).
+
+    Args:
+        represent: observations [n, ...] (numpy) -> codes [n, D] (numpy).
+        data: a :class:`~tcvae_kernels.evaluation.data.GroundTruthData`.
+        rng: a ``np.random.Generator`` or ``np.random.RandomState`` (the library's stream).
+        n: observations.
+        batch_size: observations per call of ``represent``.
+        progress, desc: a progress line over the batches, and its label.
+
+    Returns:
+        ``(codes [n, D], factors [n, K])``, numpy.
+    """
     codes, factors = [], []
     bar = _progress(total=n, desc=desc, unit="code", enabled=progress)
     i = 0
@@ -178,7 +215,20 @@ def factor_codes(represent: Callable, data, n: int, rng, *, batch_size: int = 16
 
 def mig_histogram_score(represent: Callable, data, rng, *, num_train: int = 10000, bins: int = 20,
                         batch_size: int = 16, average: str = "all", progress: bool = False) -> dict:
-    """disentanglement_lib's ``compute_mig``: :func:`mig_histogram` of ``num_train`` sampled codes."""
+    """disentanglement_lib's ``compute_mig``: :func:`mig_histogram` of ``num_train`` sampled codes.
+
+    Args:
+        represent: observations [n, ...] (numpy) -> codes [n, D] (numpy).
+        data: a :class:`~tcvae_kernels.evaluation.data.GroundTruthData`.
+        rng: a ``np.random.Generator`` or ``np.random.RandomState`` (the library's stream).
+        num_train: codes sampled.
+        bins, average: as in :func:`mig_histogram`.
+        batch_size: codes per call of ``represent``.
+        progress: a progress line over the batches.
+
+    Returns:
+        As :func:`mig_histogram`.
+    """
     codes, factors = factor_codes(represent, data, num_train, rng, batch_size=batch_size, progress=progress,
                                   desc="MIG codes")
     return mig_histogram(codes, factors, bins=bins, average=average)
@@ -187,10 +237,25 @@ def mig_histogram_score(represent: Callable, data, rng, *, num_train: int = 1000
 def factor_vae_score(represent: Callable, data, rng, *, batch_size: int = 64, num_train: int = 10000,
                      num_eval: int = 5000, num_variance_estimate: int = 10000, prune_threshold: float = 0.05,
                      progress: bool = False) -> dict:
-    """FactorVAE score (Kim & Mnih). Dims whose global standard deviation is below
-    ``prune_threshold`` are pruned (disentanglement_lib's _prune_dims). Returns
-    {"train_accuracy", "eval_accuracy", "num_active_dims"} (the number of unpruned dims; the library
-    reports D there). ``progress``: a bar over the votes."""
+    """FactorVAE score (Kim & Mnih 2018), as disentanglement_lib's ``compute_factor_vae``: dimensions
+    whose global standard deviation is below ``prune_threshold`` are pruned; a vote is the argmin
+    over the active dimensions of var_batch / var_global over ``batch_size`` observations sharing
+    one factor, labelled with it; the majority-vote classifier's accuracy.
+
+    Args:
+        represent: observations [n, ...] (numpy) -> codes [n, D] (numpy).
+        data: a :class:`~tcvae_kernels.evaluation.data.GroundTruthData`.
+        rng: a ``np.random.Generator`` or ``np.random.RandomState`` (the library's stream).
+        batch_size: observations per vote.
+        num_train, num_eval: votes to train and to evaluate the classifier on.
+        num_variance_estimate: codes for the global variances.
+        prune_threshold: the standard deviation below which a dimension is inactive.
+        progress: a progress line over the votes.
+
+    Returns:
+        ``('train_accuracy', 'eval_accuracy', 'num_active_dims')`` (the library reports D as the
+        last; here the number of unpruned dimensions).
+    """
     _, x = data.sample(num_variance_estimate, rng)
     global_var = np.var(_represent(represent, x), axis=0, ddof=1)
     active = np.sqrt(global_var) >= prune_threshold
@@ -235,15 +300,27 @@ def _single_threaded():
 
 def beta_vae_score(represent: Callable, data, rng, *, batch_size: int = 64, num_train: int = 10000,
                    num_eval: int = 5000, standardize: bool = False, progress: bool = False) -> dict:
-    """β-VAE score (Higgins et al.) as disentanglement_lib's ``compute_beta_vae_sklearn``: a
-    scikit-learn ``LogisticRegression`` (defaults: L2 with C = 1, lbfgs, 100 iterations) on the raw
-    features. Like the library's, the score then depends on the codes' scale: features of small
-    spread are regularised to chance. ``standardize=True``: features scaled by the training points'
-    mean and standard deviation first (a scale-free variant; not the library's).
+    """β-VAE score (Higgins et al. 2017), as disentanglement_lib's ``compute_beta_vae_sklearn``: a
+    point is the mean over ``batch_size`` pairs of ``|z(x1) - z(x2)|`` with x1, x2 sharing one
+    factor, labelled with it; scikit-learn's ``LogisticRegression`` (defaults: L2, C = 1, lbfgs,
+    100 iterations) on the raw features. Like the library's, the score depends on the codes' scale
+    (features of small spread are regularised to chance).
 
-    Returns {"train_accuracy", "eval_accuracy", "eval_accuracy_chance_corrected"}; chance is
-    1/num_factors (what a representation carrying no information reaches), the corrected score
-    (acc - chance) / (1 - chance) is 0 for it."""
+    Args:
+        represent: observations [n, ...] (numpy) -> codes [n, D] (numpy).
+        data: a :class:`~tcvae_kernels.evaluation.data.GroundTruthData`.
+        rng: a ``np.random.Generator`` or ``np.random.RandomState`` (the library's stream).
+        batch_size: pairs per point.
+        num_train, num_eval: points to train and to evaluate on.
+        standardize: scale the features by the training points' mean and standard deviation first
+            (a scale-free variant; not the library's).
+        progress: a progress line over the points.
+
+    Returns:
+        ``('train_accuracy', 'eval_accuracy', 'eval_accuracy_chance_corrected')``: chance is
+        1/K, the corrected score (acc - chance) / (1 - chance) is 0 for a representation carrying
+        no information.
+    """
     _, linear_model, _, _, _ = _sklearn()
 
     def points(n, what):
@@ -299,10 +376,20 @@ def _entropy_rows(p: np.ndarray, base: int) -> np.ndarray:
 
 
 def dci_from_codes(codes_train, factors_train, codes_test, factors_test, *, random_state=None) -> dict:
-    """DCI (Eastwood & Williams) from codes [N, D] and integer factors [N, K] (formulas in the module
-    docstring). ``random_state``: the gradient-boosting trees' (None: numpy's global state, as the
-    library). Returns {"disentanglement", "completeness", "informativeness_train",
-    "informativeness_test", "importance" [D, K]}."""
+    """DCI (Eastwood & Williams 2018) from codes and factors (formulas in the module docstring).
+
+    Args:
+        codes_train, codes_test: [N, D], float.
+        factors_train, factors_test: integer factor values [N, K].
+        random_state: the gradient-boosting trees' (None: numpy's global state, as the library).
+
+    Returns:
+        ``{"disentanglement", "completeness", "informativeness_train", "informativeness_test",
+        "importance" [D, K]}``.
+
+    Raises:
+        ValueError: a factor with a single observed value (no classifier can be trained).
+    """
     ensemble, _, _, _, _ = _sklearn()
     codes_train, factors_train = _check_codes_factors(codes_train, factors_train)
     codes_test, factors_test = _check_codes_factors(codes_test, factors_test)
@@ -327,13 +414,36 @@ def dci_from_codes(codes_train, factors_train, codes_test, factors_test, *, rand
 
 def dci(represent: Callable, data, rng, *, num_train: int = 10000, num_test: int = 5000, batch_size: int = 16,
         random_state=None, progress: bool = False) -> dict:
-    """DCI of sampled codes (disentanglement_lib's ``compute_dci``): see :func:`dci_from_codes`."""
+    """DCI of sampled codes, as disentanglement_lib's ``compute_dci``: :func:`dci_from_codes` of
+    ``num_train`` training and ``num_test`` test codes.
+
+    Args:
+        represent: observations [n, ...] (numpy) -> codes [n, D] (numpy).
+        data: a :class:`~tcvae_kernels.evaluation.data.GroundTruthData`.
+        rng: a ``np.random.Generator`` or ``np.random.RandomState`` (the library's stream).
+        num_train, num_test: codes sampled for each.
+        batch_size: codes per call of ``represent``.
+        random_state: as in :func:`dci_from_codes`.
+        progress: a progress line over the batches.
+
+    Returns:
+        As :func:`dci_from_codes`.
+    """
     (ct, ft), (ce, fe) = _train_test(represent, data, rng, num_train, num_test, batch_size, progress, "DCI")
     return dci_from_codes(ct, ft, ce, fe, random_state=random_state)
 
 
 def sap_from_codes(codes_train, factors_train, codes_test, factors_test, *, continuous_factors: bool = False) -> dict:
-    """SAP (Kumar et al.) from codes [N, D] and factors [N, K]. Returns {"sap", "score_matrix" [D, K]}."""
+    """SAP (Kumar et al. 2018) from codes and factors (formulas in the module docstring).
+
+    Args:
+        codes_train, codes_test: [N, D], float.
+        factors_train, factors_test: factor values [N, K].
+        continuous_factors: score by R² instead of a classifier's accuracy.
+
+    Returns:
+        ``{"sap": float, "score_matrix": [D, K]}``.
+    """
     _, _, _, _, svm = _sklearn()
     codes_train, factors_train = _check_codes_factors(codes_train, factors_train)
     codes_test, factors_test = _check_codes_factors(codes_test, factors_test)
@@ -356,16 +466,39 @@ def sap_from_codes(codes_train, factors_train, codes_test, factors_test, *, cont
 
 def sap_score(represent: Callable, data, rng, *, num_train: int = 10000, num_test: int = 5000, batch_size: int = 16,
               continuous_factors: bool = False, progress: bool = False) -> dict:
-    """SAP of sampled codes (disentanglement_lib's ``compute_sap``): see :func:`sap_from_codes`."""
+    """SAP of sampled codes, as disentanglement_lib's ``compute_sap``: :func:`sap_from_codes` of
+    ``num_train`` training and ``num_test`` test codes.
+
+    Args:
+        represent: observations [n, ...] (numpy) -> codes [n, D] (numpy).
+        data: a :class:`~tcvae_kernels.evaluation.data.GroundTruthData`.
+        rng: a ``np.random.Generator`` or ``np.random.RandomState`` (the library's stream).
+        num_train, num_test: codes sampled for each.
+        batch_size: codes per call of ``represent``.
+        continuous_factors: as in :func:`sap_from_codes`.
+        progress: a progress line over the batches.
+
+    Returns:
+        As :func:`sap_from_codes`.
+    """
     (ct, ft), (ce, fe) = _train_test(represent, data, rng, num_train, num_test, batch_size, progress, "SAP")
     return sap_from_codes(ct, ft, ce, fe, continuous_factors=continuous_factors)
 
 
 def modularity_explicitness_from_codes(codes_train, factors_train, codes_test, factors_test, *,
                                        bins: int = 20) -> dict:
-    """Modularity and explicitness (Ridgeway & Mozer) from codes [N, D] and factors [N, K].
-    Returns {"modularity", "explicitness_train", "explicitness_test", "mi" [D, K]}. Codes with zero
-    spread are standardised by 1 instead of 0 (the library divides by zero there)."""
+    """Modularity and explicitness (Ridgeway & Mozer 2018) from codes and factors (formulas in the
+    module docstring). Codes with zero spread are standardised by 1 instead of 0 (the library
+    divides by zero there).
+
+    Args:
+        codes_train, codes_test: [N, D], float.
+        factors_train, factors_test: integer factor values [N, K].
+        bins: bins per code dimension for the mutual information.
+
+    Returns:
+        ``{"modularity", "explicitness_train", "explicitness_test", "mi" [D, K]}``.
+    """
     _, linear_model, skm, preprocessing, _ = _sklearn()
     codes_train, factors_train = _check_codes_factors(codes_train, factors_train)
     codes_test, factors_test = _check_codes_factors(codes_test, factors_test)
@@ -399,8 +532,22 @@ def modularity_explicitness_from_codes(codes_train, factors_train, codes_test, f
 
 def modularity_explicitness(represent: Callable, data, rng, *, num_train: int = 10000, num_test: int = 5000,
                             batch_size: int = 16, bins: int = 20, progress: bool = False) -> dict:
-    """Modularity and explicitness of sampled codes (disentanglement_lib's
-    ``compute_modularity_explicitness``): see :func:`modularity_explicitness_from_codes`."""
+    """Modularity and explicitness of sampled codes, as disentanglement_lib's
+    ``compute_modularity_explicitness``: :func:`modularity_explicitness_from_codes` of
+    ``num_train`` training and ``num_test`` test codes.
+
+    Args:
+        represent: observations [n, ...] (numpy) -> codes [n, D] (numpy).
+        data: a :class:`~tcvae_kernels.evaluation.data.GroundTruthData`.
+        rng: a ``np.random.Generator`` or ``np.random.RandomState`` (the library's stream).
+        num_train, num_test: codes sampled for each.
+        batch_size: codes per call of ``represent``.
+        bins: as in :func:`modularity_explicitness_from_codes`.
+        progress: a progress line over the batches.
+
+    Returns:
+        As :func:`modularity_explicitness_from_codes`.
+    """
     (ct, ft), (ce, fe) = _train_test(represent, data, rng, num_train, num_test, batch_size, progress, "Modularity")
     return modularity_explicitness_from_codes(ct, ft, ce, fe, bins=bins)
 
@@ -430,13 +577,27 @@ class Evaluation(dict):
 
 def evaluate(represent: Callable, data, metrics=tuple(METRICS), *, seed: int = 0, progress: bool = True,
              options: dict | None = None) -> Evaluation:
-    """Run the named ``metrics`` (any of :data:`METRICS`) with disentanglement_lib's defaults, each
-    from a fresh ``np.random.RandomState(seed)`` (what the library's evaluation does with its
-    ``random_seed``). ``options``: {metric: {keyword: value}} overrides, e.g.
-    ``{"dci": {"num_train": 2000}}``. Data whose factor grid is incomplete: wrap it in
-    :class:`tcvae_kernels.evaluation.data.ObservedData` (sampling then draws observed combinations only); a
-    factor with a single observed value is refused by the classifier-based metrics with a
-    ValueError naming it."""
+    """Run the named metrics with disentanglement_lib's defaults, each from a fresh
+    ``np.random.RandomState(seed)`` (what the library's evaluation does with its ``random_seed``).
+
+    Args:
+        represent: observations [n, ...] (numpy) -> codes [n, D] (numpy).
+        data: a :class:`~tcvae_kernels.evaluation.data.GroundTruthData`; for a data set whose
+            factor grid is incomplete wrap it in :class:`~tcvae_kernels.evaluation.data.ObservedData`
+            (sampling then draws observed combinations only).
+        metrics: names from :data:`METRICS`.
+        seed: the RandomState seed of every metric.
+        progress: progress lines.
+        options: ``{metric: {keyword: value}}`` overrides, e.g. ``{"dci": {"num_train": 2000}}``.
+
+    Returns:
+        An :class:`Evaluation`, ``{metric: its result dict}`` whose ``.table`` is a markdown table
+        of the headline numbers.
+
+    Raises:
+        ValueError: an unknown metric name, options for a metric not run, or a factor with a
+            single observed value for a classifier-based metric (naming it).
+    """
     names = [metrics] if isinstance(metrics, str) else list(metrics)
     unknown = [m for m in names if m not in METRICS]
     if unknown:

@@ -93,3 +93,13 @@ def test_public_function_documents_its_arguments_and_result(name, fn):
         missing = [p for p in params if not re.search(rf"(^|[\s,]){p}[,:]", args)]
         assert not missing, f"{name}: {missing} not documented"
     assert "Returns:" in doc, name
+
+
+def test_the_front_page_performance_table_is_the_guide_s():
+    """README's performance table is an excerpt of docs/performance.md's (both from bench/RESULTS.md):
+    the same rows, so the two cannot drift."""
+    def rows(text):
+        return [l for l in text.splitlines() if re.match(r"\| \d+ × \d+ \|", l)]
+
+    readme, guide = rows((ROOT / "README.md").read_text()), rows((ROOT / "docs" / "performance.md").read_text())
+    assert len(readme) >= 3 and readme == guide

@@ -45,14 +45,14 @@ build: $(VENV)/.built
 
 # The main job: cross-check every backend, then train β-TCVAE, β-VAE (both β = 6) and a VAE on
 # the built-in shapes data (6 to 8 minutes of training on 2 CPU cores with AVX2), compare them, write the
-# pictures; the last line printed starts with `result:`. DEMO_ARGS="--seeds 0 1 2" for the README's table.
+# pictures; the last line printed starts with `result:`. DEMO_ARGS="--seeds 0 1 2" for the table in docs/demo.md.
 DEMO_OUT ?= python/out/demo
 DEMO_ARGS ?=
 demo: $(VENV)/.built
 	$(VPY) -m tcvae_kernels check
 	$(VPY) python/demo.py --out $(DEMO_OUT) $(DEMO_ARGS)
 
-# The tests, in two tiers (pyproject.toml; README "Tests"): `make test` runs the default tier, which
+# The tests, in two tiers (pyproject.toml; docs/contributing.md): `make test` runs the default tier, which
 # covers every code path at small sizes; `make test-slow` the heavy repetitions of the same paths;
 # `make test-all` both (what CI runs, one tier after the other). Benchmarks: `make bench`.
 # pytest-xdist spreads the tests over the cores (PYTEST_WORKERS=0: one process).
@@ -66,7 +66,7 @@ test-slow: $(VENV)/.built
 
 test-all: test test-slow
 
-# Line coverage of tcvae_kernels/ by the default tier and by both tiers (README "Tests").
+# Line coverage of tcvae_kernels/ by the default tier and by both tiers (docs/contributing.md).
 coverage: $(VENV)/.built
 	$(PYTEST) --cov=tcvae_kernels --cov-report= tests
 	$(VPY) -m coverage report --format=total --precision=1 > .coverage-default

@@ -237,7 +237,7 @@ def self_share(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, optio
     often negative, so a TC penalty acts on information more than on dependence between the
     dimensions. A larger batch, the global batch across ranks (``process_group``) or a
     ``dataset_size`` that matches the data actually sampled lower it. The losses report its batch
-    mean in ``loss.last.self_share`` (from the same pass) and warn when it is high (README: "Why
+    mean in ``loss.last.self_share`` (from the same pass) and warn when it is high (docs/estimators.md: "Why
     is my TC negative?").
 
     Args:

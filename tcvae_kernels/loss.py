@@ -81,7 +81,7 @@ class EstimatorRegimeWarning(UserWarning):
 
 #: The TC losses warn (once per loss object) when the batch mean of the self share exceeds
 #: SELF_SHARE_WARNING while the batch is under SMALL_BATCH_FRACTION of dataset_size. Chosen from the
-#: 48 cells measured by ``python/estimator_bias.py --regime`` (README, "Why is my TC negative?"): the
+#: 48 cells measured by ``python/estimator_bias.py --regime`` (docs/estimators.md, "Why is my TC negative?"): the
 #: rule marks 21, in 15 of which the MSS estimate is off by more than half the TC (6 of the 8
 #: negative estimates); of the 27 it leaves, 4 are off that much, all at batches of 32-128 with
 #: shares under 0.15 (the plain small-batch bias). Batches of at least a tenth of the data, whatever
@@ -240,7 +240,7 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
                 f"beta*TC acts on information rather than on dependence between the latents. What helps: a "
                 f"larger batch; the global batch across ranks (process_group=); a dataset_size that matches the "
                 f"data actually sampled. Silence with warn_regime=False or warnings.filterwarnings('ignore', "
-                f"category=tcvae_kernels.EstimatorRegimeWarning). README: 'Why is my TC negative?'",
+                f"category=tcvae_kernels.EstimatorRegimeWarning). docs/estimators.md: 'Why is my TC negative?'",
                 EstimatorRegimeWarning, stacklevel=5)  # _check_regime, forward, Module's two calls, the caller
 
     def extra_repr(self) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import NamedTuple, Union, Unpack
+from typing import NamedTuple, Protocol, Union, Unpack
 
 import torch
 
@@ -15,11 +15,22 @@ from ._validation import check_estimator_args, check_finite_inputs, check_inputs
 from .dispatch import select_backend
 from .estimators import LogWeights, log_weights
 from .options import EstimatorKwargs, EstimatorOptions, options_doc, resolve_options
-from .reference import log_qz_x_and_log_pz
+from .reference import check_prior, log_qz_x_and_log_pz
 
 
 #: a partition of the D dimensions: sizes ``[2, 3, 5]`` or index lists ``[[0, 3], [1, 2, 4]]``
 Groups = Union[Sequence[int], Sequence[Sequence[int]]]
+
+
+class Prior(Protocol):
+    """A prior p(z) for the dimension-wise KL: anything with ``log_prob(z [M, D]) -> [M] or [M, D]``
+    (a ``torch.distributions.Distribution``, a learned flow module)."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor: ...
+
+
+#: ``prior=``: "normal" (standard Normal, the default), "laplace" (standard Laplace) or a :class:`Prior`
+PriorArg = Union[str, Prior]
 
 
 class LogQz(NamedTuple):
@@ -168,19 +179,22 @@ def _self_share(log_qz_x: torch.Tensor, est: _Estimate) -> torch.Tensor:
 
 
 @_under_autocast
-def _decompose(z, mu, logvar, opts: EstimatorOptions) -> tuple[Decomposition, torch.Tensor]:
+def _decompose(z, mu, logvar, opts: EstimatorOptions, prior: PriorArg = "normal") -> tuple[Decomposition, torch.Tensor]:
     """(the decomposition, self_share [M]) from one pass (the losses use both)."""
+    check_prior(prior)
     est = _log_qz_acc(z, mu, logvar, opts, need_own_component=True)
-    lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar)
+    lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar, prior=prior)
     sum_dims = est.lqzd.sum(dim=1)
     parts = Decomposition(mi=(lqzx - est.lqz).mean(), tc=(est.lqz - sum_dims).mean(), dim_kl=(sum_dims - lpz).mean())
     return parts, _self_share(lqzx, est)
 
 
 @_under_autocast
-def _grouped_decompose(z, mu, logvar, opts: EstimatorOptions, groups) -> tuple[GroupedDecomposition, torch.Tensor]:
+def _grouped_decompose(z, mu, logvar, opts: EstimatorOptions, groups,
+                       prior: PriorArg = "normal") -> tuple[GroupedDecomposition, torch.Tensor]:
+    check_prior(prior)
     est = _log_qz_acc(z, mu, logvar, opts, need_own_component=True, groups=groups)
-    lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar)
+    lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar, prior=prior)
     sum_dims, sum_groups = est.lqzd.sum(dim=1), est.lqg.sum(dim=1)
     parts = GroupedDecomposition(
         mi=(lqzx - est.lqz).mean(),
@@ -192,12 +206,12 @@ def _grouped_decompose(z, mu, logvar, opts: EstimatorOptions, groups) -> tuple[G
 
 
 @options_doc
-def decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, options: EstimatorOptions | None = None,
-              **kwargs: Unpack[EstimatorKwargs]) -> Decomposition:
+def decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, prior: PriorArg = "normal",
+              options: EstimatorOptions | None = None, **kwargs: Unpack[EstimatorKwargs]) -> Decomposition:
     """β-TCVAE decomposition of the batch: ``(mi, tc, dim_kl)`` scalar tensors, differentiable.
 
     ``MI = mean_i(log q(z_i|x_i) - log q(z_i))``, ``TC = mean_i(log q(z_i) - sum_d log q(z_id))``,
-    ``dim_KL = mean_i(sum_d log q(z_id) - log p(z_i))`` with p = N(0, I); z_i must be drawn from
+    ``dim_KL = mean_i(sum_d log q(z_id) - log p(z_i))`` with p the prior; z_i must be drawn from
     component i (M <= K). Results are in the accumulation dtype (float32, or float64 for float64
     inputs) so the differences keep their precision. With a ``process_group`` the means are over
     this rank's queries, estimated against the global batch (average them over ranks — DDP's
@@ -205,14 +219,18 @@ def decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, option
 
     Args:
         z: queries [M, D]. mu, logvar: the batch's components [K, D], K >= M.
+        prior: p(z) of dim_KL (MI and TC do not depend on it): "normal" (N(0, I)), "laplace"
+            (standard Laplace), or an object with ``log_prob(z)`` returning [M] or [M, D] — a
+            ``torch.distributions.Distribution``, a learned flow (gradients reach its parameters).
 {options}
 
     Returns:
         :class:`Decomposition` ``(mi, tc, dim_kl)``, differentiable scalar tensors.
 
     Raises:
-        TypeError: as :func:`log_qz`.
-        ValueError: as :func:`log_qz`, and when M > K (z_i must be drawn from component i).
+        TypeError: as :func:`log_qz`; a prior that is neither a name nor has ``log_prob``.
+        ValueError: as :func:`log_qz`; M > K (z_i must be drawn from component i); an unknown
+            prior name, or a ``log_prob`` of another shape.
 
     Example:
         >>> import torch, tcvae_kernels as tk
@@ -222,7 +240,7 @@ def decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, option
         >>> [t.dim() for t in parts]  # mi, tc, dim_kl: scalars
         [0, 0, 0]
     """
-    return _decompose(z, mu, logvar, resolve_options(options, dict(kwargs)))[0]
+    return _decompose(z, mu, logvar, resolve_options(options, dict(kwargs)), prior)[0]
 
 
 @options_doc
@@ -274,7 +292,8 @@ def _total_correlation(z, mu, logvar, opts: EstimatorOptions) -> torch.Tensor:
 
 @options_doc
 def grouped_decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, groups: Groups,
-                      options: EstimatorOptions | None = None, **kwargs: Unpack[EstimatorKwargs]) -> GroupedDecomposition:
+                      prior: PriorArg = "normal", options: EstimatorOptions | None = None,
+                      **kwargs: Unpack[EstimatorKwargs]) -> GroupedDecomposition:
     """HFVAE decomposition (Esmaeili et al. 2019) for a partition of the dimensions into groups:
 
     ``MI = mean_i(log q(z_i|x_i) - log q(z_i))``,
@@ -286,6 +305,7 @@ def grouped_decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *
     Args:
         z: queries [M, D]. mu, logvar: the batch's components [K, D], K >= M.
         groups: the partition, as sizes ``[2, 3, 5]`` or index lists ``[[0, 3], [1, 2, 4]]``.
+        prior: p(z) of dim_KL, as for :func:`decompose`.
 {options}
 
     Returns:
@@ -295,4 +315,4 @@ def grouped_decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *
     Raises:
         ValueError: groups that are not a partition of the D dimensions (naming the problem).
     """
-    return _grouped_decompose(z, mu, logvar, resolve_options(options, dict(kwargs)), groups)[0]
+    return _grouped_decompose(z, mu, logvar, resolve_options(options, dict(kwargs)), groups, prior)[0]

@@ -23,7 +23,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._validation import _check_int, normalize_groups
-from .api import Decomposition, GroupedDecomposition, Groups, _decompose, _grouped_decompose
+from .api import Decomposition, GroupedDecomposition, Groups, PriorArg, _decompose, _grouped_decompose
+from .reference import check_prior
 from .options import EstimatorOptions
 
 
@@ -153,6 +154,9 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
             ``loss.options``; "mss" needs ``dataset_size``). With a process group the returned
             penalty is this rank's mean; DDP's gradient averaging makes it the global mean.
         alpha, beta, gamma: weights of MI, TC and dimension-wise KL (paper: 1, β, 1).
+        prior: p(z) of the dimension-wise KL: "normal" (N(0, I)), "laplace" (standard Laplace) or an
+            object with ``log_prob(z)`` returning [M] or [M, D] (a learned one trains: a module is
+            registered as a submodule of the loss, so its parameters are in ``loss.parameters()``).
         warmup_steps: if > 0, β and γ ramp linearly from 0 to their values over that many
             training-mode calls (KL warm-up, as in the authors' code); the step count is saved
             in ``state_dict`` so resumed runs continue the schedule.
@@ -194,6 +198,7 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         deterministic: bool = False,
         process_group: Any = None,
         warn_regime: bool = True,
+        prior: PriorArg = "normal",
     ) -> None:
         super().__init__()
         self._init_warmup(warmup_steps)
@@ -204,6 +209,8 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         self.alpha = _check_weight("alpha", alpha)
         self.beta = _check_weight("beta", beta)
         self.gamma = _check_weight("gamma", gamma)
+        check_prior(prior)
+        self.prior = prior
         self.last: BetaTCVAETerms | None = None
 
     def current_weights(self) -> tuple[float, float, float]:
@@ -212,7 +219,7 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         return self.alpha, self.beta * r, self.gamma * r
 
     def forward(self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        parts, share = _decompose(z, mu, logvar, self.options)
+        parts, share = _decompose(z, mu, logvar, self.options, self.prior)
         a, b, g = self.current_weights()
         self.last = _terms(BetaTCVAETerms, parts, share)
         self._check_regime(z)
@@ -273,16 +280,16 @@ class HFVAELoss(BetaTCVAELoss):
     def __init__(self, dataset_size: int | None, groups: Groups, alpha: float = 1.0, beta: float = 6.0,
                  beta_within: float = 1.0, gamma: float = 1.0, estimator: str = "mss", backend: str = "auto", *,
                  warmup_steps: int = 0, check_finite: bool = False, deterministic: bool = False,
-                 process_group: Any = None, warn_regime: bool = True) -> None:
+                 process_group: Any = None, warn_regime: bool = True, prior: PriorArg = "normal") -> None:
         super().__init__(dataset_size, alpha, beta, gamma, estimator, backend, warmup_steps=warmup_steps,
                          check_finite=check_finite, deterministic=deterministic, process_group=process_group,
-                         warn_regime=warn_regime)
+                         warn_regime=warn_regime, prior=prior)
         self.beta_within = _check_weight("beta_within", beta_within)
         self.groups = groups
         normalize_groups(groups, _implied_dims(groups))  # a valid partition (checked against D per call)
 
     def forward(self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        parts, share = _grouped_decompose(z, mu, logvar, self.options, self.groups)
+        parts, share = _grouped_decompose(z, mu, logvar, self.options, self.groups, self.prior)
         a, b, g = self.current_weights()
         bw = self.beta_within * self.ramp()
         self.last = _terms(HFVAETerms, parts, share)

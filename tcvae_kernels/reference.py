@@ -27,10 +27,15 @@ For a partition of the dimensions into groups (HFVAE, Esmaeili et al. 2019), wit
 
 The β-TCVAE decomposition (Chen et al. 2018) of the batch, with ``z_i`` drawn from component i::
 
-    log_qz_x[i] = sum_d l[i,i,d]                 log_pz[i] = sum_d log N(z_id; 0, 1)
+    log_qz_x[i] = sum_d l[i,i,d]                 log_pz[i] = log p(z_i)   (the prior, below)
     MI     = mean_i(log_qz_x - log_qz)
     TC     = mean_i(log_qz - sum_d log_qz_dims)
     dim_KL = mean_i(sum_d log_qz_dims - log_pz)
+
+The prior p(z) enters dim_KL only (MI and TC do not depend on it): "normal" (default)
+``sum_d log N(z_id; 0, 1)``; "laplace" ``sum_d (-|z_id| - log 2)`` (the standard Laplace of the
+authors' ``-dist laplace``); or any object with ``log_prob(z)`` returning [M] or [M, D] (summed over
+d), e.g. a ``torch.distributions.Distribution`` or a learned flow, differentiable so it trains.
 
 The estimator's regime: the share of q(z_i)'s mass that its own component carries (s_i = i + offset)::
 
@@ -56,6 +61,7 @@ from ._validation import accumulation_dtype
 from .estimators import LogWeights, weight_matrix
 
 LOG_2PI = math.log(2.0 * math.pi)
+LOG_2 = math.log(2.0)
 
 #: Elements of the [C, K, D] chunk tensor evaluated at once (about 16 MiB in float32).
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
@@ -125,8 +131,46 @@ def log_qz_reference(
     return torch.cat(outs_q), torch.cat(outs_d)
 
 
-def log_qz_x_and_log_pz(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, offset: int = 0):
-    """``log q(z_i | x_i) = sum_d l[i, i+offset, d]`` and ``log p(z_i) = sum_d log N(z_id; 0, 1)``, [M] each,
+PRIORS = ("normal", "laplace")
+
+
+def check_prior(prior) -> None:
+    """Raises ValueError for an unknown prior name, TypeError for an object without ``log_prob``."""
+    if isinstance(prior, str):
+        if prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS} or an object with log_prob(z), got {prior!r}")
+    elif not callable(getattr(prior, "log_prob", None)):
+        raise TypeError(f"prior must be one of {PRIORS} or an object with a log_prob(z) method, got {type(prior).__name__}")
+
+
+def log_prior(z: torch.Tensor, prior="normal") -> torch.Tensor:
+    """``log p(z_i)`` [M] for z [M, D] (module docstring: the priors).
+
+    Args:
+        z: [M, D].
+        prior: "normal", "laplace", or an object with ``log_prob(z)`` returning [M] or [M, D].
+
+    Returns:
+        [M], z's dtype (an object's result is summed over d and cast).
+
+    Raises:
+        ValueError: an unknown prior name, or ``log_prob`` returning another shape.
+        TypeError: a prior that is neither a name nor has a ``log_prob`` method.
+    """
+    check_prior(prior)
+    if prior == "normal":
+        return (-0.5 * (z * z + LOG_2PI)).sum(dim=1)
+    if prior == "laplace":
+        return (-z.abs() - LOG_2).sum(dim=1)
+    lp = prior.log_prob(z)
+    if not isinstance(lp, torch.Tensor) or lp.shape not in (z.shape, z.shape[:1]):
+        raise ValueError(f"prior.log_prob(z) must return [M] or [M, D] = {list(z.shape)} for z [M, D], "
+                         f"got {list(lp.shape) if isinstance(lp, torch.Tensor) else type(lp).__name__}")
+    return (lp.sum(dim=1) if lp.dim() == 2 else lp).to(z.dtype)
+
+
+def log_qz_x_and_log_pz(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, offset: int = 0, prior="normal"):
+    """``log q(z_i | x_i) = sum_d l[i, i+offset, d]`` and ``log p(z_i)`` (:func:`log_prior`), [M] each,
     in the accumulation dtype. O(M·D)."""
     acc = accumulation_dtype(z.dtype)
     m = z.shape[0]
@@ -134,8 +178,7 @@ def log_qz_x_and_log_pz(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
     mu_own = mu[offset : offset + m].to(acc)
     lv_own = logvar[offset : offset + m].to(acc)
     log_qz_x = log_density(z, mu_own, lv_own).sum(dim=1)
-    log_pz = (-0.5 * (z * z + LOG_2PI)).sum(dim=1)
-    return log_qz_x, log_pz
+    return log_qz_x, log_prior(z, prior)
 
 
 def self_share_reference(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, weights: LogWeights) -> torch.Tensor:

@@ -15,3 +15,4 @@ loss = tk.BetaTCVAELoss(dataset_size=100, betta=2.0)  # E: call-arg
 loss.estimator = 3  # E: assignment
 tk.HFVAELoss(100, groups=[1, 1], warmup=5)  # E: call-arg
 s: str = tk.self_share(z, mu, lv, dataset_size=100)  # E: assignment
+tk.decompose(z, mu, lv, dataset_size=100, prior=3)  # E: arg-type

@@ -23,3 +23,6 @@ if last is not None:
     share: torch.Tensor = last.self_share
     mi: torch.Tensor = last.mi
 names: tuple[str, ...] = tk.backend_names()
+lap: tk.Decomposition = tk.decompose(z, mu, lv, dataset_size=100, prior="laplace")
+learned = tk.decompose(z, mu, lv, dataset_size=100, prior=torch.distributions.Laplace(0.0, 1.0))
+tk.BetaTCVAELoss(100, prior=torch.distributions.Normal(0.0, 2.0))

@@ -189,9 +189,7 @@ def factor_codes(represent: Callable, data, n: int, rng, *, batch_size: int = 16
     disentanglement_lib's ``generate_batch_factor_code`` (the same stream).
 
     Args:
-        represent: observations [n, ...] (numpy) -> codes [n, D] (numpy).
-        data: a :class:`~tcvae_kernels.evaluation.data.GroundTruthData`.
-        rng: a ``np.random.Generator`` or ``np.random.RandomState`` (the library's stream).
+        represent, data, rng: the codes' source, the data set and the random stream (module docstring).
         n: observations.
         batch_size: observations per call of ``represent``.
         progress, desc: a progress line over the batches, and its label.
@@ -218,9 +216,7 @@ def mig_histogram_score(represent: Callable, data, rng, *, num_train: int = 1000
     """disentanglement_lib's ``compute_mig``: :func:`mig_histogram` of ``num_train`` sampled codes.
 
     Args:
-        represent: observations [n, ...] (numpy) -> codes [n, D] (numpy).
-        data: a :class:`~tcvae_kernels.evaluation.data.GroundTruthData`.
-        rng: a ``np.random.Generator`` or ``np.random.RandomState`` (the library's stream).
+        represent, data, rng: the codes' source, the data set and the random stream (module docstring).
         num_train: codes sampled.
         bins, average: as in :func:`mig_histogram`.
         batch_size: codes per call of ``represent``.
@@ -243,9 +239,7 @@ def factor_vae_score(represent: Callable, data, rng, *, batch_size: int = 64, nu
     one factor, labelled with it; the majority-vote classifier's accuracy.
 
     Args:
-        represent: observations [n, ...] (numpy) -> codes [n, D] (numpy).
-        data: a :class:`~tcvae_kernels.evaluation.data.GroundTruthData`.
-        rng: a ``np.random.Generator`` or ``np.random.RandomState`` (the library's stream).
+        represent, data, rng: the codes' source, the data set and the random stream (module docstring).
         batch_size: observations per vote.
         num_train, num_eval: votes to train and to evaluate the classifier on.
         num_variance_estimate: codes for the global variances.
@@ -307,9 +301,7 @@ def beta_vae_score(represent: Callable, data, rng, *, batch_size: int = 64, num_
     (features of small spread are regularised to chance).
 
     Args:
-        represent: observations [n, ...] (numpy) -> codes [n, D] (numpy).
-        data: a :class:`~tcvae_kernels.evaluation.data.GroundTruthData`.
-        rng: a ``np.random.Generator`` or ``np.random.RandomState`` (the library's stream).
+        represent, data, rng: the codes' source, the data set and the random stream (module docstring).
         batch_size: pairs per point.
         num_train, num_eval: points to train and to evaluate on.
         standardize: scale the features by the training points' mean and standard deviation first
@@ -418,9 +410,7 @@ def dci(represent: Callable, data, rng, *, num_train: int = 10000, num_test: int
     ``num_train`` training and ``num_test`` test codes.
 
     Args:
-        represent: observations [n, ...] (numpy) -> codes [n, D] (numpy).
-        data: a :class:`~tcvae_kernels.evaluation.data.GroundTruthData`.
-        rng: a ``np.random.Generator`` or ``np.random.RandomState`` (the library's stream).
+        represent, data, rng: the codes' source, the data set and the random stream (module docstring).
         num_train, num_test: codes sampled for each.
         batch_size: codes per call of ``represent``.
         random_state: as in :func:`dci_from_codes`.
@@ -470,9 +460,7 @@ def sap_score(represent: Callable, data, rng, *, num_train: int = 10000, num_tes
     ``num_train`` training and ``num_test`` test codes.
 
     Args:
-        represent: observations [n, ...] (numpy) -> codes [n, D] (numpy).
-        data: a :class:`~tcvae_kernels.evaluation.data.GroundTruthData`.
-        rng: a ``np.random.Generator`` or ``np.random.RandomState`` (the library's stream).
+        represent, data, rng: the codes' source, the data set and the random stream (module docstring).
         num_train, num_test: codes sampled for each.
         batch_size: codes per call of ``represent``.
         continuous_factors: as in :func:`sap_from_codes`.
@@ -537,9 +525,7 @@ def modularity_explicitness(represent: Callable, data, rng, *, num_train: int = 
     ``num_train`` training and ``num_test`` test codes.
 
     Args:
-        represent: observations [n, ...] (numpy) -> codes [n, D] (numpy).
-        data: a :class:`~tcvae_kernels.evaluation.data.GroundTruthData`.
-        rng: a ``np.random.Generator`` or ``np.random.RandomState`` (the library's stream).
+        represent, data, rng: the codes' source, the data set and the random stream (module docstring).
         num_train, num_test: codes sampled for each.
         batch_size: codes per call of ``represent``.
         bins: as in :func:`modularity_explicitness_from_codes`.

@@ -15,7 +15,7 @@ from ._validation import check_estimator_args, check_finite_inputs, check_inputs
 from .dispatch import select_backend
 from .estimators import LogWeights, log_weights
 from .options import EstimatorKwargs, EstimatorOptions, options_doc, resolve_options
-from .reference import check_prior, log_qz_x_and_log_pz
+from .reference import log_qz_x_and_log_pz
 
 
 #: a partition of the D dimensions: sizes ``[2, 3, 5]`` or index lists ``[[0, 3], [1, 2, 4]]``
@@ -181,9 +181,8 @@ def _self_share(log_qz_x: torch.Tensor, est: _Estimate) -> torch.Tensor:
 @_under_autocast
 def _decompose(z, mu, logvar, opts: EstimatorOptions, prior: PriorArg = "normal") -> tuple[Decomposition, torch.Tensor]:
     """(the decomposition, self_share [M]) from one pass (the losses use both)."""
-    check_prior(prior)
     est = _log_qz_acc(z, mu, logvar, opts, need_own_component=True)
-    lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar, prior=prior)
+    lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar, prior=prior)  # validates the prior (reference.log_prior)
     sum_dims = est.lqzd.sum(dim=1)
     parts = Decomposition(mi=(lqzx - est.lqz).mean(), tc=(est.lqz - sum_dims).mean(), dim_kl=(sum_dims - lpz).mean())
     return parts, _self_share(lqzx, est)
@@ -192,7 +191,6 @@ def _decompose(z, mu, logvar, opts: EstimatorOptions, prior: PriorArg = "normal"
 @_under_autocast
 def _grouped_decompose(z, mu, logvar, opts: EstimatorOptions, groups,
                        prior: PriorArg = "normal") -> tuple[GroupedDecomposition, torch.Tensor]:
-    check_prior(prior)
     est = _log_qz_acc(z, mu, logvar, opts, need_own_component=True, groups=groups)
     lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar, prior=prior)
     sum_dims, sum_groups = est.lqzd.sum(dim=1), est.lqg.sum(dim=1)

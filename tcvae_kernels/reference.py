@@ -158,10 +158,8 @@ def log_prior(z: torch.Tensor, prior="normal") -> torch.Tensor:
         TypeError: a prior that is neither a name nor has a ``log_prob`` method.
     """
     check_prior(prior)
-    if prior == "normal":
-        return (-0.5 * (z * z + LOG_2PI)).sum(dim=1)
-    if prior == "laplace":
-        return (-z.abs() - LOG_2).sum(dim=1)
+    if isinstance(prior, str):
+        return (-0.5 * (z * z + LOG_2PI)).sum(dim=1) if prior == "normal" else (-z.abs() - LOG_2).sum(dim=1)
     lp = prior.log_prob(z)
     if not isinstance(lp, torch.Tensor) or lp.shape not in (z.shape, z.shape[:1]):
         raise ValueError(f"prior.log_prob(z) must return [M] or [M, D] = {list(z.shape)} for z [M, D], "

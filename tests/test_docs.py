@@ -81,7 +81,10 @@ def _public_functions():
     return out
 
 
-@pytest.mark.parametrize("name,fn", _public_functions(), ids=[n for n, _ in _public_functions()])
+PUBLIC_FUNCTIONS = _public_functions()
+
+
+@pytest.mark.parametrize("name,fn", PUBLIC_FUNCTIONS, ids=[n for n, _ in PUBLIC_FUNCTIONS])
 def test_public_function_documents_its_arguments_and_result(name, fn):
     """Every public function's docstring has an Args section naming each parameter (the estimator
     options through their filled-in block) and a Returns section."""

@@ -115,7 +115,7 @@ struct Components {
   double shift;  // w_other: log_qz = shift + ln2·log2(sum_j 2^(S + dw)), likewise per dimension
 };
 
-template <typename T>
+template <typename T, Family F>
 Components<T> prepare_components(const at::Tensor& mu, const at::Tensor& logvar, double w_other) {
   constexpr int64_t V = Vectorized<T>::size();
   const int64_t k = mu.size(0), d = mu.size(1);
@@ -135,8 +135,8 @@ Components<T> prepare_components(const at::Tensor& mu, const at::Tensor& logvar,
       for (int64_t j = 0; j < k; ++j) {
         const double l = double(lv[j * d + dd]);
         mu_t[j] = m[j * d + dd];
-        h_t[j] = T(log2_precision(l));
-        c_t[j] = T(log2_norm_const(l));
+        h_t[j] = T(FamilyTraits<F>::h2(l));
+        c_t[j] = T(FamilyTraits<F>::c2(l));
       }
       for (int64_t j = k; j < kp; ++j) {  // padding: x2 = -inf for any z (h2 > 0 avoids inf·0)
         mu_t[j] = T(0);
@@ -237,7 +237,7 @@ struct Segments {
 // A group of G latent dimensions of one query, evaluated together so that their contributions to
 // S[j] = sum_d x2[d, j] are added pairwise (fewer roundings, fewer loads/stores of S). Forward and
 // backward use this same code, so S and x2 are bitwise identical in both passes.
-template <typename T, int G>
+template <typename T, int G, Family F>
 struct DimGroup {
   using Vec = Vectorized<T>;
   const T* mu[G];
@@ -253,11 +253,12 @@ struct DimGroup {
       zv[g] = Vec(z_row[d0 + g]);
     }
   }
-  // x[g] = c2 - (z - mu)^2 · h2 at vector offset v; returns their pairwise sum
+  // x[g] = c2 - pen · h2 at vector offset v, pen = (z - mu)^2 or |z - mu|; returns their pairwise sum
   inline Vec values(int64_t v, Vec* x) const {
     for (int g = 0; g < G; ++g) {
       const Vec diff = zv[g] - Vec::loadu(mu[g] + v);
-      x[g] = at::vec::fnmadd(diff * diff, Vec::loadu(h2[g] + v), Vec::loadu(c2[g] + v));
+      const Vec pen = F == Family::Laplace ? diff.abs() : diff * diff;
+      x[g] = at::vec::fnmadd(pen, Vec::loadu(h2[g] + v), Vec::loadu(c2[g] + v));
     }
     if constexpr (G == 1) return x[0];
     if constexpr (G == 2) return x[0] + x[1];
@@ -315,7 +316,7 @@ inline Lse2<T> combine_lanes(const Vectorized<T>& mv, const Vectorized<T>& sv) {
 // Exact two-pass log-sum of one (query, dim) over all components, in base 2, for the rare rows whose
 // sum lies below 2^-60 (z far from every component). x2 is computed by the
 // same vector code as everywhere else, so the backward recomputes m bitwise.
-template <typename T>
+template <typename T, Family F>
 Lse2<T> exact_marginal(const T* z_row, const Components<T>& cp, int64_t dd, int64_t k, int64_t self, int64_t next,
                        T d_self, T d_next, std::vector<T>& buf) {
   using Vec = Vectorized<T>;
@@ -323,7 +324,7 @@ Lse2<T> exact_marginal(const T* z_row, const Components<T>& cp, int64_t dd, int6
   buf.resize(cp.kp);
   for (int64_t v = 0; v < cp.kp; v += V) {
     Vec x[1];
-    DimGroup<T, 1>(cp, z_row, dd, 0).values(v, x);
+    DimGroup<T, 1, F>(cp, z_row, dd, 0).values(v, x);
     x[0].store(buf.data() + v);
   }
   if (self >= 0) buf[self] += d_self;
@@ -342,7 +343,7 @@ Lse2<T> exact_marginal(const T* z_row, const Components<T>& cp, int64_t dd, int6
 
 // Forward. Outputs log_qz [M], log_qz_dims [M, D], log_qz_groups [M, n_groups] and the saved
 // states aux_q [M, 2], aux_qd [M, D, 2], aux_qg [M, n_groups, 2].
-template <typename T>
+template <typename T, Family F>
 void forward_kernel(const T* z, const Components<T>& cp, const Segments& seg, int64_t m_rows, int64_t k, int64_t d,
                     T d_self, T d_next, int64_t offset, T* out_q, T* out_qd, T* out_qg, T* aux_q, T* aux_qd,
                     T* aux_qg) {
@@ -381,7 +382,7 @@ void forward_kernel(const T* z, const Components<T>& cp, const Segments& seg, in
             for_each_group(seg.bounds[sg + 1] - s0, [&](auto group, int64_t r0) {
               constexpr int G = decltype(group)::value;
               const int64_t d0 = s0 + r0;
-              const DimGroup<T, G> grp(cp, z + i * d, d0, j0);
+              const DimGroup<T, G, F> grp(cp, z + i * d, d0, j0);
               Vec a[G];
               for (int g = 0; g < G; ++g) a[g] = Vec(T(0));
               for (int64_t v = 0; v < nb; v += V) {
@@ -410,7 +411,7 @@ void forward_kernel(const T* z, const Components<T>& cp, const Segments& seg, in
         for (int64_t dd = 0; dd < d; ++dd) {
           const T s = hsum(acc[ii * d + dd]);
           Lse2<T> st{T(0), T(std::log2(s))};
-          if (!(s >= kTiny) && !std::isnan(s)) st = exact_marginal(z + i * d, cp, dd, k, self, next, d_self, d_next, buf);
+          if (!(s >= kTiny) && !std::isnan(s)) st = exact_marginal<T, F>(z + i * d, cp, dd, k, self, next, d_self, d_next, buf);
           aux_qd[2 * (i * d + dd)] = st.m;
           aux_qd[2 * (i * d + dd) + 1] = st.r;
           out_qd[i * d + dd] = T(cp.shift + kLn2 * (double(st.m) + double(st.r)));
@@ -435,7 +436,9 @@ void forward_kernel(const T* z, const Components<T>& cp, const Segments& seg, in
 //   R_g = c_ig·2^((S_g + dw - m_ig) - r_ig),  G = P + R_g(d) + b_id·Q   (R = 0 outside groups)
 //   U = G·diff·h2  (h = h2·ln2):  dz = -2ln2·sum_j U,  dmu = 2ln2·sum_i U,
 //   dlogvar = ln2·sum_i G·(diff^2·h2 - 0.5·log2e)
-template <typename T>
+// Laplace: U = G·sign(diff)·h2, dz = -ln2·sum_j U, dmu = ln2·sum_i U, db = ln2·sum_i G·(|diff|·h2 - log2e)
+// (FamilyTraits: kSlope, kConst).
+template <typename T, Family F>
 void backward_kernel(const T* z, const Components<T>& cp, const Segments& seg, int64_t m_rows, int64_t k, int64_t d,
                      T d_self, T d_next, int64_t offset, const T* aux_q, const T* aux_qd, const T* aux_qg, const T* a,
                      const T* b, const T* c, T* grad_z, T* partial, int64_t n_chunks, int64_t tiles_per_chunk) {
@@ -449,7 +452,8 @@ void backward_kernel(const T* z, const Components<T>& cp, const Segments& seg, i
     std::vector<T> SG(ng ? kBlockBwd : 0), PG(ng * kBlockBwd);  // S_g of one segment; P + R_g per group
     std::vector<const T*> coef(d);                                // per dimension: P, or P + R_g of its group
     std::vector<Vec> gz(kQueryTile * d);
-    const Vec half_log2e(T(0.5 * kLog2E));
+    const Vec const_log2e(T(FamilyTraits<F>::kConst * kLog2E));
+    const Vec zero(T(0));
     for (int64_t dd = 0; dd < d; ++dd) coef[dd] = P.data();
     for (int64_t g = 0; g < ng; ++g)
       for (int64_t dd = seg.bounds[g]; dd < seg.bounds[g + 1]; ++dd) coef[dd] = PG.data() + g * kBlockBwd;
@@ -477,7 +481,7 @@ void backward_kernel(const T* z, const Components<T>& cp, const Segments& seg, i
               for_each_group(seg.bounds[sg + 1] - s0, [&](auto group, int64_t r0) {
                 constexpr int G = decltype(group)::value;
                 const int64_t d0 = s0 + r0;
-                const DimGroup<T, G> grp(cp, z + i * d, d0, j0);
+                const DimGroup<T, G, F> grp(cp, z + i * d, d0, j0);
                 for (int64_t v = 0; v < nb; v += V) {
                   Vec x[G];
                   const Vec sum = grp.values(v, x);
@@ -523,11 +527,12 @@ void backward_kernel(const T* z, const Components<T>& cp, const Segments& seg, i
                 const Vec g = at::vec::fmadd(bv, q, Vec::loadu(pc + v));  // G[i, j, d]
                 const Vec diff = zv - Vec::loadu(mu + v);
                 const Vec hv = Vec::loadu(h2 + v);
-                const Vec u = g * diff * hv;
+                const Vec u = F == Family::Laplace ? g * (diff.gt(zero) - diff.lt(zero)) * hv : g * diff * hv;
                 accz = accz + u;
                 (Vec::loadu(gmu + v) + u).store(gmu + v);
-                // G·(diff^2·h2 - 0.5·log2e): subtract before scaling by G (one rounding at the cancellation)
-                const Vec t = at::vec::fmsub(diff * diff, hv, half_log2e);
+                // G·(pen·h2 - kConst·log2e): subtract before scaling by G (one rounding at the cancellation)
+                const Vec pen = F == Family::Laplace ? diff.abs() : diff * diff;
+                const Vec t = at::vec::fmsub(pen, hv, const_log2e);
                 at::vec::fmadd(g, t, Vec::loadu(glv + v)).store(glv + v);
               }
               gz[ii * d + dd] = gz[ii * d + dd] + accz;
@@ -536,7 +541,7 @@ void backward_kernel(const T* z, const Components<T>& cp, const Segments& seg, i
           }
         }
         for (int64_t ii = 0; ii < ib; ++ii)
-          for (int64_t dd = 0; dd < d; ++dd) grad_z[(i0 + ii) * d + dd] = T(-2.0 * kLn2) * hsum(gz[ii * d + dd]);
+          for (int64_t dd = 0; dd < d; ++dd) grad_z[(i0 + ii) * d + dd] = T(-FamilyTraits<F>::kSlope * kLn2) * hsum(gz[ii * d + dd]);
       }
     }
   });
@@ -568,9 +573,10 @@ void check_group_ends(at::IntArrayRef group_ends, int64_t d) {
 // group g covers dimensions [group_ends[g-1], group_ends[g]) (group_ends[-1] = 0), G = len(group_ends).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_groups_cpu(
     const at::Tensor& z, const at::Tensor& mu, const at::Tensor& logvar, at::IntArrayRef group_ends,
-    at::ArrayRef<double> weights, int64_t offset) {
+    at::ArrayRef<double> weights, int64_t offset, c10::string_view family) {
   check_args(z, mu, logvar);
   const LogWeights w = parse_log_weights(weights, offset);
+  const Family fam = parse_family(std::string(family));
   const auto acc = acc_type(z);
   const at::Tensor zc = z.to(acc).contiguous(), muc = mu.to(acc).contiguous(), lvc = logvar.to(acc).contiguous();
   const int64_t m = z.size(0), k = mu.size(0), d = z.size(1), ng = int64_t(group_ends.size());
@@ -581,11 +587,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor aux_q = at::empty({m, 2}, zc.options()), aux_qd = at::empty({m, d, 2}, zc.options());
   at::Tensor aux_qg = at::empty({m, ng, 2}, zc.options());
   AT_DISPATCH_FLOATING_TYPES(acc, "tcvae_log_qz_cpu", [&] {
-    const auto cp = prepare_components<scalar_t>(muc, lvc, w.other);
-    forward_kernel<scalar_t>(zc.data_ptr<scalar_t>(), cp, seg, m, k, d, scalar_t(w.d_self2()), scalar_t(w.d_next2()),
-                             w.offset, out_q.data_ptr<scalar_t>(),
-                             out_qd.data_ptr<scalar_t>(), out_qg.data_ptr<scalar_t>(), aux_q.data_ptr<scalar_t>(),
-                             aux_qd.data_ptr<scalar_t>(), aux_qg.data_ptr<scalar_t>());
+    dispatch_family(fam, [&](auto f) {
+      constexpr Family F = decltype(f)::value;
+      const auto cp = prepare_components<scalar_t, F>(muc, lvc, w.other);
+      forward_kernel<scalar_t, F>(zc.data_ptr<scalar_t>(), cp, seg, m, k, d, scalar_t(w.d_self2()),
+                                  scalar_t(w.d_next2()), w.offset, out_q.data_ptr<scalar_t>(),
+                                  out_qd.data_ptr<scalar_t>(), out_qg.data_ptr<scalar_t>(), aux_q.data_ptr<scalar_t>(),
+                                  aux_qd.data_ptr<scalar_t>(), aux_qg.data_ptr<scalar_t>());
+    });
   });
   return {out_q, out_qd, out_qg, aux_q, aux_qd, aux_qg};
 }
@@ -593,17 +602,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_cpu(const at::Tensor& z, const at::Tensor& mu,
                                                                       const at::Tensor& logvar, at::ArrayRef<double> weights,
                                                                       int64_t offset,
-                                                                      bool /*grad_terms: the CPU backward needs none*/) {
-  auto out = log_qz_groups_cpu(z, mu, logvar, {}, weights, offset);
+                                                                      bool /*grad_terms: the CPU backward needs none*/,
+                                                                      c10::string_view family) {
+  auto out = log_qz_groups_cpu(z, mu, logvar, {}, weights, offset, family);
   return {std::get<0>(out), std::get<1>(out), std::get<3>(out), std::get<4>(out)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_groups_backward_cpu(
     const at::Tensor& grad_q, const at::Tensor& grad_qd, const at::Tensor& grad_qg, const at::Tensor& z,
     const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd,
-    const at::Tensor& aux_qg, at::IntArrayRef group_ends, at::ArrayRef<double> weights, int64_t offset) {
+    const at::Tensor& aux_qg, at::IntArrayRef group_ends, at::ArrayRef<double> weights, int64_t offset,
+    c10::string_view family) {
   check_args(z, mu, logvar);
   const LogWeights w = parse_log_weights(weights, offset);
+  const Family fam = parse_family(std::string(family));
   const auto acc = acc_type(z);
   const int64_t m = z.size(0), k = mu.size(0), d = z.size(1), ng = int64_t(group_ends.size());
   check_group_ends(group_ends, d);
@@ -619,14 +631,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_groups_backward_cpu(
   at::Tensor grad_z = at::empty({m, d}, zc.options());
   at::Tensor grad_mu = at::empty({k, d}, zc.options()), grad_lv = at::empty({k, d}, zc.options());
   AT_DISPATCH_FLOATING_TYPES(acc, "tcvae_log_qz_backward_cpu", [&] {
-    const auto cp = prepare_components<scalar_t>(muc, lvc, w.other);
+   dispatch_family(fam, [&](auto f) {
+    constexpr Family F = decltype(f)::value;
+    const auto cp = prepare_components<scalar_t, F>(muc, lvc, w.other);
     const int64_t n_tiles = (m + kQueryTile - 1) / kQueryTile;
     const int64_t per_chunk_bytes = 2 * d * cp.kp * int64_t(sizeof(scalar_t));
     const int64_t most = std::max<int64_t>(1, std::min(kMaxChunks, kPartialBudget / per_chunk_bytes));
     const int64_t tiles_per_chunk = std::max((n_tiles + most - 1) / most, kMinTilesPerChunk);
     const int64_t n_chunks = std::max<int64_t>(1, (n_tiles + tiles_per_chunk - 1) / tiles_per_chunk);
     at::Tensor partial = at::empty({n_chunks, 2, d, cp.kp}, zc.options());
-    backward_kernel<scalar_t>(zc.data_ptr<scalar_t>(), cp, seg, m, k, d, scalar_t(w.d_self2()), scalar_t(w.d_next2()),
+    backward_kernel<scalar_t, F>(zc.data_ptr<scalar_t>(), cp, seg, m, k, d, scalar_t(w.d_self2()), scalar_t(w.d_next2()),
                               w.offset, sq.data_ptr<scalar_t>(),
                               sqd.data_ptr<scalar_t>(), sqg.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(),
                               b.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), grad_z.data_ptr<scalar_t>(),
@@ -652,11 +666,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_groups_backward_cpu(
           }
         }
         for (int64_t j = 0; j < nj; ++j) {
-          gmu[(j0 + j) * d + dd] = scalar_t(2.0 * kLn2) * sm[j];
+          gmu[(j0 + j) * d + dd] = scalar_t(FamilyTraits<F>::kSlope * kLn2) * sm[j];
           glv[(j0 + j) * d + dd] = scalar_t(kLn2) * sl[j];
         }
       }
     });
+   });
   });
   return {grad_z.to(z.scalar_type()), grad_mu.to(mu.scalar_type()), grad_lv.to(logvar.scalar_type())};
 }
@@ -664,10 +679,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_groups_backward_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward_cpu(
     const at::Tensor& grad_q, const at::Tensor& grad_qd, const at::Tensor& z, const at::Tensor& mu,
     const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd, at::ArrayRef<double> weights,
-    int64_t offset, bool /*grad_terms*/) {
+    int64_t offset, bool /*grad_terms*/, c10::string_view family) {
   const at::Tensor none = aux_q.new_empty({z.size(0), 0});
   return log_qz_groups_backward_cpu(grad_q, grad_qd, none, z, mu, logvar, aux_q, aux_qd, none.unsqueeze(2), {},
-                                    weights, offset);
+                                    weights, offset, family);
 }
 
 std::string build_info() {
@@ -692,19 +707,20 @@ TORCH_LIBRARY(tcvae, m) {
   // will follow (the CUDA forward then sums those terms; False skips them, and the backward).
   // weights, offset: the estimator's structured log weights [w_self, w_next, w_other] and the
   // offset s_i - i (tcvae_math.h: LogWeights; Python: tcvae_kernels.LogWeights.op_args).
+  // family: "normal" (logvar the log-variance) or "laplace" (logvar holds the log-scale b).
   m.def("log_qz(Tensor z, Tensor mu, Tensor logvar, float[] weights, int offset,"
-        " bool grad_terms=True) -> (Tensor, Tensor, Tensor, Tensor)");
+        " bool grad_terms=True, str family=\"normal\") -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("log_qz_backward(Tensor grad_log_qz, Tensor grad_log_qz_dims, Tensor z, Tensor mu, Tensor logvar,"
         " Tensor aux_q, Tensor aux_qd, float[] weights, int offset,"
-        " bool grad_terms=True) -> (Tensor, Tensor, Tensor)");
+        " bool grad_terms=True, str family=\"normal\") -> (Tensor, Tensor, Tensor)");
   // The same with a partition of (some of) the dimensions into groups: group g covers dimensions
   // [group_ends[g-1], group_ends[g]) (from 0), the rest belongs to no group. Adds log_qz_groups [M, G]
   // and its saved state aux_qg [M, G, 2] (outputs 3 and 6).
   m.def("log_qz_groups(Tensor z, Tensor mu, Tensor logvar, int[] group_ends, float[] weights,"
-        " int offset) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+        " int offset, str family=\"normal\") -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("log_qz_groups_backward(Tensor grad_log_qz, Tensor grad_log_qz_dims, Tensor grad_log_qz_groups, Tensor z,"
         " Tensor mu, Tensor logvar, Tensor aux_q, Tensor aux_qd, Tensor aux_qg, int[] group_ends, float[] weights,"
-        " int offset) -> (Tensor, Tensor, Tensor)");
+        " int offset, str family=\"normal\") -> (Tensor, Tensor, Tensor)");
   m.def("build_info() -> str", &build_info);
 }
 

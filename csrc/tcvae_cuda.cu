@@ -23,33 +23,33 @@ namespace tcvae {
 namespace fused {
 namespace {
 
-template <typename T, bool GRAD>
+template <typename T, bool GRAD, Family F>
 __global__ void __launch_bounds__(Threads<T>::value)
     forward_kernel(const FwdArgs<T> a, int64_t k_per_split) {  // pointer shapes: FwdArgs
   constexpr int NT = Threads<T>::value;
   const int64_t r0 = int64_t(blockIdx.x) * kRows<T> * NT, split = blockIdx.y;
   const int64_t lo = split * k_per_split, hi = min(a.kp, lo + k_per_split);
-  forward_thread<T, GRAD>(a, r0, NT, int(threadIdx.x), split, lo, hi);
+  forward_thread<T, GRAD, F>(a, r0, NT, int(threadIdx.x), split, lo, hi);
 }
 
-template <typename T, bool GRAD>
+template <typename T, bool GRAD, Family F>
 __global__ void __launch_bounds__(Threads<T>::value)
     exact_kernel(const T* __restrict__ z_t, const T* __restrict__ comp,
                  const T* __restrict__ acc,  // [D, MP] marginal sums over all components
                  T* __restrict__ qm, T* __restrict__ qr, T* __restrict__ tn,  // [D, MP] out where acc < tiny
                  int64_t m, int64_t mp, int64_t k, int64_t kp, int d, int64_t offset, T ds, T dn, T tiny) {
   const int64_t i = int64_t(blockIdx.x) * Threads<T>::value + threadIdx.x;
-  exact_marginals<T, GRAD>(z_t, comp, acc, qm, qr, tn, i, m, mp, k, kp, d, offset, ds, dn, tiny);
+  exact_marginals<T, GRAD, F>(z_t, comp, acc, qm, qr, tn, i, m, mp, k, kp, d, offset, ds, dn, tiny);
 }
 
-template <typename T>
+template <typename T, Family F>
 __global__ void __launch_bounds__(Threads<T>::value)
     backward_cols_kernel(const BwdInputs<T> in, T* __restrict__ gmu, T* __restrict__ glv,  // [splits, D, KP]
                          int64_t m_per_split) {
   constexpr int NT = Threads<T>::value;
   const int64_t c0 = int64_t(blockIdx.x) * kRows<T> * NT, split = blockIdx.y;
   const int64_t lo = split * m_per_split, hi = min(in.mp, lo + m_per_split);
-  backward_cols_thread<T>(in, gmu, glv, c0, NT, int(threadIdx.x), split, lo, hi);
+  backward_cols_thread<T, F>(in, gmu, glv, c0, NT, int(threadIdx.x), split, lo, hi);
 }
 
 unsigned int blocks(int64_t n, int nt) { return unsigned(std::max<int64_t>(1, (n + nt - 1) / nt)); }
@@ -69,28 +69,28 @@ struct Cuda {
     return std::max<int64_t>(1, std::min<int64_t>({want, cap, 65535}));
   }
 
-  template <typename T, bool GRAD>
+  template <typename T, bool GRAD, Family F>
   static void forward(const FwdArgs<T>& a, int64_t splits, int64_t k_per_split, const at::Tensor&) {
     constexpr int NT = Threads<T>::value;
-    forward_kernel<T, GRAD><<<dim3(blocks(a.mp, kRows<T> * NT), unsigned(splits)), NT, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    forward_kernel<T, GRAD, F><<<dim3(blocks(a.mp, kRows<T> * NT), unsigned(splits)), NT, 0, c10::cuda::getCurrentCUDAStream()>>>(
         a, k_per_split);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
-  template <typename T, bool GRAD>
+  template <typename T, bool GRAD, Family F>
   static void exact(const T* z_t, const T* comp, const T* acc, T* qm, T* qr, T* tn, int64_t m, int64_t mp, int64_t k,
                     int64_t kp, int d, int64_t offset, T ds, T dn, T tiny, const at::Tensor&) {
     constexpr int NT = Threads<T>::value;
-    exact_kernel<T, GRAD><<<blocks(m, NT), NT, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    exact_kernel<T, GRAD, F><<<blocks(m, NT), NT, 0, c10::cuda::getCurrentCUDAStream()>>>(
         z_t, comp, acc, qm, qr, tn, m, mp, k, kp, d, offset, ds, dn, tiny);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
-  template <typename T>
+  template <typename T, Family F>
   static void backward_cols(const BwdInputs<T>& in, T* gmu, T* glv, int64_t splits, int64_t m_per_split,
                             const at::Tensor&) {
     constexpr int NT = Threads<T>::value;
-    backward_cols_kernel<T><<<dim3(blocks(in.kp, kRows<T> * NT), unsigned(splits)), NT, 0,
+    backward_cols_kernel<T, F><<<dim3(blocks(in.kp, kRows<T> * NT), unsigned(splits)), NT, 0,
                               c10::cuda::getCurrentCUDAStream()>>>(in, gmu, glv, m_per_split);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -107,20 +107,22 @@ void check_cuda_args(const at::Tensor& z, const at::Tensor& mu, const at::Tensor
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_cuda(const at::Tensor& z, const at::Tensor& mu,
                                                                       const at::Tensor& logvar, at::ArrayRef<double> weights,
-                                                                      int64_t offset, bool grad_terms) {
+                                                                      int64_t offset, bool grad_terms,
+                                                                      c10::string_view family) {
   check_cuda_args(z, mu, logvar);
   const c10::cuda::CUDAGuard guard(z.device());
-  return log_qz_forward<Cuda>(z, mu, logvar, parse_log_weights(weights, offset), grad_terms, 0);
+  return log_qz_forward<Cuda>(z, mu, logvar, parse_log_weights(weights, offset), grad_terms, 0,
+                              parse_family(std::string(family)));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward_cuda(
     const at::Tensor& grad_q, const at::Tensor& grad_qd, const at::Tensor& z, const at::Tensor& mu,
     const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd, at::ArrayRef<double> weights,
-    int64_t offset, bool grad_terms) {
+    int64_t offset, bool grad_terms, c10::string_view family) {
   check_cuda_args(z, mu, logvar);
   const c10::cuda::CUDAGuard guard(z.device());
   return log_qz_backward<Cuda>(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, parse_log_weights(weights, offset),
-                               grad_terms, 0);
+                               grad_terms, 0, parse_family(std::string(family)));
 }
 
 }  // namespace

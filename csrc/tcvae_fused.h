@@ -14,8 +14,11 @@
 // Layouts (T = float or double; MP, KP = M, K padded to multiples of kPad):
 //   z_t   [D, MP]      queries, transposed (padding: 0)
 //   comp  [D, 3, KP]   per dimension: s, nm, c2 over components (padding: 1, 0, -inf)
-//                      s = sqrt(0.5·exp(-logvar)·log2e), nm = -mu·s, c2 = -0.5·(logvar + log 2π)·log2e
+//                      Normal:  s = sqrt(h2), nm = -mu·s, c2 (FamilyTraits): x2 = c2 - u²
+//                      Laplace: s = h2,       nm = mu (so u = z - mu), c2:  x2 = c2 - |u|·s
 //   csum  [KP]         sum_d c2 (padding: -inf)
+// Every kernel is instantiated per posterior family F (tcvae_math.h: diff_term, minus_pen,
+// pen_minus, slope; the comments below are written for the Normal, pen = u²).
 // Names used below (the design, in full: docs/kernels.md): u = z·s + nm, x2 = c2 - u², dw the
 // self/next weight correction, L = (csum + Sq) + dw with Sq = -sum_d u² (the joint sum, recomputed
 // bitwise), A = sum_j 2^(x2 + dw) the marginal sums, (m, s) the joint's online logsumexp, tn / jn the
@@ -159,7 +162,7 @@ struct FwdArgs {
 
 // kRows queries of a thread, i[r] = r0 + r·NT + t: their joint logsumexp states over the
 // components seen; their sums in the scratch columns i[r] of this split (owned by this thread).
-template <typename T>
+template <typename T, Family F>
 struct FwdThread {
   T jmax[kRows<T>], jsum[kRows<T>];
   int64_t i[kRows<T>], self[kRows<T>], next[kRows<T>];
@@ -193,13 +196,13 @@ struct FwdThread {
         T part = T(0), tpart = T(0);
 #pragma unroll
         for (int jj = 0; jj < kTile<T>; ++jj) {
-          const T u = fma_(s[jj], zd, nm[jj]);
-          T x = fma_(-u, u, c2[jj]);         // x2 = c2 - u²  (every kernel: the same FMAs)
-          L[r][jj] = fma_(-u, u, L[r][jj]);  // Sq -= u²
+          const T u = diff_term<F>(s[jj], zd, nm[jj]);
+          T x = minus_pen<F>(u, s[jj], c2[jj]);         // x2 = c2 - u²  (every kernel: the same FMAs)
+          L[r][jj] = minus_pen<F>(u, s[jj], L[r][jj]);  // Sq -= u²
           if (WITH_DW) x += weight_correction<T>(jj, js[r], jn[r], a.ds, a.dn);
           const T e = marginal_exp2<T, POLY>(x, jj);  // cannot overflow: x2 < 64 for finite s
           part += e;
-          if (GRAD) tpart = fma_(e * u, s[jj], tpart);
+          if (GRAD) tpart = fma_(e * slope<F>(u), s[jj], tpart);
         }
         a.acc[at] += part;
         if (GRAD) a.ta[at] += tpart;
@@ -262,8 +265,8 @@ struct FwdThread {
         T jp = T(0);
 #pragma unroll
         for (int jj = 0; jj < kTile<T>; ++jj) {
-          const T u = fma_(s[jj], zd, nm[jj]);
-          jp = fma_(L[r][jj] * u, s[jj], jp);
+          const T u = diff_term<F>(s[jj], zd, nm[jj]);
+          jp = fma_(L[r][jj] * slope<F>(u), s[jj], jp);
         }
         T& jd = a.ja[base + dd * mp + i[r]];
         jd = fma_(jd, scale[r], jp);
@@ -275,7 +278,7 @@ struct FwdThread {
 // Exact two-pass marginals of query i for every dim whose sum underflowed (acc < tiny): writes the
 // maximum m and r = log2 sum 2^(x2 + dw - m) over all K components, and (GRAD) the gradient term
 // tn = sum_j 2^(x2 + dw - m - r)·u·s ([D, MP] layouts).
-template <typename T, bool GRAD>
+template <typename T, bool GRAD, Family F>
 TCVAE_HD void exact_marginals(const T* z_t, const T* comp, const T* acc, T* qm, T* qr, T* tn, int64_t i, int64_t m,
                               int64_t mp, int64_t k, int64_t kp, int d, int64_t offset, T d_self, T d_next, T tiny) {
   if (i >= m) return;
@@ -288,8 +291,8 @@ TCVAE_HD void exact_marginals(const T* z_t, const T* comp, const T* acc, T* qm, 
     T mx = -inf;
     bool nan = false;
     for (int64_t j = 0; j < k; ++j) {
-      const T u = fma_(c[j], zd, c[kp + j]);
-      const T x = fma_(-u, u, c[2 * kp + j]) + weight_correction(j, self, next, d_self, d_next);
+      const T u = diff_term<F>(c[j], zd, c[kp + j]);
+      const T x = minus_pen<F>(u, c[j], c[2 * kp + j]) + weight_correction(j, self, next, d_self, d_next);
       nan |= (x != x);
       mx = x > mx ? x : mx;
     }
@@ -299,10 +302,10 @@ TCVAE_HD void exact_marginals(const T* z_t, const T* comp, const T* acc, T* qm, 
     } else if (mx != -inf) {
       T sum = T(0);
       for (int64_t j = 0; j < k; ++j) {
-        const T u = fma_(c[j], zd, c[kp + j]);
-        const T e = exp2_(fma_(-u, u, c[2 * kp + j]) + weight_correction(j, self, next, d_self, d_next) - mx);
+        const T u = diff_term<F>(c[j], zd, c[kp + j]);
+        const T e = exp2_(minus_pen<F>(u, c[j], c[2 * kp + j]) + weight_correction(j, self, next, d_self, d_next) - mx);
         sum += e;
-        if (GRAD) t = fma_(e * u, c[j], t);
+        if (GRAD) t = fma_(e * slope<F>(u), c[j], t);
       }
       r = log2_(sum);
       t = t / sum;
@@ -331,12 +334,12 @@ struct BwdInputs {
   const int32_t* __restrict__ qflag;
   int64_t mp, kp, k, offset;
   int d;
-  T ds, dn, half_log2e;
+  T ds, dn, const_log2e;  // const_log2e = FamilyTraits<F>::kConst·log2 e
 };
 
 // kRows<T> components of a thread, j[r] = c0 + r·NT + t: gmu, glv [D, KP] (this split's scratch) +=
-// sums over a tile of queries of G·u and G·(u² - log2(e)/2).
-template <typename T>
+// sums over a tile of queries of G·u and G·(u² - log2(e)/2) (slope(u) and pen(u) - kConst·log2 e).
+template <typename T, Family F>
 struct BwdColThread {
   int64_t j[kRows<T>];
 
@@ -358,10 +361,11 @@ struct BwdColThread {
                      const T (&P)[kRows<T>][kTile<T>]) {
     const int64_t mp = in.mp, kp = in.kp;
     for (int dd = 0; dd < in.d; ++dd) {
-      T zt[kTile<T>], bq[kTile<T>], qm[kTile<T>];
+      T zt[kTile<T>], bq[kTile<T>];
+      const T* qm = in.qm + dd * mp + i0;  // EXACT only: read per element (a broadcast load; rare tiles), so
+                                           // no third tile of registers (the Laplace instantiation spilled)
       load_tile(in.z_t + dd * mp + i0, zt);
       load_tile(in.bq + dd * mp + i0, bq);
-      if (EXACT) load_tile(in.qm + dd * mp + i0, qm);
 #pragma unroll
       for (int r = 0; r < kRows<T>; ++r) {
         const T* c = in.comp + int64_t(dd) * 3 * kp + j[r];
@@ -369,13 +373,13 @@ struct BwdColThread {
         T gm = T(0), gl = T(0);
 #pragma unroll
         for (int ii = 0; ii < kTile<T>; ++ii) {
-          const T u = fma_(s, zt[ii], nm);
-          T x = fma_(-u, u, c2);
+          const T u = diff_term<F>(s, zt[ii], nm);
+          T x = minus_pen<F>(u, s, c2);
           if (WITH_DW) x += dw(i0 + ii, j[r], in);
           if (EXACT) x -= qm[ii];
           const T G = fma_(bq[ii], exp2_(x), P[r][ii]);
-          gm = fma_(G, u, gm);
-          gl = fma_(G, fma_(u, u, -in.half_log2e), gl);
+          gm = fma_(G, slope<F>(u), gm);
+          gl = fma_(G, pen_minus<F>(u, s, in.const_log2e), gl);
         }
         gmu[dd * kp + j[r]] += gm;
         glv[dd * kp + j[r]] += gl;
@@ -402,8 +406,8 @@ struct BwdColThread {
         const T s = c[0], nm = c[kp];
 #pragma unroll
         for (int ii = 0; ii < kTile<T>; ++ii) {
-          const T u = fma_(s, zt[ii], nm);
-          P[r][ii] = fma_(-u, u, P[r][ii]);
+          const T u = diff_term<F>(s, zt[ii], nm);
+          P[r][ii] = minus_pen<F>(u, s, P[r][ii]);
         }
       }
     }
@@ -439,10 +443,10 @@ struct BwdColThread {
 
 // forward: POLY (a share of the exp2s on the FMA pipe) only without the gradient terms, where the
 // special-function unit, not the issue rate, bounds the loop (python -m tcvae_kernels gpu-report).
-template <typename T, bool GRAD>
+template <typename T, bool GRAD, Family F>
 TCVAE_HD void forward_thread(const FwdArgs<T>& a, int64_t r0, int nt, int t, int64_t split, int64_t lo, int64_t hi) {
   constexpr bool POLY = !GRAD && std::is_same<T, float>::value;
-  FwdThread<T> th;
+  FwdThread<T, F> th;
   th.init(a, r0 + t, nt);
   for (int64_t k0 = lo; k0 < hi; k0 += kTile<T>)
     th.template tile<POLY, GRAD>(a, split, k0, touches_weights(r0, kRows<T> * nt, k0, kTile<T>, a.offset));
@@ -454,10 +458,10 @@ TCVAE_HD void forward_thread(const FwdArgs<T>& a, int64_t r0, int nt, int t, int
 }
 
 // column backward: block b owns components [c0, c0 + kRows<T>·NT); gmu, glv [S, D, KP]
-template <typename T>
+template <typename T, Family F>
 TCVAE_HD void backward_cols_thread(const BwdInputs<T>& in, T* __restrict__ gmu, T* __restrict__ glv, int64_t c0,
                                    int nt, int t, int64_t split, int64_t lo, int64_t hi) {
-  BwdColThread<T> th;
+  BwdColThread<T, F> th;
   th.init(c0 + t, nt);
   T* gm = gmu + split * in.d * in.kp;
   T* gl = glv + split * in.d * in.kp;

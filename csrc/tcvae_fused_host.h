@@ -1,8 +1,9 @@
 // Host side of the fused (CUDA-style) kernels, device-agnostic: ATen ops prepare the padded,
 // transposed layouts of tcvae_fused.h, allocate the split-K partial buffers, combine them, and call
 // a launcher policy L:
-//   L::forward<T, GRAD>(FwdArgs, splits, k_per_split), L::exact<T, GRAD>(...),
-//   L::backward_cols<T>(BwdInputs, gmu, glv, splits, m_per_split), L::splits(rows, cols, like)
+//   L::forward<T, GRAD, F>(FwdArgs, splits, k_per_split), L::exact<T, GRAD, F>(...),
+//   L::backward_cols<T, F>(BwdInputs, gmu, glv, splits, m_per_split), L::splits(rows, cols, like)
+// (F: the posterior family, tcvae_math.h).
 // tcvae_cuda.cu supplies the CUDA launcher; tcvae_emulate.cpp one that runs the same per-thread
 // code (tcvae_fused.h) serially on the CPU, for tests.
 //
@@ -25,27 +26,31 @@ constexpr double kTiny = 8.673617379884035e-19;  // 2^-60: smaller marginal sums
 
 inline int64_t padded(int64_t n) { return std::max<int64_t>(kPad, (n + kPad - 1) / kPad * kPad); }
 
-// z_t [D, MP] (zeros on padding), comp [D, 3, KP] = (s, nm, c2) (padding 1, 0, -inf: x2 = -inf
+// z_t [D, MP] (zeros on padding), comp [D, 3, KP] = (s, p, c2) with s = sqrt(h2), p = -mu·s (Normal)
+// or s = h2, p = mu (Laplace; tcvae_math.h: diff_term) (padding 1, 0, -inf: x2 = -inf
 // for every z, also z = ±inf, where s = 0 would give 0·inf = NaN) and csum [KP] = sum_d c2
 // (padding -inf), computed in float64 and rounded once to the compute dtype.
 struct Layouts {
   at::Tensor z_t, comp, csum;
 };
 
-inline Layouts make_layouts(const at::Tensor& z, const at::Tensor& mu, const at::Tensor& logvar, at::ScalarType acc) {
+template <Family F>
+Layouts make_layouts(const at::Tensor& z, const at::Tensor& mu, const at::Tensor& logvar, at::ScalarType acc) {
   using at::indexing::Slice;
   const int64_t m = z.size(0), k = mu.size(0), d = z.size(1), mp = padded(m), kp = padded(k);
   const double inf = std::numeric_limits<double>::infinity();
   at::Tensor z_t = at::zeros({d, mp}, z.options().dtype(acc));
   z_t.index_put_({Slice(), Slice(0, m)}, z.t().to(acc));
   const at::Tensor lv = logvar.to(at::kDouble);
-  const at::Tensor s = at::sqrt(log2_precision(lv));  // sqrt(h2): x2 = c2 - (s·z + nm)^2
-  const at::Tensor c2 = log2_norm_const(lv);
+  const at::Tensor h2 = FamilyTraits<F>::h2(lv);
+  const at::Tensor s = F == Family::Laplace ? h2 : at::sqrt(h2);  // x2 = c2 - pen(s·z + nm)
+  const at::Tensor c2 = FamilyTraits<F>::c2(lv);
   at::Tensor comp = at::zeros({d, 3, kp}, mu.options().dtype(acc));
   comp.index_put_({Slice(), 0, Slice(k, kp)}, 1.0);
   comp.index_put_({Slice(), 2, Slice(k, kp)}, -inf);
   comp.index_put_({Slice(), 0, Slice(0, k)}, s.t().to(acc));
-  comp.index_put_({Slice(), 1, Slice(0, k)}, (-mu.to(at::kDouble) * s).t().to(acc));
+  const at::Tensor p = F == Family::Laplace ? mu.to(at::kDouble) : -mu.to(at::kDouble) * s;  // diff_term's p
+  comp.index_put_({Slice(), 1, Slice(0, k)}, p.t().to(acc));
   comp.index_put_({Slice(), 2, Slice(0, k)}, c2.t().to(acc));
   at::Tensor csum = at::full({kp}, -inf, mu.options().dtype(acc));
   csum.index_put_({Slice(0, k)}, c2.sum(1).to(acc));
@@ -56,14 +61,14 @@ inline at::Tensor pad_last(const at::Tensor& t, int64_t n, double value) {  // [
   return at::constant_pad_nd(t, {0, n - t.size(-1)}, value).contiguous();
 }
 
-template <class L>
+template <class L, Family F>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_forward(const at::Tensor& z, const at::Tensor& mu,
                                                                          const at::Tensor& logvar, const LogWeights& w,
                                                                          bool grad_terms, int64_t force_splits) {
   using at::indexing::Slice;
   const auto acc = accumulation_type(z.scalar_type());
   const int64_t m = z.size(0), k = mu.size(0), d = z.size(1), mp = padded(m), kp = padded(k);
-  const Layouts lay = make_layouts(z, mu, logvar, acc);
+  const Layouts lay = make_layouts<F>(z, mu, logvar, acc);
   const int64_t tiles = kp / kSplitTile;
   const int64_t splits = force_splits > 0 ? std::min(force_splits, tiles) : L::splits(mp, kp, z);
   const int64_t k_per_split = (tiles + splits - 1) / splits * kSplitTile;  // a multiple of every kTile
@@ -82,20 +87,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_forward(const 
                                  jm.data_ptr<scalar_t>(),      js.data_ptr<scalar_t>(),
                                  m, mp, k, kp, offset, int(d), ds, dn};
     if (grad_terms)
-      L::template forward<scalar_t, true>(args, splits, k_per_split, z);
+      L::template forward<scalar_t, true, F>(args, splits, k_per_split, z);
     else
-      L::template forward<scalar_t, false>(args, splits, k_per_split, z);
+      L::template forward<scalar_t, false, F>(args, splits, k_per_split, z);
     const at::Tensor acc_sum = part.sum(0);  // [D, MP]
     qr = at::log2(acc_sum);
     tn = grad_terms ? tpart.sum(0) / acc_sum : qm;  // rows of the exact path overwritten next
     const scalar_t* zp = lay.z_t.data_ptr<scalar_t>();
     const scalar_t* cp = lay.comp.data_ptr<scalar_t>();
     if (grad_terms)
-      L::template exact<scalar_t, true>(zp, cp, acc_sum.data_ptr<scalar_t>(), qm.data_ptr<scalar_t>(),
+      L::template exact<scalar_t, true, F>(zp, cp, acc_sum.data_ptr<scalar_t>(), qm.data_ptr<scalar_t>(),
                                         qr.data_ptr<scalar_t>(), tn.data_ptr<scalar_t>(), m, mp, k, kp, int(d), offset,
                                         ds, dn, scalar_t(kTiny), z);
     else
-      L::template exact<scalar_t, false>(zp, cp, acc_sum.data_ptr<scalar_t>(), qm.data_ptr<scalar_t>(),
+      L::template exact<scalar_t, false, F>(zp, cp, acc_sum.data_ptr<scalar_t>(), qm.data_ptr<scalar_t>(),
                                          qr.data_ptr<scalar_t>(), qm.data_ptr<scalar_t>(), m, mp, k, kp, int(d), offset,
                                          ds, dn, scalar_t(kTiny), z);
   });
@@ -124,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_forward(const 
   return {log_qz, log_qz_dims, at::stack({top, r}, 1), at::stack({qm, qr, tn_m, jn}, 2)};
 }
 
-template <class L>
+template <class L, Family F>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward(const at::Tensor& grad_q, const at::Tensor& grad_qd,
                                                                const at::Tensor& z, const at::Tensor& mu,
                                                                const at::Tensor& logvar, const at::Tensor& aux_q,
@@ -136,9 +141,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward(const at::Tensor&
   const auto acc = accumulation_type(z.scalar_type());
   const int64_t m = z.size(0), k = mu.size(0), d = z.size(1), mp = padded(m), kp = padded(k);
   const at::Tensor a0 = grad_q.to(acc), b0 = grad_qd.to(acc), aq = aux_qd.to(acc);
-  // grad_z = -2 ln2 · (a·jn + b·tn): the forward summed both terms
-  const at::Tensor grad_z = (-2.0 * kLn2) * (a0.unsqueeze(1) * aq.select(2, 3) + b0 * aq.select(2, 2));
-  const Layouts lay = make_layouts(z, mu, logvar, acc);
+  // grad_z = -kSlope·ln2 · (a·jn + b·tn): the forward summed both terms
+  const double slope_ln2 = FamilyTraits<F>::kSlope * kLn2;
+  const at::Tensor grad_z = (-slope_ln2) * (a0.unsqueeze(1) * aq.select(2, 3) + b0 * aq.select(2, 2));
+  const Layouts lay = make_layouts<F>(z, mu, logvar, acc);
   const double inf = std::numeric_limits<double>::infinity();
   // per query, padded: a (0), joint m (+inf: P = 0·2^-inf = 0) and r; bq = b·2^(-r) (0), qm (0)
   const at::Tensor a = pad_last(a0, mp, 0.0);
@@ -158,13 +164,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward(const at::Tensor&
                            a.data_ptr<scalar_t>(), pm.data_ptr<scalar_t>(), pr.data_ptr<scalar_t>(),
                            bq.data_ptr<scalar_t>(), qm.data_ptr<scalar_t>(), qflag.data_ptr<int32_t>(),
                            mp, kp, k, w.offset, int(d), scalar_t(w.d_self2()), scalar_t(w.d_next2()),
-                           scalar_t(0.5 * kLog2E)};
-    L::template backward_cols<scalar_t>(in, gmu.data_ptr<scalar_t>(), glv.data_ptr<scalar_t>(), col_splits,
+                           scalar_t(FamilyTraits<F>::kConst * kLog2E)};
+    L::template backward_cols<scalar_t, F>(in, gmu.data_ptr<scalar_t>(), glv.data_ptr<scalar_t>(), col_splits,
                                         (mp / kSplitTile + col_splits - 1) / col_splits * kSplitTile, z);
   });
-  const at::Tensor grad_mu = (2.0 * kLn2) * (gmu.sum(0) * lay.comp.select(1, 0)).index({Slice(), Slice(0, k)}).t();
+  const at::Tensor grad_mu = slope_ln2 * (gmu.sum(0) * lay.comp.select(1, 0)).index({Slice(), Slice(0, k)}).t();
   const at::Tensor grad_lv = kLn2 * glv.sum(0).index({Slice(), Slice(0, k)}).t();
   return {grad_z.to(z.scalar_type()), grad_mu.to(mu.scalar_type()), grad_lv.to(logvar.scalar_type())};
+}
+
+// The ops' entry points: the run-time family selects the instantiation.
+template <class L>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_forward(const at::Tensor& z, const at::Tensor& mu,
+                                                                         const at::Tensor& logvar, const LogWeights& w,
+                                                                         bool grad_terms, int64_t force_splits,
+                                                                         Family family) {
+  return dispatch_family(family, [&](auto f) {
+    return log_qz_forward<L, decltype(f)::value>(z, mu, logvar, w, grad_terms, force_splits);
+  });
+}
+
+template <class L>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward(const at::Tensor& grad_q, const at::Tensor& grad_qd,
+                                                               const at::Tensor& z, const at::Tensor& mu,
+                                                               const at::Tensor& logvar, const at::Tensor& aux_q,
+                                                               const at::Tensor& aux_qd, const LogWeights& w,
+                                                               bool grad_terms, int64_t force_splits, Family family) {
+  return dispatch_family(family, [&](auto f) {
+    return log_qz_backward<L, decltype(f)::value>(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, w, grad_terms,
+                                                  force_splits);
+  });
 }
 
 }  // namespace fused

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
@@ -66,6 +67,57 @@ auto log2_norm_const(const T& logvar) {
   return (-0.5 * kLog2E) * (logvar + kLog2Pi);
 }
 
+// The posterior family of the components (the ops' `str family` argument; Python:
+// tcvae_kernels.reference.FAMILIES). Each kernel is instantiated per family; the family changes the
+// base-2 coefficients, the penalty pen(u) in x2 = c2 - pen(u) and its derivative:
+//   Normal:  l = -0.5·((z - mu)²·e^-logvar + logvar + log 2π)
+//            h2 = 0.5·e^-logvar·log2 e, c2 = -0.5·(logvar + log 2π)·log2 e, x2 = c2 - (z - mu)²·h2
+//   Laplace: l = -|z - mu|·e^-b - b - log 2   (b: the log-scale)
+//            h2 = e^-b·log2 e,          c2 = -(b + ln 2)·log2 e,          x2 = c2 - |z - mu|·h2
+// d x2 / dz = -kSlope·slope(z - mu)·h2 (slope: z - mu, or sign(z - mu) with the subgradient 0 at
+// z = mu) and d x2 / d(logvar or b) = pen·h2 - kConst·log2 e.
+enum class Family : int { Normal = 0, Laplace = 1 };
+
+template <Family F>
+struct FamilyTraits;
+
+template <>
+struct FamilyTraits<Family::Normal> {
+  static constexpr double kSlope = 2.0;
+  static constexpr double kConst = 0.5;
+  template <typename X>
+  static auto h2(const X& logvar) { return log2_precision(logvar); }
+  template <typename X>
+  static auto c2(const X& logvar) { return log2_norm_const(logvar); }
+};
+
+template <>
+struct FamilyTraits<Family::Laplace> {
+  static constexpr double kSlope = 1.0;
+  static constexpr double kConst = 1.0;
+  template <typename X>
+  static auto h2(const X& logscale) {
+    using std::exp;
+    return kLog2E * exp(-logscale);
+  }
+  template <typename X>
+  static auto c2(const X& logscale) { return (-kLog2E) * (logscale + kLn2); }
+};
+
+// From an op's `family` argument (host only).
+inline Family parse_family(const std::string& name) {
+  if (name == "normal") return Family::Normal;
+  if (name == "laplace") return Family::Laplace;
+  throw std::invalid_argument("tcvae: family must be 'normal' or 'laplace', got '" + name + "'");
+}
+
+// Calls f(std::integral_constant<Family, F>{}) for the run-time family (host only).
+template <class Fn>
+auto dispatch_family(Family family, Fn&& f) {
+  if (family == Family::Laplace) return f(std::integral_constant<Family, Family::Laplace>{});
+  return f(std::integral_constant<Family, Family::Normal>{});
+}
+
 // The estimator's structured log weights, as every op receives them (the ops' `float[] weights,
 // int offset` arguments; Python: tcvae_kernels.estimators.LogWeights.op_args): weights =
 // [w_self, w_next, w_other], offset = s_i - i. Every kernel factors w_other out of its sums
@@ -112,6 +164,50 @@ TCVAE_HD float exp2_(float x) { return exp2f(x); }
 TCVAE_HD double exp2_(double x) { return exp2(x); }
 TCVAE_HD float log2_(float x) { return log2f(x); }
 TCVAE_HD double log2_(double x) { return log2(x); }
+TCVAE_HD float abs_(float x) { return fabsf(x); }
+TCVAE_HD double abs_(double x) { return fabs(x); }
+
+// The fused kernels' per-(query, component, dimension) terms, from the layouts' (s, p, c2):
+//   Normal:  p = -mu·s, s = sqrt(h2):  u = s·z + p (one FMA),  pen = u²        (= (z - mu)²·h2)
+//   Laplace: p = mu,    s = h2:        u = z - mu (exact 0 at z = mu),  pen = |u|·s
+// x2 = c2 - pen; d x2 / dz = -kSlope·slope(u)·s. Every kernel of one device evaluates these same
+// expressions, so x2 and the joint sum Sq -= pen are recomputed bitwise.
+template <Family F, typename T>
+TCVAE_HD T diff_term(T s, T z, T p) {
+  if constexpr (F == Family::Laplace) return z - p;
+  else return fma_(s, z, p);
+}
+
+// acc - pen(u)
+template <Family F, typename T>
+TCVAE_HD T minus_pen(T u, T s, T acc) {
+  if constexpr (F == Family::Laplace) return fma_(-abs_(u), s, acc);
+  else return fma_(-u, u, acc);
+}
+
+// pen(u) - c: the logvar / log-scale term of the backward.
+template <Family F, typename T>
+TCVAE_HD T pen_minus(T u, T s, T c) {
+  if constexpr (F == Family::Laplace) return fma_(abs_(u), s, -c);
+  else return fma_(u, u, -c);
+}
+
+// d pen / du up to kSlope and s: u (Normal) or sign(u), 0 at u = 0 (Laplace's subgradient; NaN
+// gives 0, the NaN reaches the gradient through the softmax weight instead).
+template <Family F, typename T>
+TCVAE_HD T slope(T u) {
+  if constexpr (F == Family::Laplace) {
+#if defined(__CUDA_ARCH__)
+    // float on the GPU (flush-to-zero): sat(u·2^125 + 1/2) is 1 for u > 0, 0 for u < 0 and 1/2 at
+    // u = 0 (a denormal u is flushed to 0), so 2·sat - 1 = sign(u): 2 FFMAs (one .SAT) instead of
+    // two compares, two conversions and an add (gpu-report: fewer instructions and registers)
+    if constexpr (std::is_same<T, float>::value) return fmaf(__saturatef(fmaf(u, 0x1p125f, 0.5f)), 2.0f, -1.0f);
+#endif
+    return T(u > T(0)) - T(u < T(0));
+  } else {
+    return u;
+  }
+}
 
 // 2^x on the FMA pipe (GPU kernels: a share of the exponentials off the special-function unit,
 // as FlashAttention-4 does). Cody–Waite split x = n + f, n = rint(x), f in [-0.5, 0.5] (exact);

@@ -89,19 +89,34 @@ def mixed_precision(precision: str, device: str) -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-def make_loss(kind: str, beta: float, n: int, warmup: int):
+def family_of(name: str, a) -> str:
+    """The posterior family of a model: ``--family`` for the β-TCVAE models; "normal" for the
+    β-VAE baselines (their analytic KL is the Normal's)."""
+    return a.family if MODELS[name][0] == "betatcvae" else "normal"
+
+
+def sample_z(mu, log_param, family: str, generator=None):
+    """z ~ q(z|x): N(mu, e^logvar), or Laplace(mu, e^b) with ``log_param`` the log-scale b."""
+    if family == "laplace":
+        u = torch.rand((2, *mu.shape), generator=generator).to(mu.device)
+        return mu + torch.exp(log_param) * (torch.log1p(-u[1]) - torch.log1p(-u[0]))
+    return mu + torch.randn(mu.shape, generator=generator).to(mu.device) * torch.exp(0.5 * log_param)
+
+
+def make_loss(kind: str, beta: float, n: int, warmup: int, family: str = "normal", prior: str = "normal"):
     if kind == "betatcvae":
-        return tk.BetaTCVAELoss(dataset_size=n, beta=beta, warmup_steps=warmup)
+        return tk.BetaTCVAELoss(dataset_size=n, beta=beta, warmup_steps=warmup, family=family, prior=prior)
     return tk.BetaVAELoss(beta=beta, warmup_steps=warmup)
 
 
 def train(name: str, images: torch.Tensor, a, seed: int) -> tuple[nn.Module, dict]:
     kind, beta = MODELS[name]
     n = images.shape[0]
+    fam = family_of(name, a)
     torch.manual_seed(seed)
     model = MLPVAE(images[0].numel(), a.latent_dim, a.hidden, a.mixed).to(a.device)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
-    loss_fn = make_loss(kind, beta, n, int(a.warmup * a.steps))
+    loss_fn = make_loss(kind, beta, n, int(a.warmup * a.steps), fam, a.prior)
     gen = torch.Generator().manual_seed(seed)
     # the other models' minibatch MI / TC / dim-KL and self share, for the curves (logging only)
     monitor = loss_fn if kind == "betatcvae" else tk.BetaTCVAELoss(dataset_size=n, warn_regime=False)
@@ -109,8 +124,8 @@ def train(name: str, images: torch.Tensor, a, seed: int) -> tuple[nn.Module, dic
     t0 = time.perf_counter()
     for step in progress(range(1, a.steps + 1), desc=f"{name} seed {seed}", unit="step"):
         x = images[torch.randint(0, n, (a.batch,), generator=gen)].to(a.device).float()
-        mu, logvar = model.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        mu, logvar = model.encode(x)  # logvar: the log-scale for --family laplace
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if fam == "normal" else sample_z(mu, logvar, fam)
         recon = F.binary_cross_entropy_with_logits(model.decode(z, x.shape[1:]), x, reduction="sum") / x.shape[0]
         loss = recon + loss_fn(z, mu, logvar)
         opt.zero_grad(set_to_none=True)
@@ -140,23 +155,24 @@ def encode(model, images, device, batch=4096):
 
 
 @torch.no_grad()
-def evaluate(model, images, factors, shapes, a, seed) -> dict:
+def evaluate(model, images, factors, shapes, a, seed, family: str = "normal") -> dict:
     """Data-set TC and MI with every training image's posterior as a component; reconstruction,
     active latents and both MIGs on a fixed random subset of ``--eval-size`` training images."""
     mu_all, lv_all = encode(model, images, a.device)
     gen = torch.Generator().manual_seed(seed + 1)
-    full = tk.evaluate.full_decomposition(mu_all, lv_all, samples=a.eval_samples, generator=gen)
+    full = tk.evaluate.full_decomposition(mu_all, lv_all, samples=a.eval_samples, generator=gen, family=family,
+                                          prior=a.prior if family == a.family else "normal")
     sub = np.sort(np.random.default_rng(4321).choice(len(images), size=min(a.eval_size, len(images)), replace=False))
     mu, lv, images, factors = mu_all[sub], lv_all[sub], images[sub], factors[sub]
     recon = 0.0
     for s in range(0, images.shape[0], 4096):  # -E log p(x | z), z sampled from the posterior, as trained
         x = images[s : s + 4096].to(a.device).float()
         m, v = model.encode(x)
-        z = m + torch.randn(m.shape, generator=gen).to(a.device) * torch.exp(0.5 * v)
+        z = sample_z(m, v, family, gen)
         recon += F.binary_cross_entropy_with_logits(model.decode(z, x.shape[1:]), x, reduction="sum").item()
     active = int((mu.var(0) > 0.01).sum())
     mig_s = metrics.mig(mu, lv, factors, shapes.factor_sizes, samples=a.eval_samples,
-                        generator=torch.Generator().manual_seed(seed + 2))
+                        generator=torch.Generator().manual_seed(seed + 2), family=family)
     mig_h = metrics.mig_histogram(mu.numpy(), factors)
 
     def represent(x):
@@ -319,6 +335,9 @@ def main(argv=None) -> dict:
                         "same numbers on every machine kind)")
     p.add_argument("--out", default="python/out/demo")
     p.add_argument("--no-pictures", action="store_true")
+    p.add_argument("--family", choices=("normal", "laplace"), default="normal",
+                   help="posterior family of the β-TCVAE models (the β-VAE baselines stay Normal)")
+    p.add_argument("--prior", choices=("normal", "laplace"), default="normal", help="p(z) of the β-TCVAE models")
     a = p.parse_args(argv)
     a.mixed = mixed_precision(a.precision, a.device)
     if a.threads:
@@ -341,7 +360,7 @@ def main(argv=None) -> dict:
         results, models = {}, {}
         for name in a.models:
             model, info = train(name, images, a, seed)
-            res = evaluate(model, images, factors, shapes, a, seed)
+            res = evaluate(model, images, factors, shapes, a, seed, family_of(name, a))
             res.update(info)
             results[name], models[name] = res, model
             print(f"  {name:10s} seed {seed}: recon {res['recon']:.1f}  data-set TC {res['dataset_tc']:.2f}  "

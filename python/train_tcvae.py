@@ -2,12 +2,16 @@
 then evaluate it.
 
     python python/train_tcvae.py [--loss betatcvae] [--beta 6] [--steps 2000] [--out DIR] [--device cuda]
+                                 [--family normal|laplace] [--prior normal|laplace|flow]
 
 Data: the procedurally rendered dSprites grid (tcvae_kernels.data.Shapes, N = 737,280 images,
 rendered on the fly; batches drawn uniformly, so dataset_size = N). Loss: Bernoulli
 reconstruction + the penalty of ``--loss``: ``betatcvae`` (BetaTCVAELoss, α = γ = 1, MSS, the
 fastest backend), ``betavae`` (BetaVAELoss), ``factorvae`` (FactorVAELoss with γ = --beta and its
 discriminator trained on a second batch each step), ``hfvae`` (HFVAELoss over ``--groups``).
+``--family laplace`` (betatcvae, hfvae): Laplace posteriors, the encoder's second head a log-scale
+(the authors' ``-dist laplace``); ``--prior``: p(z) of the dimension-wise KL, standard Normal,
+standard Laplace, or ``flow``, a learned factorial flow (python/flow_prior.py) trained with the model.
 Every ``--steps-per-epoch`` steps: the mean minibatch MI / TC / dim-KL of the epoch is logged and a
 checkpoint written (``--resume`` continues from it). At the end: MIG (sampling estimator, on a
 sub-grid of the data), the FactorVAE score, and three pictures in ``--out``: latent traversals,
@@ -36,8 +40,9 @@ from tcvae_kernels.progress import progress
 class ConvVAE(nn.Module):
     """64×64×1 → D-dim diagonal Gaussian posterior; Bernoulli decoder (logits)."""
 
-    def __init__(self, latent_dim: int = 10, width: int = 32):
+    def __init__(self, latent_dim: int = 10, width: int = 32, family: str = "normal"):
         super().__init__()
+        self.family = family
         w = width
         self.encoder = nn.Sequential(
             nn.Conv2d(1, w, 4, 2, 1), nn.ReLU(),  # 32
@@ -57,12 +62,16 @@ class ConvVAE(nn.Module):
         self.latent_dim = latent_dim
 
     def encode(self, x):
+        """(mu, logvar) — the log-scale b in place of logvar for the Laplace family."""
         mu, logvar = self.encoder(x).chunk(2, dim=1)
-        return mu, logvar.clamp(-12.0, 8.0)
+        return mu, logvar.clamp(-12.0, 8.0) if self.family == "normal" else logvar.clamp(-6.0, 4.0)
 
     def forward(self, x):
         mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        if self.family == "laplace":
+            z = torch.distributions.Laplace(mu, logvar.exp()).rsample()
+        else:
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         return self.decoder(z), z, mu, logvar
 
 
@@ -157,6 +166,10 @@ def main(argv=None) -> dict:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--estimator", default="mss", choices=tk.ESTIMATORS)
+    p.add_argument("--family", default="normal", choices=["normal", "laplace"],
+                   help="posterior family (betatcvae, hfvae); laplace: the encoder gives a log-scale")
+    p.add_argument("--prior", default="normal", choices=["normal", "laplace", "flow"],
+                   help="p(z) of the dimension-wise KL (betatcvae, hfvae); flow: learned (python/flow_prior.py)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -178,21 +191,33 @@ def main(argv=None) -> dict:
     data = tkdata.Shapes()
     n = len(data)
     device = torch.device(a.device)
-    model = ConvVAE(a.latent_dim).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=a.lr)
+    if a.loss not in ("betatcvae", "hfvae") and (a.family, a.prior) != ("normal", "normal"):
+        p.error(f"--family/--prior apply to --loss betatcvae and hfvae ({a.loss} has the analytic Normal KL)")
+    model = ConvVAE(a.latent_dim, family=a.family).to(device)
     d_opt = None
+    prior = a.prior
+    if prior == "flow":
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("flow_prior", os.path.join(os.path.dirname(__file__), "flow_prior.py"))
+        flow = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(flow)
+        prior = flow.FactorialFlowPrior(a.latent_dim).to(device)
     if a.loss == "betatcvae":
         loss_fn = tk.BetaTCVAELoss(dataset_size=n, beta=a.beta, estimator=a.estimator, backend=a.backend,
-                                   warmup_steps=a.warmup_steps)
+                                   warmup_steps=a.warmup_steps, family=a.family, prior=prior)
     elif a.loss == "hfvae":
         groups = a.groups or [2] * (a.latent_dim // 2) + [1] * (a.latent_dim % 2)
         loss_fn = tk.HFVAELoss(dataset_size=n, groups=groups, beta=a.beta, beta_within=a.beta_within,
-                               estimator=a.estimator, backend=a.backend, warmup_steps=a.warmup_steps)
+                               estimator=a.estimator, backend=a.backend, warmup_steps=a.warmup_steps,
+                               family=a.family, prior=prior)
     elif a.loss == "betavae":
         loss_fn = tk.BetaVAELoss(beta=a.beta, warmup_steps=a.warmup_steps)
     else:
         loss_fn = tk.FactorVAELoss(gamma=a.beta, latent_dim=a.latent_dim).to(device)
         d_opt = torch.optim.Adam(loss_fn.discriminator.parameters(), lr=1e-4, betas=(0.5, 0.9))
+    # a learned prior (--prior flow) is a submodule of the loss: trained with the model
+    opt = torch.optim.Adam([*model.parameters(), *(loss_fn.parameters() if a.prior == "flow" else ())], lr=a.lr)
     ckpt_path = os.path.join(a.out, "checkpoint.pt")
     history, step = [], 0
     if a.resume and os.path.exists(ckpt_path):
@@ -206,7 +231,7 @@ def main(argv=None) -> dict:
         rng = np.random.default_rng(a.seed + step)
         print(f"resumed from step {step}")
     print(f"{a.loss} β={a.beta} on shapes (N={n}), batch {a.batch_size}, {a.steps} steps, device {device}, "
-          f"backend {a.backend}")
+          f"backend {a.backend}, {a.family} posteriors, {a.prior} prior")
     model.train()
     sums, count = np.zeros(4), 0
     bar = progress(total=a.steps, initial=step, desc="train", unit="step")
@@ -250,10 +275,12 @@ def main(argv=None) -> dict:
         index = tkdata.grid_subset(data, a.eval_strides)
         mu_all, lv_all = encode_all(model, data, index, device)
         mig_result = metrics.mig(mu_all, lv_all, data.index_to_factors(index), data.factor_sizes,
-                                 samples=a.mig_samples, generator=torch.Generator().manual_seed(a.seed), progress=True)
+                                 samples=a.mig_samples, generator=torch.Generator().manual_seed(a.seed), progress=True,
+                                 family=a.family)
         full = tk.evaluate.decomposition_from_samples(
-            *tk.evaluate.sample_posteriors(mu_all, lv_all, a.mig_samples, torch.Generator().manual_seed(a.seed + 1)),
-            mu_all, lv_all, progress=True)
+            *tk.evaluate.sample_posteriors(mu_all, lv_all, a.mig_samples, torch.Generator().manual_seed(a.seed + 1),
+                                           family=a.family),
+            mu_all, lv_all, progress=True, family=a.family, prior=loss_fn.prior if hasattr(loss_fn, "prior") else "normal")
 
         def represent(x):
             with torch.no_grad():

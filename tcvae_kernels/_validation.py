@@ -14,6 +14,9 @@ from .estimators import ESTIMATORS
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+#: the posterior families (``family=``; the formulas: tcvae_kernels.reference)
+FAMILIES = ("normal", "laplace")
+
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; float32/float16/bfloat16 accumulate in float32."""
@@ -71,6 +74,13 @@ def check_estimator(estimator, dataset_size) -> None:
             )
         return
     _check_int("dataset_size", dataset_size, minimum=1)
+
+
+def check_family(family) -> None:
+    """Validate the posterior family name (FAMILIES)."""
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES} (the posterior family of mu and the third argument: "
+                         f"log-variance for 'normal', log-scale for 'laplace'), got {family!r}")
 
 
 def check_estimator_args(estimator, dataset_size, num_queries: int, num_components: int, offset: int = 0) -> None:

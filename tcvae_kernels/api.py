@@ -11,7 +11,7 @@ from typing import NamedTuple, Protocol, Union, Unpack
 
 import torch
 
-from ._validation import check_estimator_args, check_finite_inputs, check_inputs, normalize_groups
+from ._validation import check_estimator_args, check_family, check_finite_inputs, check_inputs, normalize_groups
 from .dispatch import select_backend
 from .estimators import LogWeights, log_weights
 from .options import EstimatorKwargs, EstimatorOptions, options_doc, resolve_options
@@ -104,6 +104,7 @@ def _log_qz_acc(z, mu, logvar, opts: EstimatorOptions, *, need_own_component=Fal
     the accumulation dtype (groups: :meth:`Backend.log_qz_groups`). With a process group the
     components are those of the global batch (tcvae_kernels.distributed)."""
     m, k, _ = check_inputs(z, mu, logvar)
+    check_family(opts.family)
     if need_own_component and m > k:
         raise ValueError(
             f"the decomposition needs each query z_i drawn from component i (M <= K), got M={m} queries "
@@ -121,10 +122,10 @@ def _log_qz_acc(z, mu, logvar, opts: EstimatorOptions, *, need_own_component=Fal
     check_estimator_args(opts.estimator, opts.dataset_size, m, k, offset)
     weights = log_weights(opts.estimator, k, opts.dataset_size, offset)
     be = select_backend(opts.backend, z, mu, logvar)
-    det = bool(opts.deterministic)
+    det, fam = bool(opts.deterministic), opts.family
     if index is None:
-        return _Estimate(*be.log_qz(z, mu, logvar, weights, deterministic=det), None, weights)
-    return _Estimate(*be.log_qz_groups(z, mu, logvar, weights, index, deterministic=det), weights)
+        return _Estimate(*be.log_qz(z, mu, logvar, weights, deterministic=det, family=fam), None, weights)
+    return _Estimate(*be.log_qz_groups(z, mu, logvar, weights, index, deterministic=det, family=fam), weights)
 
 
 @options_doc
@@ -133,10 +134,13 @@ def log_qz(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, groups: G
     """Minibatch estimates of log q(z_i) and log q(z_id).
 
     ``log_qz[i] = logsumexp_j(sum_d l[i,j,d] + w[i,j])``, ``log_qz_dims[i,d] = logsumexp_j(l[i,j,d] + w[i,j])``
-    with ``l[i,j,d] = log N(z_id; mu_jd, exp(logvar_jd))`` and the estimator's log weights ``w``.
+    with ``l[i,j,d] = log N(z_id; mu_jd, exp(logvar_jd))`` (``family="laplace"``:
+    ``-|z_id - mu_jd|·exp(-logvar_jd) - logvar_jd - log 2``, the third argument a log-scale) and the
+    estimator's log weights ``w``.
 
     Args:
-        z: queries [M, D]. mu, logvar: components [K, D] (K = M for a minibatch; K != M allowed).
+        z: queries [M, D]. mu, logvar: components [K, D] (K = M for a minibatch; K != M allowed);
+            with ``family="laplace"`` the third argument is the log-scale b, not a log-variance.
         groups: optional partition of the D dimensions (sizes ``[2, 3, 5]`` or index lists
             ``[[0, 3], [1, 2, 4]]``); adds ``log_qz_groups[i, g] = logsumexp_j(sum_{d in g} l[i,j,d] + w[i,j])``,
             computed by the same backend on each group's dimension slice (groups of one dimension
@@ -182,7 +186,7 @@ def _self_share(log_qz_x: torch.Tensor, est: _Estimate) -> torch.Tensor:
 def _decompose(z, mu, logvar, opts: EstimatorOptions, prior: PriorArg = "normal") -> tuple[Decomposition, torch.Tensor]:
     """(the decomposition, self_share [M]) from one pass (the losses use both)."""
     est = _log_qz_acc(z, mu, logvar, opts, need_own_component=True)
-    lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar, prior=prior)  # validates the prior (reference.log_prior)
+    lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar, prior=prior, family=opts.family)  # validates the prior
     sum_dims = est.lqzd.sum(dim=1)
     parts = Decomposition(mi=(lqzx - est.lqz).mean(), tc=(est.lqz - sum_dims).mean(), dim_kl=(sum_dims - lpz).mean())
     return parts, _self_share(lqzx, est)
@@ -192,7 +196,7 @@ def _decompose(z, mu, logvar, opts: EstimatorOptions, prior: PriorArg = "normal"
 def _grouped_decompose(z, mu, logvar, opts: EstimatorOptions, groups,
                        prior: PriorArg = "normal") -> tuple[GroupedDecomposition, torch.Tensor]:
     est = _log_qz_acc(z, mu, logvar, opts, need_own_component=True, groups=groups)
-    lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar, prior=prior)
+    lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar, prior=prior, family=opts.family)
     sum_dims, sum_groups = est.lqzd.sum(dim=1), est.lqg.sum(dim=1)
     parts = GroupedDecomposition(
         mi=(lqzx - est.lqz).mean(),

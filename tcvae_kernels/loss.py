@@ -149,10 +149,12 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         print(loss_fn.last.tc)                         # detached MI / TC / dim-KL of that call
 
     Args:
-        dataset_size, estimator, backend, check_finite, deterministic, process_group: how q(z) is
+        dataset_size, estimator, family, backend, check_finite, deterministic, process_group: how q(z) is
             estimated, the fields of :class:`tcvae_kernels.EstimatorOptions` (held as
             ``loss.options``; "mss" needs ``dataset_size``). With a process group the returned
             penalty is this rank's mean; DDP's gradient averaging makes it the global mean.
+            ``family="laplace"``: the loss is called as ``loss_fn(z, mu, logscale)`` (the log-scale of a
+            Laplace posterior, not a log-variance).
         alpha, beta, gamma: weights of MI, TC and dimension-wise KL (paper: 1, β, 1).
         prior: p(z) of the dimension-wise KL: "normal" (N(0, I)), "laplace" (standard Laplace) or an
             object with ``log_prob(z)`` returning [M] or [M, D] (a learned one trains: a module is
@@ -179,6 +181,7 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
     # the fields of EstimatorOptions, readable and settable on the loss (tests/test_typing.py: all of them)
     dataset_size: _OptionField[int | None] = _OptionField()
     estimator: _OptionField[str] = _OptionField()
+    family: _OptionField[str] = _OptionField()
     backend: _OptionField[str] = _OptionField()
     check_finite: _OptionField[bool] = _OptionField()
     deterministic: _OptionField[bool] = _OptionField()
@@ -199,13 +202,15 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         process_group: Any = None,
         warn_regime: bool = True,
         prior: PriorArg = "normal",
+        family: str = "normal",
     ) -> None:
         super().__init__()
         self._init_warmup(warmup_steps)
         self.warn_regime = bool(warn_regime)
         self._regime_warned = False
-        self.options = EstimatorOptions(dataset_size, estimator, backend, bool(check_finite), bool(deterministic),
-                                        process_group).validate()
+        self.options = EstimatorOptions(dataset_size=dataset_size, estimator=estimator, family=family, backend=backend,
+                                        check_finite=bool(check_finite), deterministic=bool(deterministic),
+                                        process_group=process_group).validate()
         self.alpha = _check_weight("alpha", alpha)
         self.beta = _check_weight("beta", beta)
         self.gamma = _check_weight("gamma", gamma)
@@ -253,7 +258,8 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dataset_size={self.dataset_size}, alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, "
-            f"estimator={self.estimator!r}, backend={self.backend!r}, warmup_steps={self.warmup_steps}"
+            f"estimator={self.estimator!r}, family={self.family!r}, backend={self.backend!r}, "
+            f"warmup_steps={self.warmup_steps}"
         )
 
 
@@ -280,10 +286,11 @@ class HFVAELoss(BetaTCVAELoss):
     def __init__(self, dataset_size: int | None, groups: Groups, alpha: float = 1.0, beta: float = 6.0,
                  beta_within: float = 1.0, gamma: float = 1.0, estimator: str = "mss", backend: str = "auto", *,
                  warmup_steps: int = 0, check_finite: bool = False, deterministic: bool = False,
-                 process_group: Any = None, warn_regime: bool = True, prior: PriorArg = "normal") -> None:
+                 process_group: Any = None, warn_regime: bool = True, prior: PriorArg = "normal",
+                 family: str = "normal") -> None:
         super().__init__(dataset_size, alpha, beta, gamma, estimator, backend, warmup_steps=warmup_steps,
                          check_finite=check_finite, deterministic=deterministic, process_group=process_group,
-                         warn_regime=warn_regime, prior=prior)
+                         warn_regime=warn_regime, prior=prior, family=family)
         self.beta_within = _check_weight("beta_within", beta_within)
         self.groups = groups
         normalize_groups(groups, _implied_dims(groups))  # a valid partition (checked against D per call)

@@ -23,6 +23,10 @@ class EstimatorOptions:
         dataset_size: N, the number of training examples (required by "mss" and "mws").
         estimator: "mss" (stratified), "mws" (weighted) or "uniform" (plain mixture, -log K); see
             :mod:`tcvae_kernels.estimators`.
+        family: the posterior family of the components: "normal" (the third argument is the
+            log-variance log σ²) or "laplace" (the third argument is the log-scale b = log(scale) of
+            the authors' ``-dist laplace``, passed as it is: not a log-variance, a Laplace's variance
+            is 2·e^{2b}); l = -|z - mu|·e^{-b} - b - log 2 (:mod:`tcvae_kernels.reference`).
         backend: "auto" or a registered backend name ("torch", "cpu", "cuda", "triton"; see
             ``tcvae_kernels.backend_names()``).
         check_finite: raise ValueError on NaN/inf inputs (a device sync on GPUs); otherwise
@@ -39,18 +43,20 @@ class EstimatorOptions:
 
     dataset_size: int | None = None
     estimator: str = "mss"
+    family: str = "normal"
     backend: str = "auto"
     check_finite: bool = False
     deterministic: bool = False
     process_group: Any = None
 
     def validate(self) -> "EstimatorOptions":
-        """Check the fields that do not depend on a batch (estimator, dataset_size, backend name);
-        the per-batch checks run on each call. Returns self."""
-        from ._validation import check_estimator
+        """Check the fields that do not depend on a batch (estimator, dataset_size, family, backend
+        name); the per-batch checks run on each call. Returns self."""
+        from ._validation import check_estimator, check_family
         from .dispatch import check_backend_name
 
         check_estimator(self.estimator, self.dataset_size)
+        check_family(self.family)
         check_backend_name(self.backend)
         return self
 
@@ -62,6 +68,7 @@ class EstimatorKwargs(TypedDict, total=False):
 
     dataset_size: int | None
     estimator: str
+    family: str
     backend: str
     check_finite: bool
     deterministic: bool

@@ -2,9 +2,12 @@ r"""Pure-PyTorch reference backend: the ground truth every fused backend is test
 
 The math (written once, here)
 -----------------------------
-Queries ``z`` [M, D]; diagonal Gaussian components ``mu``, ``logvar`` [K, D]::
+Queries ``z`` [M, D]; diagonal components ``mu``, ``logvar`` [K, D] of the posterior family
+(``family=``): "normal" (the default; ``logvar`` the log-variance log σ²) or "laplace" (``logvar``
+holds the log-scale b = log(scale), not a log-variance: a Laplace's variance is 2·e^{2b})::
 
-    l[i,j,d]        = -0.5 * ((z[i,d] - mu[j,d])**2 * exp(-logvar[j,d]) + logvar[j,d] + log(2*pi))
+    normal:   l[i,j,d]  = -0.5 * ((z[i,d] - mu[j,d])**2 * exp(-logvar[j,d]) + logvar[j,d] + log(2*pi))
+    laplace:  l[i,j,d]  = -|z[i,d] - mu[j,d]| * exp(-b[j,d]) - b[j,d] - log(2)      (b = logscale)
     w[i,j]          = structured log importance weight (see tcvae_kernels.estimators)
     log_qz[i]       = logsumexp_j( sum_d l[i,j,d] + w[i,j] )          # log q(z_i)
     log_qz_dims[i,d]= logsumexp_j( l[i,j,d] + w[i,j] )                # log q(z_id)
@@ -17,6 +20,8 @@ With upstream gradients ``a_i = dL/dlog_qz[i]`` and ``b_id = dL/dlog_qz_dims[i,d
     dL/dz[i,d]      = -sum_j G * (z_id - mu_jd) * exp(-logvar_jd)
     dL/dmu[j,d]     =  sum_i G * (z_id - mu_jd) * exp(-logvar_jd)
     dL/dlogvar[j,d] =  sum_i G * (0.5 * (z_id - mu_jd)**2 * exp(-logvar_jd) - 0.5)
+    laplace: (z_id - mu_jd) * exp(-logvar_jd) becomes sign(z_id - mu_jd) * exp(-b_jd) in dz and dmu
+    (at z_id = mu_jd the subgradient 0, torch's d|x|/dx at 0), dL/db[j,d] = sum_i G * (|z_id - mu_jd| * exp(-b_jd) - 1)
 
 For a partition of the dimensions into groups (HFVAE, Esmaeili et al. 2019), with upstream
 ``c_ig = dL/dlog_qz_groups[i,g]`` and g(d) the group holding d::
@@ -57,7 +62,7 @@ import math
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ._validation import accumulation_dtype
+from ._validation import FAMILIES, accumulation_dtype  # noqa: F401  (FAMILIES: the family names)
 from .estimators import LogWeights, weight_matrix
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -67,23 +72,27 @@ LOG_2 = math.log(2.0)
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
 
 
-def log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Elementwise log N(z; mu, exp(logvar)) (broadcasting)."""
+def log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, family: str = "normal") -> torch.Tensor:
+    """Elementwise l = log N(z; mu, exp(logvar)), or for "laplace" log Laplace(z; mu, exp(logscale))
+    with ``logvar`` holding the log-scale (module docstring); broadcasting."""
+    if family == "laplace":
+        return -(z - mu).abs() * torch.exp(-logvar) - logvar - LOG_2
     return -0.5 * ((z - mu) ** 2 * torch.exp(-logvar) + logvar + LOG_2PI)
 
 
-def _chunk(z_c: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, w_c: torch.Tensor):
+def _chunk(z_c: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, w_c: torch.Tensor, family: str = "normal"):
     # z_c [C, D], mu/logvar [K, D], w_c [C, K]  ->  log_qz [C], log_qz_dims [C, D]
-    l = log_density(z_c[:, None, :], mu[None, :, :], logvar[None, :, :])  # [C, K, D]
+    l = log_density(z_c[:, None, :], mu[None, :, :], logvar[None, :, :], family)  # [C, K, D]
     log_qz = torch.logsumexp(l.sum(dim=2) + w_c, dim=1)
     log_qz_dims = torch.logsumexp(l + w_c[:, :, None], dim=1)
     return log_qz, log_qz_dims
 
 
-def _chunk_base2(z_c: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, w_c: torch.Tensor):
+def _chunk_base2(z_c: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, w_c: torch.Tensor,
+                 family: str = "normal"):
     # The same in base 2: exponents l·log2(e) (how the fused kernels hold them), logsumexp via exp2/log2.
     log2e = 1.0 / math.log(2.0)
-    l2 = log_density(z_c[:, None, :], mu[None, :, :], logvar[None, :, :]) * log2e  # [C, K, D]
+    l2 = log_density(z_c[:, None, :], mu[None, :, :], logvar[None, :, :], family) * log2e  # [C, K, D]
     w2 = w_c * log2e
 
     def lse2(x, dim):
@@ -102,6 +111,7 @@ def log_qz_reference(
     *,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     base2: bool = False,
+    family: str = "normal",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log_qz [M], log_qz_dims [M, D])`` in the accumulation dtype (float64 or float32).
 
@@ -121,9 +131,9 @@ def log_qz_reference(
         stop = min(m, start + rows)
         w_c = weight_matrix(weights, stop - start, k, row_start=start, dtype=acc, device=z.device)
         if grad and rows < m:
-            q, qd = checkpoint(chunk_fn, z[start:stop], mu, logvar, w_c, use_reentrant=False)
+            q, qd = checkpoint(chunk_fn, z[start:stop], mu, logvar, w_c, family, use_reentrant=False)
         else:
-            q, qd = chunk_fn(z[start:stop], mu, logvar, w_c)
+            q, qd = chunk_fn(z[start:stop], mu, logvar, w_c, family)
         outs_q.append(q)
         outs_d.append(qd)
     if len(outs_q) == 1:
@@ -167,7 +177,8 @@ def log_prior(z: torch.Tensor, prior="normal") -> torch.Tensor:
     return (lp.sum(dim=1) if lp.dim() == 2 else lp).to(z.dtype)
 
 
-def log_qz_x_and_log_pz(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, offset: int = 0, prior="normal"):
+def log_qz_x_and_log_pz(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, offset: int = 0, prior="normal",
+                        family: str = "normal"):
     """``log q(z_i | x_i) = sum_d l[i, i+offset, d]`` and ``log p(z_i)`` (:func:`log_prior`), [M] each,
     in the accumulation dtype. O(M·D)."""
     acc = accumulation_dtype(z.dtype)
@@ -175,17 +186,18 @@ def log_qz_x_and_log_pz(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
     z = z.to(acc)
     mu_own = mu[offset : offset + m].to(acc)
     lv_own = logvar[offset : offset + m].to(acc)
-    log_qz_x = log_density(z, mu_own, lv_own).sum(dim=1)
+    log_qz_x = log_density(z, mu_own, lv_own, family).sum(dim=1)
     return log_qz_x, log_prior(z, prior)
 
 
-def self_share_reference(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, weights: LogWeights) -> torch.Tensor:
+def self_share_reference(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, weights: LogWeights,
+                         family: str = "normal") -> torch.Tensor:
     """``self_share [M]`` by its definition, the joint softmax over all K components at each query's own
     one, from the dense [M, K] weights (float64 for the tests; O(M·K·D) memory)."""
     acc = accumulation_dtype(z.dtype)
     z, mu, logvar = z.to(acc), mu.to(acc), logvar.to(acc)
     m, k = z.shape[0], mu.shape[0]
-    s = log_density(z[:, None], mu[None], logvar[None]).sum(dim=2) + weight_matrix(weights, m, k, dtype=acc,
+    s = log_density(z[:, None], mu[None], logvar[None], family).sum(dim=2) + weight_matrix(weights, m, k, dtype=acc,
                                                                                    device=z.device)
     own = torch.arange(m, device=z.device) + weights.offset
     return torch.softmax(s, dim=1)[torch.arange(m, device=z.device), own]

@@ -59,7 +59,7 @@ INPUT_KINDS = ("normal", "noncontiguous", "extreme")
 
 def random_inputs(m: int, k: int, d: int, *, kind: str = "normal", dtype: torch.dtype = torch.float64,
                   device: str | torch.device = "cpu", generator: torch.Generator | None = None,
-                  spread: float = 1.0, logvar_range: tuple[float, float] = (-2.0, 1.0)
+                  spread: float = 1.0, logvar_range: tuple[float, float] = (-2.0, 1.0), family: str = "normal"
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random (z [M, D], mu [K, D], logvar [K, D]), drawn in float64 then rounded to ``dtype``.
 
@@ -67,7 +67,8 @@ def random_inputs(m: int, k: int, d: int, *, kind: str = "normal", dtype: torch.
     i < min(M, K) (the estimators' own-component convention), from a random component for the
     other rows. ``kind``: "normal"; "noncontiguous" (the same values through transposed and
     strided views); "extreme" (logvar uniform in [-20, 20], z 10³ away from its component in every
-    dimension: the kernels' exact fallback). Raises ValueError on another kind."""
+    dimension: the kernels' exact fallback). ``family="laplace"``: the third tensor is a log-scale b
+    (same range) and z = mu + e^b·Laplace(0, 1) noise. Raises ValueError on another kind."""
     if kind not in INPUT_KINDS:
         raise ValueError(f"kind must be one of {INPUT_KINDS}, got {kind!r}")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -79,6 +80,9 @@ def random_inputs(m: int, k: int, d: int, *, kind: str = "normal", dtype: torch.
     src[: min(m, k)] = torch.arange(min(m, k))
     if kind == "extreme":
         z = mu[src] + 1e3 * torch.sign(torch.randn(m, d, generator=g, dtype=f64))
+    elif family == "laplace":  # Laplace(0, 1) = difference of two Exp(1)
+        e1, e2 = (-torch.log1p(-torch.rand(m, d, generator=g, dtype=f64)) for _ in range(2))
+        z = mu[src] + torch.exp(logvar[src]) * (e1 - e2)
     else:
         z = mu[src] + torch.exp(0.5 * logvar[src]) * torch.randn(m, d, generator=g, dtype=f64)
     z, mu, logvar = (t.to(dtype=dtype, device=device) for t in (z, mu, logvar))
@@ -152,16 +156,17 @@ class _Reference(Backend):
     def __init__(self, base2: bool = False):
         self.base2 = base2
 
-    def log_qz(self, z, mu, logvar, weights, deterministic=False):
-        return log_qz_reference(z, mu, logvar, weights, base2=self.base2)
+    def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal"):
+        return log_qz_reference(z, mu, logvar, weights, base2=self.base2, family=family)
 
 
 def gradient_l1_mass(z, mu, logvar, weights, up_q, up_d, log_qz, log_qz_dims, chunk_elements=1 << 22,
-                     groups=None, up_g=None, log_qz_groups=None):
+                     groups=None, up_g=None, log_qz_groups=None, family="normal"):
     """Max over elements of sum_k |t_k| for grad_z, grad_mu, grad_logvar (float64, chunked over rows).
 
     With G = a·P + b·Q (+ c·R for groups; reference.py): grad_z[i,d] sums |G·diff·e^-lv| over j,
-    grad_mu[j,d] the same over i, grad_logvar[j,d] sums |G·(0.5·diff²·e^-lv - 0.5)| over i."""
+    grad_mu[j,d] the same over i, grad_logvar[j,d] sums |G·(0.5·diff²·e^-lv - 0.5)| over i
+    (laplace: |G·e^-b| and |G·(|diff|·e^-b - 1)|)."""
     from .reference import log_density
     from .estimators import weight_matrix
 
@@ -176,7 +181,7 @@ def gradient_l1_mass(z, mu, logvar, weights, up_q, up_d, log_qz, log_qz_dims, ch
     rows = max(1, chunk_elements // max(1, k * d))
     for s in range(0, m, rows):
         e = min(m, s + rows)
-        l = log_density(z[s:e, None, :], mu[None], logvar[None])  # [C, K, D]
+        l = log_density(z[s:e, None, :], mu[None], logvar[None], family)  # [C, K, D]
         w = weight_matrix(weights, e - s, k, row_start=s, dtype=torch.float64, device=z.device)
         p = torch.exp(l.sum(2) + w - log_qz[s:e, None])
         q = torch.exp(l + w[..., None] - log_qz_dims[s:e, None, :])
@@ -186,10 +191,15 @@ def gradient_l1_mass(z, mu, logvar, weights, up_q, up_d, log_qz, log_qz_dims, ch
             g[..., dims] += (up_g[s:e, gi, None].double() * r)[..., None]
         g = g.abs()
         diff = z[s:e, None, :] - mu[None]
-        t_mu = g * (diff * iv[None]).abs()
+        if family == "laplace":
+            t_mu = g * iv[None]
+            t_lv = g * (diff.abs() * iv[None] - 1.0).abs()
+        else:
+            t_mu = g * (diff * iv[None]).abs()
+            t_lv = g * (0.5 * diff * diff * iv[None] - 0.5).abs()
         mass_z = max(mass_z, t_mu.sum(1).max().item())
         mass_mu += t_mu.sum(0)
-        mass_lv += (g * (0.5 * diff * diff * iv[None] - 0.5).abs()).sum(0)
+        mass_lv += t_lv.sum(0)
     return mass_z, mass_mu.max().item(), mass_lv.max().item()
 
 
@@ -204,11 +214,12 @@ def check_backend(
     upstream: tuple[torch.Tensor, torch.Tensor] | None = None,
     deterministic: bool = False,
     groups: list[list[int]] | None = None,
+    family: str = "normal",
 ) -> CheckResult:
     """Compare ``backend`` (a name, or a Backend object) on (z, mu, logvar) — in their dtype and on
     their device — with the float64 reference on the same values; upstream gradients default to
     random ones. With ``groups`` (index lists), ``log_qz_groups`` is checked too (``upstream`` then
-    has a third tensor [M, G])."""
+    has a third tensor [M, G]). ``family``: the posterior family (reference.FAMILIES)."""
     m, d = z.shape
     n_out = 2 if groups is None else 3
     if upstream is None:
@@ -224,9 +235,10 @@ def check_backend(
 
     def run_on(impl: Backend, args):
         if groups is None:
-            fn = lambda a, b, c: impl.log_qz(a, b, c, weights, deterministic=deterministic)  # noqa: E731
+            fn = lambda a, b, c: impl.log_qz(a, b, c, weights, deterministic=deterministic, family=family)  # noqa: E731
         else:
-            fn = lambda a, b, c: impl.log_qz_groups(a, b, c, weights, groups, deterministic=deterministic)  # noqa: E731
+            fn = lambda a, b, c: impl.log_qz_groups(a, b, c, weights, groups, deterministic=deterministic,  # noqa: E731
+                                                    family=family)
         return _forward_backward(fn, *args, ups, grads)
 
     got = run(be, z.dtype)
@@ -234,7 +246,8 @@ def check_backend(
     errors, allowed, ref_err = {}, {}, {}
     masses = (None,) * len(names)  # L1 masses of the gradient sums (float32 rule only)
     if grads and z.dtype != torch.float64:
-        extra = {} if groups is None else dict(groups=groups, up_g=ups[2], log_qz_groups=truth[2])
+        extra = dict(family=family) if groups is None else dict(groups=groups, up_g=ups[2], log_qz_groups=truth[2],
+                                                                 family=family)
         masses = (None,) * n_out + gradient_l1_mass(z, mu, logvar, weights, ups[0], ups[1], truth[0], truth[1],
                                                      **extra)
     nan = []

@@ -176,9 +176,9 @@ def test_backend_registry_derives_the_names_and_auto_order(monkeypatch):
         auto_priority = {"cpu": 1000}
         calls = 0
 
-        def log_qz(self, z, mu, logvar, weights, deterministic=False):
+        def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal"):
             type(self).calls += 1
-            return super().log_qz(z, mu, logvar, weights, deterministic)
+            return super().log_qz(z, mu, logvar, weights, deterministic, family)
 
     assert tk.backend_names()[-1] == "doubled" and base.auto_order("cpu")[0] == "doubled"
     assert base.auto_order("cuda") == ("cuda", "triton", "torch")

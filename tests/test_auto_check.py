@@ -26,13 +26,13 @@ class _Checked(CpuBackend):
 class _OffByOne(_Checked):
     """Returns log_qz + 1 (a plausible-looking wrong answer)."""
 
-    def log_qz(self, z, mu, logvar, weights, deterministic=False):
-        q, qd = super().log_qz(z, mu, logvar, weights, deterministic)
+    def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal"):
+        q, qd = super().log_qz(z, mu, logvar, weights, deterministic, family)
         return q + 1.0, qd
 
 
 class _Raises(_Checked):
-    def log_qz(self, z, mu, logvar, weights, deterministic=False):
+    def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal"):
         raise RuntimeError("no kernel image is available for execution on the device")
 
 
@@ -93,8 +93,8 @@ def test_a_raising_backend_is_skipped(swap_cpu, inputs):
 
 def test_a_wrong_gradient_alone_is_caught(swap_cpu, inputs):
     class WrongGrad(_Checked):
-        def log_qz(self, z, mu, logvar, weights, deterministic=False):
-            q, qd = super().log_qz(z, mu, logvar, weights, deterministic)
+        def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal"):
+            q, qd = super().log_qz(z, mu, logvar, weights, deterministic, family)
             return q, qd + 0.01 * (z - z.detach())  # same values, grad_z off by 0.01·b
 
     swap_cpu(WrongGrad())

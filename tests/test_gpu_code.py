@@ -106,6 +106,17 @@ def test_model_predicts_the_targets(source, pick):
         assert 1.0 < r["fwd_bwd_ratio"] <= gr.TARGETS["forward+backward"], r  # 2 sweeps' floor: not beaten with 2
 
 
+@pytest.mark.parametrize("source", ["triton", pytest.param("cuda", marks=needs_cuda_build)])
+def test_laplace_kernels_are_predicted_beside_the_normal(source):
+    """The Laplace family's kernels (every one compiles spill-free: the tests above cover every
+    entry of KERNELS / CUDA_KERNELS) get their rows in the model; no target is set for them (the
+    sign of z - mu costs instructions the Normal's quadratic does not: docs/kernels.md)."""
+    reports = list(triton_reports() if source == "triton" else cuda_reports())
+    rows = {r["D"]: r for r in gr.predict(reports) if r["source"] == f"{source} laplace"}
+    assert set(rows) == set(gr.SIZES)
+    assert all(1.0 <= r["fwd_bwd_ratio"] < 5.0 for r in rows.values()), rows
+
+
 @needs_cuda_build
 def test_cuda_forward_beats_the_mufu_floor():
     """A share of the marginal exp2s on the FMA pipe (exp2_fma) takes the CUDA forward below the

@@ -24,7 +24,7 @@ class _Perturbed(Backend):
     def __init__(self, col=1, shift=0.0, shift_out=0.0):
         self.col, self.shift, self.shift_out = col, shift, shift_out
 
-    def log_qz(self, z, mu, logvar, weights, deterministic=False):
+    def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal"):
         q, qd = log_qz_reference(z, mu, logvar, weights)
         t = logvar[:, self.col].float().sum()
         return q + self.shift * (t - t.detach()) + self.shift_out, qd
@@ -62,7 +62,7 @@ class _ClampGradToHalf(torch.autograd.Function):
 class _Clamped(Backend):
     name = "clamped"
 
-    def log_qz(self, z, mu, logvar, weights, deterministic=False):
+    def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal"):
         return log_qz_reference(z.float(), mu.float(), _ClampGradToHalf.apply(logvar), weights)
 
 
@@ -125,7 +125,7 @@ def test_float64_on_ill_conditioned_inputs():
     class Base2(Backend):
         name = "base2"
 
-        def log_qz(self, z, mu, logvar, weights, deterministic=False):
+        def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal"):
             return log_qz_reference(z, mu, logvar, weights, base2=True)
 
     res = check_backend(Base2(), z, mu, lv, w)

@@ -45,12 +45,15 @@ class Backend:
         and which devices exist); empty if none."""
         return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
-    def log_qz(self, z, mu, logvar, weights: LogWeights, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def log_qz(self, z, mu, logvar, weights: LogWeights, deterministic: bool = False,
+               family: str = "normal") -> tuple[torch.Tensor, torch.Tensor]:
         """``deterministic``: results bitwise the same in every process (a backend whose launch
-        configuration is autotuned fixes it; the others are deterministic anyway)."""
+        configuration is autotuned fixes it; the others are deterministic anyway). ``family``: the
+        posterior family, reference.FAMILIES ("laplace": ``logvar`` holds the log-scale)."""
         raise NotImplementedError
 
-    def log_qz_groups(self, z, mu, logvar, weights: LogWeights, groups: list[list[int]], deterministic: bool = False):
+    def log_qz_groups(self, z, mu, logvar, weights: LogWeights, groups: list[list[int]], deterministic: bool = False,
+                      family: str = "normal"):
         """``(log_qz [M], log_qz_dims [M, D], log_qz_groups [M, G])`` for a partition ``groups`` of
         the dimensions (index lists), ``log_qz_groups[i, g] = logsumexp_j(sum_{d in g} l[i,j,d] + w[i,j])``.
 
@@ -61,11 +64,12 @@ class Backend:
         once (summed in float16, partial gradients can overflow to ±inf and add up to NaN)."""
         acc = accumulation_dtype(z.dtype)
         z, mu, logvar = (t.to(acc) for t in (z, mu, logvar))
-        lqz, lqzd = self.log_qz(z, mu, logvar, weights, deterministic=deterministic)
+        lqz, lqzd = self.log_qz(z, mu, logvar, weights, deterministic=deterministic, family=family)
 
         def joint(k, g):
             sel = torch.as_tensor(g, device=z.device)
-            return self.log_qz(z[:, sel], mu[:, sel], logvar[:, sel], weights, deterministic=deterministic)[0]
+            return self.log_qz(z[:, sel], mu[:, sel], logvar[:, sel], weights, deterministic=deterministic,
+                               family=family)[0]
 
         return lqz, lqzd, group_columns(groups, lqz, lqzd, joint)
 

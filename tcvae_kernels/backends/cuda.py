@@ -26,19 +26,20 @@ class CudaBackend(ExtensionBackend):
 
 class _EmulatedCudaFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, mu, logvar, weights, splits):
+    def forward(ctx, z, mu, logvar, weights, splits, family):
         q, qd, aq, aqd = torch.ops.tcvae._emulate_log_qz(z, mu, logvar, *weights.op_args(), splits,
-                                                         any(ctx.needs_input_grad[:3]))
+                                                         any(ctx.needs_input_grad[:3]), family)
         ctx.save_for_backward(z, mu, logvar, aq, aqd)
-        ctx.weights, ctx.splits = weights, splits
+        ctx.weights, ctx.splits, ctx.family = weights, splits, family
         return q, qd
 
     @staticmethod
     def backward(ctx, grad_q, grad_qd):
         z, mu, logvar, aq, aqd = ctx.saved_tensors
         gz, gmu, glv = torch.ops.tcvae._emulate_log_qz_backward(
-            grad_q.contiguous(), grad_qd.contiguous(), z, mu, logvar, aq, aqd, *ctx.weights.op_args(), ctx.splits)
-        return gz, gmu, glv, None, None
+            grad_q.contiguous(), grad_qd.contiguous(), z, mu, logvar, aq, aqd, *ctx.weights.op_args(), ctx.splits,
+            True, ctx.family)
+        return gz, gmu, glv, None, None, None
 
 
 class CudaEmulationBackend(Backend):
@@ -57,5 +58,5 @@ class CudaEmulationBackend(Backend):
     def not_supported_reasons(self, z, mu, logvar):
         return [] if z.device.type == "cpu" else ["the emulation runs on CPU tensors"]
 
-    def log_qz(self, z, mu, logvar, weights, deterministic=False):
-        return _EmulatedCudaFn.apply(z, mu, logvar, weights, self.splits)
+    def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal"):
+        return _EmulatedCudaFn.apply(z, mu, logvar, weights, self.splits, family)

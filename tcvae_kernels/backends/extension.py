@@ -1,12 +1,12 @@
 """Python side of the C++/CUDA custom ops ``torch.ops.tcvae.*`` (built from csrc/).
 
-``tcvae::log_qz(z, mu, logvar, weights, offset)
+``tcvae::log_qz(z, mu, logvar, weights, offset, grad_terms, family)
 -> (log_qz [M], log_qz_dims [M, D], aux_q [M, 2], aux_qd [M, D, 2])`` in the accumulation dtype
 (float64 for float64 inputs, else float32); the aux tensors are the kernel's saved logsumexp states
 (base 2, split as max + rest so the backward's softmax weights stay exact at any magnitude).
 ``tcvae::log_qz_backward(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, ...) -> (grad_z, grad_mu,
 grad_logvar)`` in the inputs' dtypes. ``weights, offset``: the estimator's log weights as
-:meth:`tcvae_kernels.LogWeights.op_args` lays them out (every op here takes them so).
+:meth:`tcvae_kernels.LogWeights.op_args` lays them out (every op here takes them so); ``family``: "normal" or "laplace" (``logvar`` then holds the log-scale).
 ``tcvae::log_qz_groups(z, mu, logvar, group_ends, ...)`` (CPU) adds ``log_qz_groups [M, G]`` for
 groups of contiguous dimensions ``[group_ends[g-1], group_ends[g])``, in the same single pass, with
 ``tcvae::log_qz_groups_backward`` taking its upstream gradient too.
@@ -51,7 +51,7 @@ def cuda_build_reason() -> str:
 if LOAD_ERROR is None:
 
     @torch.library.register_fake("tcvae::log_qz")
-    def _log_qz_fake(z, mu, logvar, weights, offset, grad_terms=True):
+    def _log_qz_fake(z, mu, logvar, weights, offset, grad_terms=True, family="normal"):
         torch._check(z.dim() == 2 and mu.dim() == 2 and mu.shape == logvar.shape)
         torch._check(z.shape[1] == mu.shape[1])
         acc = accumulation_dtype(z.dtype)
@@ -62,11 +62,12 @@ if LOAD_ERROR is None:
                 z.new_empty((m, 2), dtype=acc), z.new_empty((m, d, states), dtype=acc))
 
     @torch.library.register_fake("tcvae::log_qz_backward")
-    def _log_qz_backward_fake(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, weights, offset, grad_terms=True):
+    def _log_qz_backward_fake(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, weights, offset, grad_terms=True,
+                              family="normal"):
         return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)
 
     @torch.library.register_fake("tcvae::log_qz_groups")
-    def _log_qz_groups_fake(z, mu, logvar, group_ends, weights, offset):
+    def _log_qz_groups_fake(z, mu, logvar, group_ends, weights, offset, family="normal"):
         q, qd, aq, _ = _log_qz_fake(z, mu, logvar, weights, offset)
         aqd = z.new_empty((*qd.shape, 2), dtype=q.dtype)  # a CPU-only op: (m, r)
         g = len(group_ends)
@@ -74,7 +75,7 @@ if LOAD_ERROR is None:
 
     @torch.library.register_fake("tcvae::log_qz_groups_backward")
     def _log_qz_groups_backward_fake(grad_q, grad_qd, grad_qg, z, mu, logvar, aux_q, aux_qd, aux_qg, group_ends,
-                                     weights, offset):
+                                     weights, offset, family="normal"):
         return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)
 
     # Under torch.autocast the ops compute in float32: float16/bfloat16 inputs are upcast and the
@@ -116,7 +117,7 @@ class ExtensionBackend(Backend):
             return []
         return [self.device_type]
 
-    def log_qz(self, z, mu, logvar, weights, deterministic=False):
+    def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal"):
         # both kernels are always deterministic (fixed-order reductions, no atomics)
-        q, qd, _, _ = torch.ops.tcvae.log_qz(z, mu, logvar, *weights.op_args(), needs_grad(z, mu, logvar))
+        q, qd, _, _ = torch.ops.tcvae.log_qz(z, mu, logvar, *weights.op_args(), needs_grad(z, mu, logvar), family)
         return q, qd

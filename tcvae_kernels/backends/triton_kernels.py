@@ -78,11 +78,49 @@ INTERPRET_CONFIG = dict(rows=dict(BLOCK_M=8, BLOCK_K=8, num_warps=1, maxnreg=255
 
 
 @triton.jit
-def _x2(z2, s2, nm2, c2_2):
-    """u = z·s + nm and x2 = c2 - u² for broadcast operands (one FMA each): the single expression
-    every kernel evaluates."""
-    u = tl.fma(s2, z2, nm2)
-    return u, tl.fma(-u, u, c2_2)
+def _u(z, s, p, LAPLACE: tl.constexpr):
+    """Normal: u = s·z + p (p = -mu·s, one FMA); Laplace: u = z - p (p = mu: exactly 0 at z = mu)."""
+    if LAPLACE:
+        return z - p
+    else:
+        return tl.fma(s, z, p)
+
+
+@triton.jit
+def _minus_pen(u, s, acc, LAPLACE: tl.constexpr):
+    """acc - pen: pen = u² (Normal, one FMA) or |u|·s (Laplace); how every kernel forms
+    x2 = c2 - pen and the joint sum Sq -= pen (so both are recomputed bitwise)."""
+    if LAPLACE:
+        return tl.fma(-tl.abs(u), s, acc)
+    else:
+        return tl.fma(-u, u, acc)
+
+
+@triton.jit
+def _slope(u, LAPLACE: tl.constexpr):
+    """d pen / du up to the family's factor (2 for the Normal, 1 for the Laplace): u, or sign(u)
+    with the subgradient 0 at u = 0."""
+    if LAPLACE:
+        return (u > 0).to(u.dtype) - (u < 0).to(u.dtype)
+    else:
+        return u
+
+
+@triton.jit
+def _pen_minus(u, s, c, LAPLACE: tl.constexpr):
+    """pen - c (the logvar / log-scale term of the backward)."""
+    if LAPLACE:
+        return tl.fma(tl.abs(u), s, -c)
+    else:
+        return tl.fma(u, u, -c)
+
+
+@triton.jit
+def _x2(z2, s2, nm2, c2_2, LAPLACE: tl.constexpr):
+    """u (:func:`_u`) and x2 = c2 - pen for broadcast operands: the single expression every kernel
+    evaluates."""
+    u = _u(z2, s2, nm2, LAPLACE)
+    return u, _minus_pen(u, s2, c2_2, LAPLACE)
 
 
 @triton.jit
@@ -177,15 +215,15 @@ def _dot0(a, b, acc, N: tl.constexpr, R: tl.constexpr):
 
 @triton.jit
 def _fwd_dims(z_ptr, comp_ptr, acc_ptr, t_ptr, rows, cols, Sq, dw, MP, KP, D, WITH_DW: tl.constexpr,
-              GRAD: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
-    """The d loop of one forward tile [BK, BM]: Sq -= u²; acc[d, rows] += sum_j e, e = 2^(x2 + dw);
-    with GRAD also t[d, rows] += sum_j e·u·s."""
+              GRAD: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, LAPLACE: tl.constexpr):
+    """The d loop of one forward tile [BK, BM]: Sq -= pen(u); acc[d, rows] += sum_j e, e = 2^(x2 + dw);
+    with GRAD also t[d, rows] += sum_j e·slope(u)·s."""
     for d in range(D):
         zd = tl.load(z_ptr + d * MP + rows)  # z_t[d, rows]           [BM]
         cp = comp_ptr + d * 3 * KP + cols  # comp[d, :, cols]
         s = tl.load(cp)[:, None]
-        u, x = _x2(zd[None, :], s, tl.load(cp + KP)[:, None], tl.load(cp + 2 * KP)[:, None])
-        Sq = tl.fma(-u, u, Sq)
+        u, x = _x2(zd[None, :], s, tl.load(cp + KP)[:, None], tl.load(cp + 2 * KP)[:, None], LAPLACE)
+        Sq = _minus_pen(u, s, Sq, LAPLACE)
         if WITH_DW:
             x = x + dw
         e = tl.exp2(x)
@@ -193,20 +231,21 @@ def _fwd_dims(z_ptr, comp_ptr, acc_ptr, t_ptr, rows, cols, Sq, dw, MP, KP, D, WI
         tl.store(a_ptrs, tl.load(a_ptrs) + tl.sum(e, axis=0))  # in-thread sum over components
         if GRAD:
             t_ptrs = t_ptr + d * MP + rows
-            tl.store(t_ptrs, _dot0(e * u, tl.broadcast_to(s, [BK, BM]), tl.load(t_ptrs), BK, BM))
+            tl.store(t_ptrs, _dot0(e * _slope(u, LAPLACE), tl.broadcast_to(s, [BK, BM]), tl.load(t_ptrs), BK, BM))
     return Sq
 
 
 @triton.jit
-def _fwd_joint_dims(z_ptr, comp_ptr, j_ptr, rows, cols, P, scale, MP, KP, D, BM: tl.constexpr, BK: tl.constexpr):
-    """The joint gradient term of one forward tile: j[d, rows] = j·scale + sum_j P·u·s."""
+def _fwd_joint_dims(z_ptr, comp_ptr, j_ptr, rows, cols, P, scale, MP, KP, D, BM: tl.constexpr, BK: tl.constexpr,
+                    LAPLACE: tl.constexpr):
+    """The joint gradient term of one forward tile: j[d, rows] = j·scale + sum_j P·slope(u)·s."""
     for d in range(D):
         zd = tl.load(z_ptr + d * MP + rows)
         cp = comp_ptr + d * 3 * KP + cols
         s = tl.load(cp)[:, None]
-        u = tl.fma(s, zd[None, :], tl.load(cp + KP)[:, None])
+        u = _u(zd[None, :], s, tl.load(cp + KP)[:, None], LAPLACE)
         j_ptrs = j_ptr + d * MP + rows
-        tl.store(j_ptrs, _dot0(P * u, tl.broadcast_to(s, [BK, BM]), tl.load(j_ptrs) * scale, BK, BM))
+        tl.store(j_ptrs, _dot0(P * _slope(u, LAPLACE), tl.broadcast_to(s, [BK, BM]), tl.load(j_ptrs) * scale, BK, BM))
 
 
 @triton.jit
@@ -220,7 +259,7 @@ def _fwd_kernel(
     jm_ptr,  # [SPLITS, MP] out: joint running maximum (base 2) of this split
     js_ptr,  # [SPLITS, MP] out: joint sum of 2^(L - jm) of this split
     MP, KP, K, D, offset, consts_ptr, SPLITS,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GRAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GRAD: tl.constexpr, LAPLACE: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
@@ -239,18 +278,18 @@ def _fwd_kernel(
         if _touches_weights(r0, k0, offset, BLOCK_M, BLOCK_K):
             dw = _dw(rows[None, :], cols[:, None], K, offset, consts_ptr)
             L = (_fwd_dims(z_ptr, comp_ptr, acc_ptr + base, t_ptr + base, rows, cols, Sq, dw, MP, KP, D, True, GRAD,
-                           BLOCK_M, BLOCK_K)
+                           BLOCK_M, BLOCK_K, LAPLACE)
                  + csum) + dw
         else:
             L = _fwd_dims(z_ptr, comp_ptr, acc_ptr + base, t_ptr + base, rows, cols, Sq, 0.0, MP, KP, D, False,
-                          GRAD, BLOCK_M, BLOCK_K) + csum
+                          GRAD, BLOCK_M, BLOCK_K, LAPLACE) + csum
         m_new = tl.maximum(m_run, tl.max(L, axis=0), propagate_nan=tl.PropagateNan.ALL)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: shift by 0
         scale = tl.exp2(m_run - m_safe)
         P = tl.exp2(L - m_safe[None, :])
         s_run = s_run * scale + tl.sum(P, axis=0)
         if GRAD:
-            _fwd_joint_dims(z_ptr, comp_ptr, j_ptr + base, rows, cols, P, scale, MP, KP, D, BLOCK_M, BLOCK_K)
+            _fwd_joint_dims(z_ptr, comp_ptr, j_ptr + base, rows, cols, P, scale, MP, KP, D, BLOCK_M, BLOCK_K, LAPLACE)
         m_run = m_new
     tl.store(jm_ptr + split * MP + rows, m_run)
     tl.store(js_ptr + split * MP + rows, s_run)
@@ -264,7 +303,7 @@ def _marginal_exact_kernel(
     r_ptr,  # [D, MP] out (same entries): log2 sum_j 2^(x2 + dw - m)
     t_ptr,  # [D, MP] out (same entries, GRAD): sum_j 2^(x2 + dw - m - r)·u·s
     M, MP, KP, K, D, offset, consts_ptr, tiny,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GRAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, GRAD: tl.constexpr, LAPLACE: tl.constexpr,
 ):
     """Two passes (maximum, then sum) for the rare rows whose marginal sums underflowed; programs
     whose rows need nothing exit after reading acc, so the host never synchronises."""
@@ -282,7 +321,8 @@ def _marginal_exact_kernel(
             for k0 in range(0, KP, BLOCK_K):
                 cols = k0 + tl.arange(0, BLOCK_K)
                 cp = comp_ptr + d * 3 * KP + cols
-                u, x = _x2(zd[None, :], tl.load(cp)[:, None], tl.load(cp + KP)[:, None], tl.load(cp + 2 * KP)[:, None])
+                u, x = _x2(zd[None, :], tl.load(cp)[:, None], tl.load(cp + KP)[:, None], tl.load(cp + 2 * KP)[:, None],
+                           LAPLACE)
                 x = x + _dw(rows[None, :], cols[:, None], K, offset, consts_ptr)
                 mx = tl.maximum(mx, tl.max(x, axis=0), propagate_nan=tl.PropagateNan.ALL)
             m_safe = tl.where(mx == float("-inf"), 0.0, mx)
@@ -292,12 +332,12 @@ def _marginal_exact_kernel(
                 cols = k0 + tl.arange(0, BLOCK_K)
                 cp = comp_ptr + d * 3 * KP + cols
                 s = tl.load(cp)[:, None]
-                u, x = _x2(zd[None, :], s, tl.load(cp + KP)[:, None], tl.load(cp + 2 * KP)[:, None])
+                u, x = _x2(zd[None, :], s, tl.load(cp + KP)[:, None], tl.load(cp + 2 * KP)[:, None], LAPLACE)
                 x = x + _dw(rows[None, :], cols[:, None], K, offset, consts_ptr)
                 e = tl.exp2(x - m_safe[None, :])
                 sm += tl.sum(e, axis=0)
                 if GRAD:
-                    st += tl.sum(e * u * s, axis=0)
+                    st += tl.sum(e * _slope(u, LAPLACE) * s, axis=0)
             # all -inf: r = 0 (value -inf); a NaN term (max reductions may skip NaN) keeps r = NaN
             r = tl.where((mx == float("-inf")) & (sm == sm), 0.0, tl.log2(sm))
             tl.store(m_ptr + d * MP + rows, mx, mask=need)
@@ -307,26 +347,30 @@ def _marginal_exact_kernel(
 
 
 @triton.jit
-def _joint_sq(z_ptr, comp_ptr, z_rows, cols, Sq, MP, KP, D):
-    """Sq = -sum_d u² over a [BM, BK] tile (column backward), recomputed exactly as in the forward."""
+def _joint_sq(z_ptr, comp_ptr, z_rows, cols, Sq, MP, KP, D, LAPLACE: tl.constexpr):
+    """Sq = -sum_d pen(u) over a [BM, BK] tile (column backward), recomputed exactly as in the forward."""
     for d in range(D):
         zd = tl.load(z_ptr + d * MP + z_rows)
         cp = comp_ptr + d * 3 * KP + cols
-        u = tl.fma(tl.load(cp)[None, :], zd[:, None], tl.load(cp + KP)[None, :])
-        Sq = tl.fma(-u, u, Sq)
+        s = tl.load(cp)[None, :]
+        u = _u(zd[:, None], s, tl.load(cp + KP)[None, :], LAPLACE)
+        Sq = _minus_pen(u, s, Sq, LAPLACE)
     return Sq
 
 
 @triton.jit
 def _bwd_cols_dims(z_ptr, comp_ptr, bq_ptr, qm_ptr, gmu_ptr, glv_ptr, rows, cols, P, dw, MP, KP, D, consts_ptr,
-                   WITH_DW: tl.constexpr, WITH_QM: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
-    """gmu[d, cols] += sum_i G·u and glv[d, cols] += sum_i G·(u² - log2(e)/2) over one [BM, BK] tile,
+                   WITH_DW: tl.constexpr, WITH_QM: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+                   LAPLACE: tl.constexpr):
+    """gmu[d, cols] += sum_i G·slope(u) and glv[d, cols] += sum_i G·(pen(u) - c) over one [BM, BK] tile
+    (Normal: u and u² - log2(e)/2; Laplace: sign(u) and |u| - log2(e); c = consts[2]),
     G = P + bq·2^(x2 + dw - qm) (WITH_QM: the tile holds rows of the exact path, else qm = 0)."""
-    half_log2e = tl.load(consts_ptr + 2)
+    const_log2e = tl.load(consts_ptr + 2)
     for d in range(D):
         zd = tl.load(z_ptr + d * MP + rows)
         cp = comp_ptr + d * 3 * KP + cols
-        u, x = _x2(zd[:, None], tl.load(cp)[None, :], tl.load(cp + KP)[None, :], tl.load(cp + 2 * KP)[None, :])
+        s = tl.load(cp)[None, :]
+        u, x = _x2(zd[:, None], s, tl.load(cp + KP)[None, :], tl.load(cp + 2 * KP)[None, :], LAPLACE)
         if WITH_DW:
             x = x + dw
         if WITH_QM:
@@ -335,8 +379,8 @@ def _bwd_cols_dims(z_ptr, comp_ptr, bq_ptr, qm_ptr, gmu_ptr, glv_ptr, rows, cols
         G = tl.fma(bq[:, None], tl.exp2(x), P)
         p_mu = gmu_ptr + d * KP + cols
         p_lv = glv_ptr + d * KP + cols
-        tl.store(p_mu, _dot0(G, u, tl.load(p_mu), BM, BK))  # in-thread sums over queries
-        tl.store(p_lv, _dot0(G, tl.fma(u, u, -half_log2e), tl.load(p_lv), BM, BK))
+        tl.store(p_mu, _dot0(G, _slope(u, LAPLACE), tl.load(p_mu), BM, BK))  # in-thread sums over queries
+        tl.store(p_lv, _dot0(G, _pen_minus(u, s, const_log2e, LAPLACE), tl.load(p_lv), BM, BK))
 
 
 @triton.jit
@@ -350,7 +394,7 @@ def _bwd_cols_kernel(
     gmu_ptr,  # [SPLITS, D, KP] out: sum over this split's queries of G·u
     glv_ptr,  # [SPLITS, D, KP] out: sum over this split's queries of G·(u² - log2(e)/2)
     MP, KP, K, D, offset, consts_ptr, SPLITS,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, LAPLACE: tl.constexpr,
 ):
     pid_k = tl.program_id(0)
     split = tl.program_id(1)
@@ -369,20 +413,20 @@ def _bwd_cols_kernel(
         pr = tl.load(jr_ptr + rows)
         exact = tl.max(tl.load(qflag_ptr + rows), axis=0) > 0  # in-thread: a thread holds every row
         L = _joint_sq(z_ptr, comp_ptr, rows, cols, tl.zeros([BLOCK_M, BLOCK_K], z_ptr.dtype.element_ty),
-                      MP, KP, D) + csum
+                      MP, KP, D, LAPLACE) + csum
         if _touches_weights(r0, k0, offset, BLOCK_M, BLOCK_K):
             dw = _dw(rows[:, None], cols[None, :], K, offset, consts_ptr)
             P = a[:, None] * tl.exp2(((L + dw) - pm[:, None]) - pr[:, None])  # a_i · joint softmax
             _bwd_cols_dims(z_ptr, comp_ptr, bq_ptr, qm_ptr, gmu_base, glv_base, rows, cols, P, dw,
-                           MP, KP, D, consts_ptr, True, True, BLOCK_M, BLOCK_K)
+                           MP, KP, D, consts_ptr, True, True, BLOCK_M, BLOCK_K, LAPLACE)
         else:
             P = a[:, None] * tl.exp2((L - pm[:, None]) - pr[:, None])
             if exact:
                 _bwd_cols_dims(z_ptr, comp_ptr, bq_ptr, qm_ptr, gmu_base, glv_base, rows, cols, P, 0.0,
-                               MP, KP, D, consts_ptr, False, True, BLOCK_M, BLOCK_K)
+                               MP, KP, D, consts_ptr, False, True, BLOCK_M, BLOCK_K, LAPLACE)
             else:
                 _bwd_cols_dims(z_ptr, comp_ptr, bq_ptr, qm_ptr, gmu_base, glv_base, rows, cols, P, 0.0,
-                               MP, KP, D, consts_ptr, False, False, BLOCK_M, BLOCK_K)
+                               MP, KP, D, consts_ptr, False, False, BLOCK_M, BLOCK_K, LAPLACE)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -413,18 +457,23 @@ def _autotuned(kernel, kind, reset):
     return triton.autotune(
         configs=[triton.Config({"BLOCK_M": c[kind]["BLOCK_M"], "BLOCK_K": c[kind]["BLOCK_K"]},
                                num_warps=c[kind]["num_warps"], maxnreg=c[kind]["maxnreg"]) for c in CONFIGS],
-        key=["D", "GRAD"],  # and on the dtypes of the tensor arguments
+        key=["D", "GRAD", "LAPLACE"],  # and on the dtypes of the tensor arguments
         reset_to_zero=reset,
     )(kernel)
 
 
 #: name -> (kernel, which CONFIGS entry it takes, its other constexprs); gpu_report compiles each.
 #: "+grad": the forward that also sums the terms of grad_z (autograd's forward).
+#: "+laplace": the Laplace posterior family (LAPLACE=True).
 KERNELS = {
-    "_fwd_kernel": (_fwd_kernel, "rows", {"GRAD": False}),
-    "_fwd_kernel+grad": (_fwd_kernel, "rows", {"GRAD": True}),
-    "_marginal_exact_kernel": (_marginal_exact_kernel, "rows", {"GRAD": True}),
-    "_bwd_cols_kernel": (_bwd_cols_kernel, "cols", {}),
+    "_fwd_kernel": (_fwd_kernel, "rows", {"GRAD": False, "LAPLACE": False}),
+    "_fwd_kernel+grad": (_fwd_kernel, "rows", {"GRAD": True, "LAPLACE": False}),
+    "_marginal_exact_kernel": (_marginal_exact_kernel, "rows", {"GRAD": True, "LAPLACE": False}),
+    "_bwd_cols_kernel": (_bwd_cols_kernel, "cols", {"LAPLACE": False}),
+    "_fwd_kernel+laplace": (_fwd_kernel, "rows", {"GRAD": False, "LAPLACE": True}),
+    "_fwd_kernel+grad+laplace": (_fwd_kernel, "rows", {"GRAD": True, "LAPLACE": True}),
+    "_marginal_exact_kernel+laplace": (_marginal_exact_kernel, "rows", {"GRAD": True, "LAPLACE": True}),
+    "_bwd_cols_kernel+laplace": (_bwd_cols_kernel, "cols", {"LAPLACE": True}),
 }
 _TUNED = {
     _fwd_kernel: _autotuned(_fwd_kernel, "rows", ["acc_ptr", "t_ptr", "j_ptr"]),
@@ -493,10 +542,13 @@ def _padded(n: int, to: int) -> int:
     return max(to, triton.cdiv(n, to) * to)
 
 
-def _prepare(z, mu, logvar, w: LogWeights):
+def _prepare(z, mu, logvar, w: LogWeights, laplace: bool = False):
     """Padded, transposed inputs in the compute dtype (float64 arithmetic, one rounding):
     z_t [D, MP], comp [D, 3, KP] = (s, nm, c2) (padding: 1, 0, -inf), csum [KP] = sum_d c2
-    (padding -inf), and consts [3] = ((w_self - w_other)·log2e, (w_next - w_other)·log2e, log2(e)/2)."""
+    (padding -inf), and consts [3] = ((w_self - w_other)·log2e, (w_next - w_other)·log2e, c·log2e)
+    with c = 1/2 (Normal) or 1 (Laplace). Normal: s = sqrt(h2), h2 = 0.5·exp(-logvar)·log2e,
+    c2 = -0.5·(logvar + log 2π)·log2e, comp[:, 1] = -mu·s; Laplace (logvar the log-scale b):
+    s = h2 = exp(-b)·log2e, c2 = -(b + ln 2)·log2e, comp[:, 1] = mu (csrc/tcvae_math.h: FamilyTraits)."""
     acc = accumulation_dtype(z.dtype)
     m, d = z.shape
     k = mu.shape[0]
@@ -505,43 +557,52 @@ def _prepare(z, mu, logvar, w: LogWeights):
     z_t = torch.zeros((d, mp), dtype=acc, device=z.device)
     z_t[:, :m] = z.t()
     lv = logvar.to(torch.float64)
-    s = torch.exp(-0.5 * lv) * math.sqrt(0.5 * LOG2E)  # sqrt(h2), h2 = 0.5·exp(-logvar)·log2e
-    c2 = -0.5 * (lv + LOG_2PI) * LOG2E
+    if laplace:
+        s = LOG2E * torch.exp(-lv)  # h2 = exp(-b)·log2e
+        c2 = -LOG2E * (lv + LN2)
+    else:
+        s = torch.exp(-0.5 * lv) * math.sqrt(0.5 * LOG2E)  # sqrt(h2), h2 = 0.5·exp(-logvar)·log2e
+        c2 = -0.5 * (lv + LOG_2PI) * LOG2E
     comp = torch.zeros((d, 3, kp), dtype=acc, device=z.device)
     comp[:, 0, k:] = 1.0  # padding (1, 0, -inf): x2 = -inf for every z (s = 0 would give 0·inf = NaN at z = ±inf)
     comp[:, 2, k:] = float("-inf")
     comp[:, 0, :k] = s.t().to(acc)
-    comp[:, 1, :k] = (-mu.to(torch.float64) * s).t().to(acc)
+    comp[:, 1, :k] = (mu.to(torch.float64) if laplace else -mu.to(torch.float64) * s).t().to(acc)  # _u's p
     comp[:, 2, :k] = c2.t().to(acc)
     csum = torch.full((kp,), float("-inf"), dtype=acc, device=z.device)
     csum[:k] = c2.sum(dim=1).to(acc)
-    consts = torch.tensor([(w.w_self - w.w_other) * LOG2E, (w.w_next - w.w_other) * LOG2E, 0.5 * LOG2E],
+    consts = torch.tensor([(w.w_self - w.w_other) * LOG2E, (w.w_next - w.w_other) * LOG2E,
+                           (1.0 if laplace else 0.5) * LOG2E],
                           dtype=acc, device=z.device)
     return z_t, comp, csum, mp, kp, consts
 
 
 @torch.library.triton_op("tcvae_triton::log_qz", mutates_args=())
 def log_qz_op(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, weights: list[float], offset: int,
-              deterministic: bool, grad_terms: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              deterministic: bool, grad_terms: bool = True,
+              family: str = "normal") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log_qz [M], log_qz_dims [M, D], aux_q [M, 2], aux_qd [M, D, 4]) in the compute dtype. aux_q
     is the joint (m, r) logsumexp state in base 2, aux_qd the marginal one, (qm, qr), followed by the
     two terms of grad_z that the forward sums on the way (``grad_terms``; zeros without it):
     tn[i, d] = sum_j pi[i,j,d]·u·s and jn[i, d] = sum_j p[i,j]·u·s, pi and p the marginal and joint
     softmax weights over components. ``weights, offset``: the estimator's log weights as
     :meth:`tcvae_kernels.LogWeights.op_args` lays them out. ``deterministic``: launch with a fixed
-    config instead of the autotuner's pick (:func:`_launch_config`)."""
+    config instead of the autotuner's pick (:func:`_launch_config`). ``family``: "normal" or
+    "laplace" (``logvar`` the log-scale; u·s becomes sign(u)·s in tn and jn)."""
     acc = accumulation_dtype(z.dtype)
     m, d = z.shape
     k = mu.shape[0]
     w = LogWeights.from_op_args(weights, offset)
-    z_t, comp, csum, mp, kp, consts = _prepare(z, mu, logvar, w)
+    laplace = _is_laplace(family)
+    z_t, comp, csum, mp, kp, consts = _prepare(z, mu, logvar, w, laplace)
+    sfx = "+laplace" if laplace else ""
     splits = _num_splits(m, kp, z.device, "rows")
     part = torch.zeros((splits, d, mp), dtype=acc, device=z.device)
     tpart = torch.zeros_like(part) if grad_terms else part
     jpart = torch.zeros_like(part) if grad_terms else part
     jm = torch.empty((splits, mp), dtype=acc, device=z.device)
     js = torch.empty((splits, mp), dtype=acc, device=z.device)
-    _launch("_fwd_kernel+grad" if grad_terms else "_fwd_kernel",
+    _launch(("_fwd_kernel+grad" if grad_terms else "_fwd_kernel") + sfx,
             lambda meta: (triton.cdiv(mp, meta["BLOCK_M"]), splits),
             z_t, comp, csum, part, tpart, jpart, jm, js, mp, kp, k, d, offset, consts, splits,
             deterministic=deterministic)
@@ -564,7 +625,7 @@ def log_qz_op(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, weights: 
         jn = torch.where(total == 0, torch.zeros_like(jn), jn)  # all -inf (non-finite inputs only)
     else:
         tn = qm
-    _launch("_marginal_exact_kernel", lambda meta: (triton.cdiv(mp, meta["BLOCK_M"]),),
+    _launch("_marginal_exact_kernel" + sfx, lambda meta: (triton.cdiv(mp, meta["BLOCK_M"]),),
             z_t, comp, acc_sum, qm, qr, tn, m, mp, kp, k, d, offset, consts, TINY, GRAD=grad_terms,
             deterministic=deterministic)
     qm, qr = qm[:, :m].t(), qr[:, :m].t()
@@ -578,6 +639,12 @@ def log_qz_op(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, weights: 
     return log_qz, log_qz_dims, aux_q, aux_qd
 
 
+def _is_laplace(family: str) -> bool:
+    if family not in ("normal", "laplace"):
+        raise ValueError(f"family must be 'normal' or 'laplace', got {family!r}")
+    return family == "laplace"
+
+
 def _pad_rows(t: torch.Tensor, mp: int, value: float) -> torch.Tensor:
     """[..., M] -> [..., MP], the padding filled with ``value``."""
     out = torch.full((*t.shape[:-1], mp), value, dtype=t.dtype, device=t.device)
@@ -588,19 +655,23 @@ def _pad_rows(t: torch.Tensor, mp: int, value: float) -> torch.Tensor:
 @torch.library.triton_op("tcvae_triton::log_qz_backward", mutates_args=())
 def log_qz_backward_op(grad_q: torch.Tensor, grad_qd: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
                        logvar: torch.Tensor, aux_q: torch.Tensor, aux_qd: torch.Tensor, weights: list[float],
-                       offset: int, deterministic: bool, grad_terms: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       offset: int, deterministic: bool, grad_terms: bool = True,
+                       family: str = "normal") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_z, grad_mu, grad_logvar) in the inputs' dtypes, bitwise reproducible for one launch
     config (no atomics; ``deterministic``: a fixed one, :func:`_launch_config`).
     grad_z = -2 ln2 · (a·jn + b·tn) from the forward's sums (a, b: the upstream gradients of log_qz
-    and log_qz_dims); grad_mu and grad_logvar from one pass that sums over queries inside a thread."""
+    and log_qz_dims; Laplace: -ln2); grad_mu and grad_logvar from one pass that sums over queries
+    inside a thread."""
     if not grad_terms:
         raise RuntimeError("tcvae_triton::log_qz ran with grad_terms=False: its outputs have no backward")
     acc = accumulation_dtype(z.dtype)
     m, d = z.shape
     k = mu.shape[0]
+    laplace = _is_laplace(family)
+    slope_ln2 = (1.0 if laplace else 2.0) * LN2
     a0, b0 = grad_q.to(acc), grad_qd.to(acc)
-    grad_z = (-2.0 * LN2) * (a0[:, None] * aux_qd[..., 3].to(acc) + b0 * aux_qd[..., 2].to(acc))
-    z_t, comp, csum, mp, kp, consts = _prepare(z, mu, logvar, LogWeights.from_op_args(weights, offset))
+    grad_z = -slope_ln2 * (a0[:, None] * aux_qd[..., 3].to(acc) + b0 * aux_qd[..., 2].to(acc))
+    z_t, comp, csum, mp, kp, consts = _prepare(z, mu, logvar, LogWeights.from_op_args(weights, offset), laplace)
     inf = float("inf")
     a = _pad_rows(a0, mp, 0.0)
     jm = _pad_rows(aux_q[:, 0].to(acc), mp, inf)  # padded queries: P = 0·2^(-inf) = 0
@@ -612,10 +683,10 @@ def log_qz_backward_op(grad_q: torch.Tensor, grad_qd: torch.Tensor, z: torch.Ten
     col_splits = _num_splits(k, mp, z.device, "cols")
     gmu = torch.zeros((col_splits, d, kp), dtype=acc, device=z.device)
     glv = torch.zeros((col_splits, d, kp), dtype=acc, device=z.device)
-    _launch("_bwd_cols_kernel", lambda meta: (triton.cdiv(kp, meta["BLOCK_K"]), col_splits),
+    _launch("_bwd_cols_kernel" + ("+laplace" if laplace else ""), lambda meta: (triton.cdiv(kp, meta["BLOCK_K"]), col_splits),
             z_t, comp, csum, jm, jr, a, bq, qm, qflag, gmu, glv, mp, kp, k, d, offset, consts, col_splits,
             deterministic=deterministic)
-    grad_mu = (2.0 * LN2) * (gmu.sum(dim=0) * comp[:, 0])[:, :k].t()  # sum_i G·u·s
+    grad_mu = slope_ln2 * (gmu.sum(dim=0) * comp[:, 0])[:, :k].t()  # sum_i G·slope(u)·s
     grad_lv = LN2 * glv.sum(dim=0)[:, :k].t()
     return grad_z.to(z.dtype), grad_mu.to(mu.dtype), grad_lv.to(logvar.dtype)
 

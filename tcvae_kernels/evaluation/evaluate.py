@@ -1,14 +1,15 @@
 """Dataset-level estimates with the fused op: the full-data ELBO decomposition and the latent
 entropies behind MIG.
 
-For a data set of N encoder posteriors q(z|x_n) = N(mu_n, exp(logvar_n)) the aggregate posterior
+For a data set of N encoder posteriors q(z|x_n) = N(mu_n, exp(logvar_n)) (or, ``family="laplace"``,
+Laplace(mu_n, exp(logscale_n)) with the log-scale in place of logvar) the aggregate posterior
 is the mixture q(z) = (1/N) Σ_n q(z|x_n) — ``log_qz(..., estimator="uniform")`` with the N
 posteriors as the K = N components. Expectations over q(z) are Monte Carlo averages over samples
 z_s ~ q(z|x_{n_s}), n_s uniform:
 
     MI     = E[log q(z|x) - log q(z)]                 (index-code mutual information)
     TC     = E[log q(z) - Σ_d log q(z_d)]
-    dim_KL = E[Σ_d log q(z_d) - log p(z)],  p = N(0, I)
+    dim_KL = E[Σ_d log q(z_d) - log p(z)],  p the prior (default N(0, I); reference.log_prior)
     H(z_d) = -E[log q(z_d)],   H(z_d | v_k) = Σ_v p(v_k = v) · H(z_d | v_k = v)
 
 where H(z_d | v_k = v) uses only the posteriors of the data points with factor k equal to v.
@@ -26,7 +27,8 @@ import torch
 
 from ..progress import progress as _progress
 from ..api import log_qz
-from ..reference import LOG_2PI, log_density
+from .._validation import check_family
+from ..reference import log_density, log_prior
 
 
 class Estimate(NamedTuple):
@@ -53,31 +55,38 @@ def _check(mu, logvar):
         raise ValueError(f"mu and logvar must both be [N, D], got {tuple(mu.shape)} and {tuple(logvar.shape)}")
 
 
-def sample_posteriors(mu, logvar, samples: int, generator: torch.Generator | None = None):
+def sample_posteriors(mu, logvar, samples: int, generator: torch.Generator | None = None, *, family: str = "normal"):
     """Samples of the aggregate posterior q(z) = (1/N)·Σ_n q(z | x_n).
 
     Args:
-        mu, logvar: the N encoder posteriors [N, D].
+        mu, logvar: the N encoder posteriors [N, D] (``family="laplace"``: logvar holds the log-scale).
         samples: S >= 1.
         generator: a CPU ``torch.Generator`` (None: the global RNG).
+        family: "normal" or "laplace" (:class:`tcvae_kernels.EstimatorOptions`).
 
     Returns:
         ``(z [S, D], idx [S])``: idx uniform over the N posteriors, z ~ q(z | x_idx), in mu's dtype.
 
     Raises:
-        TypeError, ValueError: mu/logvar not tensors of one [N, D] shape; samples < 1.
+        TypeError, ValueError: mu/logvar not tensors of one [N, D] shape; samples < 1; an unknown family.
     """
     _check(mu, logvar)
+    check_family(family)
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     n = mu.shape[0]
     idx = torch.randint(0, n, (samples,), generator=generator).to(mu.device)
+    if family == "laplace":  # Laplace(0, 1) noise: the difference of two Exp(1)
+        u = torch.rand(2, samples, mu.shape[1], generator=generator, dtype=mu.dtype).to(mu.device)
+        eps = torch.log1p(-u[1]) - torch.log1p(-u[0])
+        return mu[idx] + torch.exp(logvar[idx]) * eps, idx
     eps = torch.randn(samples, mu.shape[1], generator=generator, dtype=mu.dtype).to(mu.device)
     return mu[idx] + torch.exp(0.5 * logvar[idx]) * eps, idx
 
 
 @torch.no_grad()
-def mixture_log_density(z, mu, logvar, *, chunk: int = 1024, backend: str = "auto", progress: bool = False):
+def mixture_log_density(z, mu, logvar, *, chunk: int = 1024, backend: str = "auto", progress: bool = False,
+                        family: str = "normal"):
     """log q(z_s) and log q(z_sd) under the uniform mixture of the N posteriors (the fused op with
     ``estimator="uniform"``, K = N), chunk by chunk of queries.
 
@@ -87,13 +96,14 @@ def mixture_log_density(z, mu, logvar, *, chunk: int = 1024, backend: str = "aut
         chunk: queries per call of the fused op (K = N components each): memory O((chunk + N)·D).
         backend: as for :func:`tcvae_kernels.log_qz`.
         progress: a progress line per chunk.
+        family: the posterior family, "normal" or "laplace".
 
     Returns:
         ``(log_qz [S], log_qz_dims [S, D])``, z's dtype.
     """
     outs_q, outs_d = [], []
     for s in _progress(range(0, z.shape[0], chunk), desc="log q(z)", enabled=progress, unit="chunk"):
-        q, qd = log_qz(z[s : s + chunk], mu, logvar, estimator="uniform", backend=backend)
+        q, qd = log_qz(z[s : s + chunk], mu, logvar, estimator="uniform", backend=backend, family=family)
         outs_q.append(q)
         outs_d.append(qd)
     return torch.cat(outs_q), torch.cat(outs_d)
@@ -107,10 +117,10 @@ def _estimate(x: torch.Tensor) -> Estimate:
 
 @torch.no_grad()
 def decomposition_from_samples(z, idx, mu, logvar, *, chunk: int = 1024, backend: str = "auto",
-                               progress: bool = False) -> FullDecomposition:
+                               progress: bool = False, family: str = "normal", prior="normal") -> FullDecomposition:
     """The data set's MI, TC and dim-KL from given samples of the aggregate posterior:
     ``MI = E[log q(z|x) - log q(z)]``, ``TC = E[log q(z) - Σ_d log q(z_d)]``,
-    ``dim_KL = E[Σ_d log q(z_d) - log p(z)]`` with q the mixture of all N posteriors, p = N(0, I).
+    ``dim_KL = E[Σ_d log q(z_d) - log p(z)]`` with q the mixture of all N posteriors, p the prior.
 
     Args:
         z: samples [S, D], z_s drawn from q(z | x_idx[s]).
@@ -119,23 +129,26 @@ def decomposition_from_samples(z, idx, mu, logvar, *, chunk: int = 1024, backend
         chunk: queries per call of the fused op (K = N components each): memory O((chunk + N)·D).
         backend: as for :func:`tcvae_kernels.log_qz`.
         progress: a progress line per chunk.
+        family: the posterior family, "normal" or "laplace".
+        prior: p(z), as for :func:`tcvae_kernels.decompose` ("normal", "laplace" or a ``log_prob`` object).
 
     Returns:
         :class:`FullDecomposition`, each term an :class:`Estimate` (mean and standard error over
         the samples, nats), computed in float64.
     """
     _check(mu, logvar)
-    lq, lqd = mixture_log_density(z, mu, logvar, chunk=chunk, backend=backend, progress=progress)
+    lq, lqd = mixture_log_density(z, mu, logvar, chunk=chunk, backend=backend, progress=progress, family=family)
     lq, lqd = lq.double(), lqd.double()
     zz = z.double()
-    log_qzx = log_density(zz, mu[idx].double(), logvar[idx].double()).sum(1)
-    log_pz = (-0.5 * (zz * zz + LOG_2PI)).sum(1)
+    log_qzx = log_density(zz, mu[idx].double(), logvar[idx].double(), family).sum(1)
+    log_pz = log_prior(zz, prior).double()
     sum_dims = lqd.sum(1)
     return FullDecomposition(_estimate(log_qzx - lq), _estimate(lq - sum_dims), _estimate(sum_dims - log_pz), z.shape[0])
 
 
 def full_decomposition(mu, logvar, *, samples: int = 10000, generator=None, chunk: int = 1024,
-                       backend: str = "auto", progress: bool = False) -> FullDecomposition:
+                       backend: str = "auto", progress: bool = False, family: str = "normal",
+                       prior="normal") -> FullDecomposition:
     """Monte Carlo estimates (with standard errors) of MI, TC and dim-KL over the whole data set:
     :func:`sample_posteriors` then :func:`decomposition_from_samples`.
 
@@ -146,6 +159,8 @@ def full_decomposition(mu, logvar, *, samples: int = 10000, generator=None, chun
         chunk: queries per call of the fused op (K = N components each): memory O((chunk + N)·D).
         backend: as for :func:`tcvae_kernels.log_qz`.
         progress: a progress line per chunk.
+        family: the posterior family, "normal" or "laplace" (logvar then holds the log-scale).
+        prior: p(z) of dim-KL, as for :func:`tcvae_kernels.decompose`.
 
     Returns:
         :class:`FullDecomposition` (nats).
@@ -159,13 +174,14 @@ def full_decomposition(mu, logvar, *, samples: int = 10000, generator=None, chun
         >>> full.samples, full.mi.value > 0
         (500, True)
     """
-    z, idx = sample_posteriors(mu, logvar, samples, generator)
-    return decomposition_from_samples(z, idx, mu, logvar, chunk=chunk, backend=backend, progress=progress)
+    z, idx = sample_posteriors(mu, logvar, samples, generator, family=family)
+    return decomposition_from_samples(z, idx, mu, logvar, chunk=chunk, backend=backend, progress=progress,
+                                      family=family, prior=prior)
 
 
 @torch.no_grad()
 def marginal_entropies(mu, logvar, *, samples: int = 10000, generator=None, chunk: int = 1024,
-                       backend: str = "auto", progress: bool = False) -> torch.Tensor:
+                       backend: str = "auto", progress: bool = False, family: str = "normal") -> torch.Tensor:
     """H(z_d), the entropy of each dimension of the aggregate posterior, by Monte Carlo with all N
     components.
 
@@ -175,19 +191,20 @@ def marginal_entropies(mu, logvar, *, samples: int = 10000, generator=None, chun
         chunk: queries per call of the fused op (K = N components each): memory O((chunk + N)·D).
         backend: as for :func:`tcvae_kernels.log_qz`.
         progress: a progress line per chunk.
+        family: the posterior family, "normal" or "laplace".
 
     Returns:
         [D], float64 (nats).
     """
-    z, _ = sample_posteriors(mu, logvar, samples, generator)
-    _, lqd = mixture_log_density(z, mu, logvar, chunk=chunk, backend=backend, progress=progress)
+    z, _ = sample_posteriors(mu, logvar, samples, generator, family=family)
+    _, lqd = mixture_log_density(z, mu, logvar, chunk=chunk, backend=backend, progress=progress, family=family)
     return -lqd.double().mean(0)
 
 
 @torch.no_grad()
 def conditional_entropies(mu, logvar, factors, factor_sizes: Sequence[int], *, samples: int = 10000,
                           generator=None, chunk: int = 1024, backend: str = "auto",
-                          progress: bool = False) -> torch.Tensor:
+                          progress: bool = False, family: str = "normal") -> torch.Tensor:
     """H(z_d | v_k): for each factor k and value v, the entropy of the mixture of the posteriors of
     the points with v_k = v (Monte Carlo, ``samples`` samples per value), weighted by the empirical
     p(v_k = v). With :func:`marginal_entropies`, the mutual informations I(z_d; v_k) of the MIG.
@@ -201,6 +218,7 @@ def conditional_entropies(mu, logvar, factors, factor_sizes: Sequence[int], *, s
         chunk: queries per call of the fused op (K = N components each): memory O((chunk + N)·D).
         backend: as for :func:`tcvae_kernels.log_qz`.
         progress: a progress line per chunk.
+        family: the posterior family, "normal" or "laplace".
 
     Returns:
         [K, D], float64 (nats).
@@ -221,7 +239,8 @@ def conditional_entropies(mu, logvar, factors, factor_sizes: Sequence[int], *, s
             continue
         sel_t = torch.as_tensor(sel, device=mu.device)
         sub_mu, sub_lv = mu[sel_t], logvar[sel_t]
-        h = marginal_entropies(sub_mu, sub_lv, samples=samples, generator=generator, chunk=chunk, backend=backend)
+        h = marginal_entropies(sub_mu, sub_lv, samples=samples, generator=generator, chunk=chunk, backend=backend,
+                               family=family)
         out[k] += (sel.size / n) * h.cpu()
     return out
 

@@ -84,7 +84,7 @@ def _average(gaps: np.ndarray, h_v: np.ndarray, average: str) -> float:
 
 
 def mig(mu, logvar, factors, factor_sizes, *, samples: int = 10000, generator=None, backend: str = "auto",
-        progress: bool = False, average: str = "all") -> dict:
+        progress: bool = False, average: str = "all", family: str = "normal") -> dict:
     """Sampling MIG (Chen et al. 2018) from the encoder posteriors of data points with known factors.
 
     Args:
@@ -97,6 +97,7 @@ def mig(mu, logvar, factors, factor_sizes, *, samples: int = 10000, generator=No
         progress: progress lines for the entropy estimates.
         average: "all" (every factor that varies) or "chen2018_dsprites" (every factor but the
             first, shape: Chen et al.'s dSprites MIG).
+        family: the posterior family, "normal" or "laplace" (logvar then holds the log-scale).
 
     Returns:
         ``{"mig": float, "per_factor": [K], "mi": [K, D], "h_z": [D], "h_z_given_v": [K, D]}`` (nats).
@@ -105,9 +106,9 @@ def mig(mu, logvar, factors, factor_sizes, *, samples: int = 10000, generator=No
         ValueError: factors not [N, K]; an unknown ``average``.
     """
     h_z = _dataset.marginal_entropies(mu, logvar, samples=samples, generator=generator, backend=backend,
-                                      progress=progress).cpu()
+                                      progress=progress, family=family).cpu()
     h_cond = _dataset.conditional_entropies(mu, logvar, factors, factor_sizes, samples=samples, generator=generator,
-                                            backend=backend, progress=progress)
+                                            backend=backend, progress=progress, family=family)
     mi = (h_z[None, :] - h_cond).clamp_min(0).numpy()
     h_v = _dataset.factor_entropies(factors, factor_sizes).numpy()
     gaps = _gap(mi, h_v)

@@ -443,7 +443,7 @@ def triton_reports(archs=(80, 90), dtype: str = "fp32", kernels=None) -> list[Ke
             for arch in archs:
                 cub = compile_triton(fn, {"BLOCK_M": c["BLOCK_M"], "BLOCK_K": c["BLOCK_K"], **fixed},
                                      c["num_warps"], arch, dtype, c.get("maxnreg"))
-                epi = None if name == "_marginal_exact_kernel" else c["BLOCK_M"] * c["BLOCK_K"] // (32 * c["num_warps"])
+                epi = None if name.startswith("_marginal_exact_kernel") else c["BLOCK_M"] * c["BLOCK_K"] // (32 * c["num_warps"])
                 out.append(cubin_report("triton", name, arch, triton_config_label(c), cub, epi))
     return out
 
@@ -454,8 +454,9 @@ def triton_config_label(c: dict) -> str:
 
 #: CUDA kernels: per thread, elements of one iteration of the innermost d loop in float
 #: (csrc/tcvae_fused.h: kRows · kTile = 2 · 32); "+grad": the forward instantiated with GRAD = true
-#: (autograd's forward, which also sums the grad_z terms)
-CUDA_KERNELS = {"forward_kernel": 64, "forward_kernel+grad": 64, "backward_cols_kernel": 64, "exact_kernel": None}
+#: (autograd's forward, which also sums the grad_z terms); "+laplace": the Laplace family's instantiation
+CUDA_KERNELS = {f"{k}{f}": v for f in ("", "+laplace") for k, v in
+                {"forward_kernel": 64, "forward_kernel+grad": 64, "backward_cols_kernel": 64, "exact_kernel": None}.items()}
 
 
 def extension_path() -> str | None:
@@ -465,12 +466,13 @@ def extension_path() -> str | None:
 
 
 def _cuda_name(pretty: str) -> tuple[str, str] | None:
-    """('forward_kernel+grad', 'float') from 'tcvae::fused::(anonymous)::forward_kernel<float, true>(...)'."""
-    m = re.search(r"(\w+_kernel)<(\w+)(?:, (true|false))?>", pretty)
+    """('forward_kernel+grad', 'float') from 'tcvae::fused::(anonymous)::forward_kernel<float, true,
+    (tcvae::Family)0>(...)'; the Laplace family ((tcvae::Family)1) adds '+laplace'."""
+    m = re.search(r"(\w+_kernel)<(\w+)(?:, (true|false))?(?:, \(tcvae::Family\)(\d))?>", pretty)
     if not m:
         return None
     name = m.group(1) + ("+grad" if m.group(3) == "true" and m.group(1) == "forward_kernel" else "")
-    return name, m.group(2)
+    return name + ("+laplace" if m.group(4) == "1" else ""), m.group(2)
 
 
 def cuda_reports(archs=(80, 90), so: str | None = None) -> list[KernelReport]:
@@ -496,7 +498,7 @@ def cuda_reports(archs=(80, 90), so: str | None = None) -> list[KernelReport]:
             if not got or got[0] not in CUDA_KERNELS:
                 continue
             name, dtype = got
-            if name == "exact_kernel" and "true" not in pretty:  # the GRAD instantiation is the one used in training
+            if name.startswith("exact_kernel") and "true" not in pretty:  # the GRAD instantiation is the one used in training
                 continue
             out.append(analyze("cuda", name, arch, dtype, sass.get(mangled, []), usage.get(mangled, {}),
                                CUDA_KERNELS[name]))
@@ -507,9 +509,11 @@ def cuda_reports(archs=(80, 90), so: str | None = None) -> list[KernelReport]:
 
 #: what one call costs: "forward" (no gradients: evaluation) and "train", the forward that also
 #: sums the grad_z terms followed by the one backward pass (grad_mu, grad_logvar)
+#: (a row label "<source>" or "<source> laplace": the posterior family)
 SWEEPS = {
-    "triton": {"forward": ["_fwd_kernel"], "train": ["_fwd_kernel+grad", "_bwd_cols_kernel"]},
-    "cuda": {"forward": ["forward_kernel"], "train": ["forward_kernel+grad", "backward_cols_kernel"]},
+    f"{src}{label}": {"forward": [fwd + sfx], "train": [fwd + "+grad" + sfx, bwd + sfx]}
+    for label, sfx in (("", ""), (" laplace", "+laplace"))
+    for src, fwd, bwd in (("triton", "_fwd_kernel", "_bwd_cols_kernel"), ("cuda", "forward_kernel", "backward_cols_kernel"))
 }
 
 
@@ -524,7 +528,8 @@ def predict(reports: list[KernelReport], arch: int = 90, m: int = 16384, k: int 
     bounds whatever the autotuner keeps; cuda: float) and D: predicted forward and forward+backward
     times and their ratios to the MUFU floor."""
     rows = []
-    for source, sweeps in SWEEPS.items():
+    for label, sweeps in SWEEPS.items():
+        source = label.split()[0]
         cand = [r for r in reports if r.source == source and r.arch == arch and r.hot is not None
                 and (source == "triton" or r.config == "float")]
         if not cand:
@@ -543,7 +548,7 @@ def predict(reports: list[KernelReport], arch: int = 90, m: int = 16384, k: int 
             fl = floor_clocks(d)
             sec = m * k * d / 32 / machine["sms"] / machine["clock_hz"]
             rows.append({
-                "source": source, "D": d, "M": m, "K": k,
+                "source": label, "D": d, "M": m, "K": k,
                 "forward_ratio": fwd / fl, "fwd_bwd_ratio": total / (2 * fl),
                 "forward_ms": fwd * sec * 1e3, "fwd_bwd_ms": total * sec * 1e3,
                 "floor_forward_ms": fl * sec * 1e3,

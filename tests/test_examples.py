@@ -43,3 +43,12 @@ def test_train_script_takes_family_and_prior(tmp_path, prior):
     assert json.loads((tmp_path / "result.json").read_text())["loss"] == "betatcvae"
     with pytest.raises(SystemExit):
         train.main(["--loss", "betavae", "--family", "laplace", "--no-eval", "--out", str(tmp_path)])
+
+
+def test_laplace_benchmark_runs(capsys):
+    spec = importlib.util.spec_from_file_location("bench_laplace", os.path.join(ROOT, "bench", "bench_laplace.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.main(["--sizes", "40", "--dims", "3", "--rounds", "1", "--no-compile"])
+    assert len(rows) == 1 and rows[0]["laplace_over_normal"] > 0
+    assert "| 40 | 3 |" in capsys.readouterr().out

@@ -24,6 +24,7 @@ DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 FUSED = backends("cpu", fused_only=True, emulation=True)
 SIZES = st.sampled_from([1, 2, 3, 5, 7, 11, 13, 17, 31, 33])
+FAMILIES = st.sampled_from(["normal", "laplace"])
 
 
 @st.composite
@@ -55,14 +56,15 @@ def problems(draw, max_size=33):
 
 
 
-def _every_backend_matches_the_reference(problem):
+def _every_backend_matches_the_reference(problem, family):
+    """Both posterior families (for "laplace" the third tensor is read as a log-scale)."""
     z, mu, lv, estimator, n = problem
     w = log_weights(estimator, mu.shape[0], n)
     for be in FUSED:
         if isinstance(be, str) and backend_reasons(be, z, mu, lv):
             continue
-        assert_ok(check_backend(be, z, mu, lv, w), f"{getattr(be, 'name', be)} {tuple(z.shape)}x{mu.shape[0]} "
-                   f"{z.dtype} {estimator}")
+        assert_ok(check_backend(be, z, mu, lv, w, family=family),
+                  f"{getattr(be, 'name', be)} {tuple(z.shape)}x{mu.shape[0]} {z.dtype} {estimator} {family}")
 
 
 # One property, two tiers: QUICK examples by default, the profile's (ci: 200, long: 5,000) in the
@@ -70,9 +72,9 @@ def _every_backend_matches_the_reference(problem):
 QUICK = 25
 _needs_fused = pytest.mark.skipif(not FUSED, reason="no fused backend available")
 test_every_backend_matches_the_reference = _needs_fused(
-    settings(max_examples=QUICK)(given(problems(max_size=17))(_every_backend_matches_the_reference)))
+    settings(max_examples=QUICK)(given(problems(max_size=17), FAMILIES)(_every_backend_matches_the_reference)))
 test_every_backend_matches_the_reference_profile = pytest.mark.slow(_needs_fused(
-    given(problems(max_size=17))(_every_backend_matches_the_reference)))
+    given(problems(max_size=17), FAMILIES)(_every_backend_matches_the_reference)))
 
 
 @pytest.mark.skipif(bool(backend_reasons("cpu", *(torch.zeros(2, 1),) * 3)), reason="the CPU kernel is not built")

@@ -49,15 +49,20 @@ def test_matches_reference(backend, device, kind, dtype):
 
 @pytest.mark.parametrize("backend,device", TARGETS)
 def test_far_from_every_component_is_finite_and_exact(backend, device):
-    """z 1e7 from every mean, b <= 20: every l < -1e7·e^-20 ≈ -20 per dimension, summed over D and
-    below exp's range in float32 for the marginal sums of wider D; the exact fallback."""
+    """Every other query 1e3 from every mean with log-scales in [-2, 1]: l < -1e3·e^-1 ≈ -368 per
+    dimension, so those rows' marginal sums underflow float32 (below 2^-126) and take the exact
+    fallback (the CPU kernel's saved state says so), the other rows not."""
     ((m, k, d),) = _shapes([(33, 33, 10)], backend, device)
-    z, mu, b = make_inputs(m, k, d, kind="extreme", dtype=torch.float32, device=device, **LAPLACE)
-    z = z + 1e7
+    z, mu, b = make_inputs(m, k, d, dtype=torch.float32, device=device, **LAPLACE)
+    z[::2] += 1e3
     w = log_weights("mss", k, 1000)
     assert_ok(check_backend(backend, z, mu, b, w, **LAPLACE), "far")
     be = tk.backends.base.get_backend(backend) if isinstance(backend, str) else backend
     assert all(torch.isfinite(t).all() for t in be.log_qz(z, mu, b, w, family="laplace"))
+    if backend == "cpu":
+        aux_qd = torch.ops.tcvae.log_qz(z, mu, b, *w.op_args(), False, "laplace")[3]
+        exact = (aux_qd[..., 0] != 0).all(dim=1)  # m != 0: the exact two-pass path
+        assert exact[::2].all() and not exact[1::2].any()
 
 
 @pytest.mark.parametrize("backend,device", TARGETS)

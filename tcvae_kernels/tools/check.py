@@ -40,25 +40,26 @@ ALL_CASES = QUICK_CASES + [
 ]
 
 
-def run_checks(backends, devices, dtypes, cases, seed, out=None):
+def run_checks(backends, devices, dtypes, cases, seed, out=None, families=("normal",)):
     out = out or sys.stdout
     rows, failures = [], 0
     g = torch.Generator().manual_seed(seed)
     for name in backends:
         for device in devices:
-            for dtype_name in dtypes:
+            for dtype_name, family in [(t, f) for t in dtypes for f in families]:
                 dtype = DTYPES[dtype_name]
                 passed, total, worst, skipped = 0, 0, None, None
                 t0 = time.perf_counter()
-                for m, k, d, est, kind, groups in progress(cases, desc=f"check {name} {device} {dtype_name}",
+                for m, k, d, est, kind, groups in progress(cases, desc=f"check {name} {device} {dtype_name} {family}",
                                                            unit="case", leave=False):
-                    z, mu, logvar = random_inputs(m, k, d, kind=kind, dtype=dtype, device=device, generator=g)
+                    z, mu, logvar = random_inputs(m, k, d, kind=kind, dtype=dtype, device=device, generator=g,
+                                                  family=family)
                     why = backend_reasons(name, z, mu, logvar)
                     if why:
                         skipped = why[0]
                         break
                     w = log_weights(est, k, 10 * max(m, k))
-                    res = check_backend(name, z, mu, logvar, w, groups=groups)
+                    res = check_backend(name, z, mu, logvar, w, groups=groups, family=family)
                     if groups:
                         kind += f", {len(groups)} groups"
                     total += 1
@@ -67,6 +68,8 @@ def run_checks(backends, devices, dtypes, cases, seed, out=None):
                     ratio = err / allowed if allowed > 0 else float("inf")
                     if worst is None or ratio > worst[0]:
                         worst = (ratio, f"{wname} {err:.1e} / {allowed:.1e} ({m}x{k}x{d} {est} {kind})")
+                if family != "normal":
+                    dtype_name = f"{dtype_name} {family}"
                 if skipped:
                     rows.append((name, device, dtype_name, "-", "skipped", skipped))
                     continue
@@ -90,12 +93,14 @@ def main(argv=None) -> int:
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
     p.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES))
     p.add_argument("--seed", type=int, default=None, help="default: fresh")
+    p.add_argument("--families", nargs="+", default=["normal", "laplace"], choices=["normal", "laplace"],
+                   help="posterior families (default: both)")
     a = p.parse_args(argv)
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(2**31)
     devices = a.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     dtypes = a.dtypes or (list(DTYPES) if a.all else ["float64", "float32"])
     backends = a.backends or list(backend_names())
     print(f"tcvae_kernels check: seed={seed}, torch {torch.__version__}, threads={torch.get_num_threads()}")
-    failures = run_checks(backends, devices, dtypes, ALL_CASES if a.all else QUICK_CASES, seed)
+    failures = run_checks(backends, devices, dtypes, ALL_CASES if a.all else QUICK_CASES, seed, families=a.families)
     print("all checks passed" if failures == 0 else f"{failures} backend/device/dtype combination(s) FAILED")
     return 1 if failures else 0

@@ -16,3 +16,4 @@ loss.estimator = 3  # E: assignment
 tk.HFVAELoss(100, groups=[1, 1], warmup=5)  # E: call-arg
 s: str = tk.self_share(z, mu, lv, dataset_size=100)  # E: assignment
 tk.decompose(z, mu, lv, dataset_size=100, prior=3)  # E: arg-type
+tk.log_qz(z, mu, lv, dataset_size=100, family=1)  # E: arg-type

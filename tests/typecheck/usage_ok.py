@@ -26,3 +26,6 @@ names: tuple[str, ...] = tk.backend_names()
 lap: tk.Decomposition = tk.decompose(z, mu, lv, dataset_size=100, prior="laplace")
 learned = tk.decompose(z, mu, lv, dataset_size=100, prior=torch.distributions.Laplace(0.0, 1.0))
 tk.BetaTCVAELoss(100, prior=torch.distributions.Normal(0.0, 2.0))
+laplace: tk.Decomposition = tk.decompose(z, mu, lv, dataset_size=100, family="laplace", prior="laplace")
+tk.HFVAELoss(100, groups=[1, 1], family="laplace")
+family: str = loss.family

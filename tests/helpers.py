@@ -192,3 +192,16 @@ def interpreter_shapes(shapes, backend_name, device, *, keep_dims=False):
         if cut not in out:
             out.append(cut)
     return out
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(name, folder="python"):
+    """The module of a script of the repository (``python/<name>.py`` or ``<folder>/<name>.py``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, folder, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

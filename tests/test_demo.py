@@ -2,7 +2,6 @@
 settings on the CPU: they train, evaluate, draw, time the loss, print the result line, and the
 reproduction resumes from its checkpoints and cached results."""
 
-import importlib.util
 import json
 import os
 
@@ -10,14 +9,10 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from helpers import load_script  # noqa: E402
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "python", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(name)
 
 
 @pytest.mark.slow

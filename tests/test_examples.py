@@ -2,21 +2,15 @@
 factorial flow prior, trained jointly: its parameters move and its log-likelihood of the batch's z
 is finite) and python/train_tcvae.py with --family laplace and each --prior."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from helpers import load_script
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "python", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(name)
 
 
 @pytest.mark.parametrize("family", ["normal", "laplace"])
@@ -46,9 +40,6 @@ def test_train_script_takes_family_and_prior(tmp_path, prior):
 
 
 def test_laplace_benchmark_runs(capsys):
-    spec = importlib.util.spec_from_file_location("bench_laplace", os.path.join(ROOT, "bench", "bench_laplace.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    rows = mod.main(["--sizes", "40", "--dims", "3", "--rounds", "1", "--no-compile"])
+    rows = load_script("bench_laplace", "bench").main(["--sizes", "40", "--dims", "3", "--rounds", "1", "--no-compile"])
     assert len(rows) == 1 and rows[0]["laplace_over_normal"] > 0
     assert "| 40 | 3 |" in capsys.readouterr().out

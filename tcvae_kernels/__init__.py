@@ -7,6 +7,7 @@ Public API::
     total_correlation(z, mu, logvar, *, dataset_size, ...) -> scalar
     self_share(z, mu, logvar, *, dataset_size, ...) -> [M]: the estimator's regime (loss.last.self_share)
     EstimatorOptions(dataset_size, estimator, backend, ...): the options above, as one object (options=)
+    ComponentBank(size): detached components of recent batches, more components for the estimates (bank=)
     BetaTCVAELoss(dataset_size, alpha=1.0, beta=6.0, gamma=1.0, estimator="mss", backend="auto")
     BetaVAELoss(beta), FactorVAELoss(gamma, latent_dim=...), HFVAELoss(dataset_size, groups, ...)
     grouped_decompose(z, mu, logvar, groups=..., dataset_size=...) -> GroupedDecomposition
@@ -29,6 +30,7 @@ from .api import (
     self_share,
     total_correlation,
 )
+from .bank import ComponentBank
 from .backends.base import backend_names
 from .dispatch import BackendNotSupportedError, available_backends, backend_status, compiled_backends
 from .estimators import ESTIMATORS, LogWeights, log_weights
@@ -53,6 +55,7 @@ from ._version import __version__
 __all__ = [
     "ESTIMATORS",
     "EstimatorOptions",
+    "ComponentBank",
     "EstimatorKwargs",
     "BackendNotSupportedError",
     "BetaTCVAELoss",

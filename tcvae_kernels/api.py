@@ -12,6 +12,7 @@ from typing import NamedTuple, Protocol, Union, Unpack
 import torch
 
 from ._validation import check_estimator_args, check_family, check_finite_inputs, check_inputs, normalize_groups
+from .bank import check_bank
 from .dispatch import select_backend
 from .estimators import LogWeights, log_weights
 from .options import EstimatorKwargs, EstimatorOptions, options_doc, resolve_options
@@ -97,6 +98,23 @@ class _Estimate(NamedTuple):
     lqzd: torch.Tensor  # [M, D]
     lqg: torch.Tensor | None  # [M, G] with groups
     weights: LogWeights
+    batch: tuple[torch.Tensor, torch.Tensor]  # the (global) batch's (mu, logvar) [M_global, D]: what a bank takes
+
+
+def _append_bank(mu, logvar, bank, dataset_size, estimator: str):
+    """``[mu; bank mu]``, ``[logvar; bank logvar]`` [M_global + len(bank), D]: one copy per call
+    (O((M + K)·D) against the kernels' O(M·K·D)); the bank rows carry no gradient."""
+    if bank is None or len(bank) == 0:
+        return mu, logvar
+    k = mu.shape[0] + len(bank)
+    if estimator != "uniform" and dataset_size is not None and k > dataset_size:
+        raise ValueError(f"the batch ({mu.shape[0]} components) plus the bank ({len(bank)}) make K={k} components, more "
+                         f"than dataset_size={dataset_size}: with estimator={estimator!r} each component stands for a "
+                         f"distinct data point; use a bank of at most {dataset_size - mu.shape[0]} (bank_size)")
+    bank._check_like(mu, "mu (the batch's components; under torch.autocast the estimate runs in float32, so push "
+                         "float32 components)")
+    bmu, blv = bank.components()
+    return torch.cat([mu, bmu]), torch.cat([logvar, blv])
 
 
 def _log_qz_acc(z, mu, logvar, opts: EstimatorOptions, *, need_own_component=False, groups=None) -> _Estimate:
@@ -105,6 +123,7 @@ def _log_qz_acc(z, mu, logvar, opts: EstimatorOptions, *, need_own_component=Fal
     components are those of the global batch (tcvae_kernels.distributed)."""
     m, k, _ = check_inputs(z, mu, logvar)
     check_family(opts.family)
+    check_bank(opts.bank, opts.family)
     if need_own_component and m > k:
         raise ValueError(
             f"the decomposition needs each query z_i drawn from component i (M <= K), got M={m} queries "
@@ -118,14 +137,16 @@ def _log_qz_acc(z, mu, logvar, opts: EstimatorOptions, *, need_own_component=Fal
         from .distributed import gather_components
 
         mu, logvar, offset = gather_components(mu, logvar, opts.process_group)
-        k = mu.shape[0]
+    batch = (mu, logvar)
+    mu, logvar = _append_bank(mu, logvar, opts.bank, opts.dataset_size, opts.estimator)
+    k = mu.shape[0]
     check_estimator_args(opts.estimator, opts.dataset_size, m, k, offset)
     weights = log_weights(opts.estimator, k, opts.dataset_size, offset)
     be = select_backend(opts.backend, z, mu, logvar)
     det, fam = bool(opts.deterministic), opts.family
     if index is None:
-        return _Estimate(*be.log_qz(z, mu, logvar, weights, deterministic=det, family=fam), None, weights)
-    return _Estimate(*be.log_qz_groups(z, mu, logvar, weights, index, deterministic=det, family=fam), weights)
+        return _Estimate(*be.log_qz(z, mu, logvar, weights, deterministic=det, family=fam), None, weights, batch)
+    return _Estimate(*be.log_qz_groups(z, mu, logvar, weights, index, deterministic=det, family=fam), weights, batch)
 
 
 @options_doc
@@ -169,7 +190,7 @@ def log_qz(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, groups: G
     """
     opts = resolve_options(options, dict(kwargs))
     out = z.dtype if not (isinstance(z, torch.Tensor) and autocast_active(z)) else torch.promote_types(z.dtype, torch.float32)
-    lqz, lqzd, lqg, _ = _under_autocast(_log_qz_acc)(z, mu, logvar, opts, groups=groups)
+    lqz, lqzd, lqg, *_ = _under_autocast(_log_qz_acc)(z, mu, logvar, opts, groups=groups)
     if lqg is None:
         return LogQz(lqz.to(out), lqzd.to(out))
     return LogQzGroups(lqz.to(out), lqzd.to(out), lqg.to(out))
@@ -183,18 +204,20 @@ def _self_share(log_qz_x: torch.Tensor, est: _Estimate) -> torch.Tensor:
 
 
 @_under_autocast
-def _decompose(z, mu, logvar, opts: EstimatorOptions, prior: PriorArg = "normal") -> tuple[Decomposition, torch.Tensor]:
-    """(the decomposition, self_share [M]) from one pass (the losses use both)."""
+def _decompose(z, mu, logvar, opts: EstimatorOptions,
+               prior: PriorArg = "normal") -> tuple[Decomposition, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """(the decomposition, self_share [M], the (global) batch's components) from one pass (the
+    losses use all three: the last is what they push into their bank)."""
     est = _log_qz_acc(z, mu, logvar, opts, need_own_component=True)
     lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar, prior=prior, family=opts.family)  # validates the prior
     sum_dims = est.lqzd.sum(dim=1)
     parts = Decomposition(mi=(lqzx - est.lqz).mean(), tc=(est.lqz - sum_dims).mean(), dim_kl=(sum_dims - lpz).mean())
-    return parts, _self_share(lqzx, est)
+    return parts, _self_share(lqzx, est), est.batch
 
 
 @_under_autocast
-def _grouped_decompose(z, mu, logvar, opts: EstimatorOptions, groups,
-                       prior: PriorArg = "normal") -> tuple[GroupedDecomposition, torch.Tensor]:
+def _grouped_decompose(z, mu, logvar, opts: EstimatorOptions, groups, prior: PriorArg = "normal"
+                       ) -> tuple[GroupedDecomposition, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     est = _log_qz_acc(z, mu, logvar, opts, need_own_component=True, groups=groups)
     lqzx, lpz = log_qz_x_and_log_pz(z, mu, logvar, prior=prior, family=opts.family)
     sum_dims, sum_groups = est.lqzd.sum(dim=1), est.lqg.sum(dim=1)
@@ -204,7 +227,7 @@ def _grouped_decompose(z, mu, logvar, opts: EstimatorOptions, groups,
         tc_within=(sum_groups - sum_dims).mean(),
         dim_kl=(sum_dims - lpz).mean(),
     )
-    return parts, _self_share(lqzx, est)
+    return parts, _self_share(lqzx, est), est.batch
 
 
 @options_doc

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from ._validation import _check_int, normalize_groups
 from .api import Decomposition, GroupedDecomposition, Groups, PriorArg, _decompose, _grouped_decompose
 from .reference import check_prior
+from .bank import ComponentBank
 from .options import EstimatorOptions
 
 
@@ -162,8 +163,17 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         warmup_steps: if > 0, β and γ ramp linearly from 0 to their values over that many
             training-mode calls (KL warm-up, as in the authors' code); the step count is saved
             in ``state_dict`` so resumed runs continue the schedule.
+        bank_size: 0 (off), or the size of a :class:`~tcvae_kernels.ComponentBank` the loss owns
+            (``loss.bank``): each call estimates q(z) with the batch's components plus the bank's
+            (K = M + len(bank)), and each training-mode call then pushes the (global) batch's
+            detached components, so a component never meets its own query twice. It removes most of
+            the minibatch bias for no network memory (docs/estimators.md, "A component bank":
+            measured bias, staleness and cost); M + bank_size <= dataset_size. Saved in
+            ``state_dict``.
+        bank: instead of ``bank_size``, a :class:`~tcvae_kernels.ComponentBank` of your own (the
+            loss reads and pushes it the same way; ``loss.bank``).
         warn_regime: warn once (:class:`EstimatorRegimeWarning`) when the batch mean of the self
-            share exceeds ``SELF_SHARE_WARNING`` with a batch under ``SMALL_BATCH_FRACTION`` of
+            share exceeds ``SELF_SHARE_WARNING`` with a batch (plus bank) under ``SMALL_BATCH_FRACTION`` of
             ``dataset_size`` (checked every ``REGIME_CHECK_EVERY`` training calls): the TC estimate
             is then unreliable, often negative. ``loss.last.self_share`` holds the value of every
             call either way.
@@ -186,6 +196,7 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
     check_finite: _OptionField[bool] = _OptionField()
     deterministic: _OptionField[bool] = _OptionField()
     process_group: _OptionField[Any] = _OptionField()
+    bank: _OptionField[ComponentBank | None] = _OptionField()
 
     def __init__(
         self,
@@ -203,14 +214,23 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         warn_regime: bool = True,
         prior: PriorArg = "normal",
         family: str = "normal",
+        bank_size: int = 0,
+        bank: ComponentBank | None = None,
     ) -> None:
         super().__init__()
         self._init_warmup(warmup_steps)
         self.warn_regime = bool(warn_regime)
         self._regime_warned = False
+        _check_int("bank_size", bank_size, minimum=0)
+        if bank_size and bank is not None:
+            raise TypeError("pass bank_size= (the loss creates its bank) or bank= (a ComponentBank of yours), not both")
+        if bank_size and estimator != "uniform" and isinstance(dataset_size, int) and bank_size >= dataset_size:
+            raise ValueError(f"bank_size={bank_size} must be below dataset_size={dataset_size}: the batch plus the "
+                             f"bank must not exceed the data set (each component is a distinct data point)")
         self.options = EstimatorOptions(dataset_size=dataset_size, estimator=estimator, family=family, backend=backend,
                                         check_finite=bool(check_finite), deterministic=bool(deterministic),
-                                        process_group=process_group).validate()
+                                        process_group=process_group,
+                                        bank=ComponentBank(bank_size, family) if bank_size else bank).validate()
         self.alpha = _check_weight("alpha", alpha)
         self.beta = _check_weight("beta", beta)
         self.gamma = _check_weight("gamma", gamma)
@@ -224,12 +244,38 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         return self.alpha, self.beta * r, self.gamma * r
 
     def forward(self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        parts, share = _decompose(z, mu, logvar, self.options, self.prior)
+        parts, share, batch = _decompose(z, mu, logvar, self.options, self.prior)
         a, b, g = self.current_weights()
         self.last = _terms(BetaTCVAETerms, parts, share)
         self._check_regime(z)
+        self._push(batch)
         self._advance()
         return a * parts.mi + b * parts.tc + g * parts.dim_kl
+
+    @torch.compiler.disable
+    def _push(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """After the estimate, in training mode: the (global) batch's detached components into the bank."""
+        bank = self.options.bank
+        if bank is not None and self.training:
+            bank.push(batch[0].detach(), batch[1].detach(), check_finite=self.options.check_finite)
+
+    def get_extra_state(self):
+        bank = self.options.bank
+        return {"step": self.step, "bank": None if bank is None else bank.state_dict()}
+
+    def set_extra_state(self, state):
+        """The warm-up step and the bank. A checkpoint without a bank leaves this loss's bank empty
+        (it refills in size/M steps); one with a bank needs a loss with a bank of that size."""
+        bank, saved = self.options.bank, state.get("bank")
+        if saved is not None and bank is None:
+            raise ValueError(f"the checkpoint holds a component bank of size {saved['size']} but this loss has none; "
+                             f"create the loss with bank_size={saved['size']}")
+        if bank is not None:
+            if saved is None:
+                bank.clear()
+            else:
+                bank.load_state_dict(saved)
+        self.step = int(state["step"])
 
     def _check_regime(self, z: torch.Tensor):
         """The one-time warning, read every REGIME_CHECK_EVERY training calls (a host sync then)."""
@@ -239,6 +285,7 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
             return
         n, pg = self.options.dataset_size, self.options.process_group
         k = z.shape[0] * (torch.distributed.get_world_size(pg) if pg is not None else 1)  # the (global) batch
+        k += 0 if self.options.bank is None else len(self.options.bank)
         if n is not None and k >= SMALL_BATCH_FRACTION * n:
             return
         share = float(self.last.self_share)
@@ -246,12 +293,13 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
             self._regime_warned = True
             warnings.warn(
                 f"tcvae_kernels: the minibatch estimate of q(z) is dominated by each sample's own posterior "
-                f"(mean self share {share:.2f} > {SELF_SHARE_WARNING} at training call {self.step}, batch {k} of "
+                f"(mean self share {share:.2f} > {SELF_SHARE_WARNING} at training call {self.step}, {k} components of "
                 f"dataset_size {n}): each log q(z_i) rests on a few components, the MI estimate sits near its "
                 f"ceiling (log N for MSS) and the TC estimate is off by up to its own size, often negative, so "
                 f"beta*TC acts on information rather than on dependence between the latents. What helps: a "
-                f"larger batch; the global batch across ranks (process_group=); a dataset_size that matches the "
-                f"data actually sampled. Silence with warn_regime=False or warnings.filterwarnings('ignore', "
+                f"component bank (bank_size=, e.g. 16384: more components at no network memory); a larger batch; "
+                f"the global batch across ranks (process_group=); a dataset_size that matches the data actually "
+                f"sampled. Silence with warn_regime=False or warnings.filterwarnings('ignore', "
                 f"category=tcvae_kernels.EstimatorRegimeWarning). docs/estimators.md: 'Why is my TC negative?'",
                 EstimatorRegimeWarning, stacklevel=5)  # _check_regime, forward, Module's two calls, the caller
 
@@ -259,7 +307,7 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         return (
             f"dataset_size={self.dataset_size}, alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, "
             f"estimator={self.estimator!r}, family={self.family!r}, backend={self.backend!r}, "
-            f"warmup_steps={self.warmup_steps}"
+            f"warmup_steps={self.warmup_steps}" + ("" if self.bank is None else f", bank_size={self.bank.size}")
         )
 
 
@@ -287,20 +335,21 @@ class HFVAELoss(BetaTCVAELoss):
                  beta_within: float = 1.0, gamma: float = 1.0, estimator: str = "mss", backend: str = "auto", *,
                  warmup_steps: int = 0, check_finite: bool = False, deterministic: bool = False,
                  process_group: Any = None, warn_regime: bool = True, prior: PriorArg = "normal",
-                 family: str = "normal") -> None:
+                 family: str = "normal", bank_size: int = 0, bank: ComponentBank | None = None) -> None:
         super().__init__(dataset_size, alpha, beta, gamma, estimator, backend, warmup_steps=warmup_steps,
                          check_finite=check_finite, deterministic=deterministic, process_group=process_group,
-                         warn_regime=warn_regime, prior=prior, family=family)
+                         warn_regime=warn_regime, prior=prior, family=family, bank_size=bank_size, bank=bank)
         self.beta_within = _check_weight("beta_within", beta_within)
         self.groups = groups
         normalize_groups(groups, _implied_dims(groups))  # a valid partition (checked against D per call)
 
     def forward(self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        parts, share = _grouped_decompose(z, mu, logvar, self.options, self.groups, self.prior)
+        parts, share, batch = _grouped_decompose(z, mu, logvar, self.options, self.groups, self.prior)
         a, b, g = self.current_weights()
         bw = self.beta_within * self.ramp()
         self.last = _terms(HFVAETerms, parts, share)
         self._check_regime(z)
+        self._push(batch)
         self._advance()
         return a * parts.mi + b * parts.tc_between + bw * parts.tc_within + g * parts.dim_kl
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, TypedDict, TypeVar
 
+from .bank import ComponentBank, check_bank
+
 
 @dataclasses.dataclass(frozen=True)
 class EstimatorOptions:
@@ -39,6 +41,12 @@ class EstimatorOptions:
             weights are those of the global batch; this rank's queries are rows offset by
             rank·M_local (see tcvae_kernels.distributed); ``dataset_size`` stays the size of the
             whole data set. None: this process's batch only.
+        bank: a :class:`~tcvae_kernels.ComponentBank` of detached components of earlier batches
+            (only read here): the components are the batch's (query i drawn from component i) then
+            the bank's, K = M + len(bank) (M_global with a process group), with the estimator's
+            weights for that K; K must not exceed ``dataset_size`` ("mss", "mws"). It shrinks the
+            minibatch bias at no network memory (docs/estimators.md, "A component bank"); the bank's
+            family must be ``family``. None: the batch's components only.
     """
 
     dataset_size: int | None = None
@@ -48,16 +56,18 @@ class EstimatorOptions:
     check_finite: bool = False
     deterministic: bool = False
     process_group: Any = None
+    bank: ComponentBank | None = None
 
     def validate(self) -> "EstimatorOptions":
         """Check the fields that do not depend on a batch (estimator, dataset_size, family, backend
-        name); the per-batch checks run on each call. Returns self."""
+        name, the bank's type and family); the per-batch checks run on each call. Returns self."""
         from ._validation import check_estimator, check_family
         from .dispatch import check_backend_name
 
         check_estimator(self.estimator, self.dataset_size)
         check_family(self.family)
         check_backend_name(self.backend)
+        check_bank(self.bank, self.family)
         return self
 
 
@@ -73,6 +83,7 @@ class EstimatorKwargs(TypedDict, total=False):
     check_finite: bool
     deterministic: bool
     process_group: Any
+    bank: ComponentBank | None
 
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(EstimatorOptions))

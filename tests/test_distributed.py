@@ -114,6 +114,54 @@ def test_global_batch_equals_single_process(world, estimator, backend, tmp_path)
     assert not torch.allclose(alone.log_qz, lq.log_qz[:M_LOCAL])
 
 
+def _bank_worker(rank, world, seed, backend, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=120))
+    try:
+        loss = tk.BetaTCVAELoss(dataset_size=N, backend=backend, process_group=dist.group.WORLD,
+                                bank_size=3 * world * M_LOCAL, warn_regime=False)
+        rows = slice(rank * M_LOCAL, (rank + 1) * M_LOCAL)
+        for step in range(2):  # the second step meets the first step's global batch in the bank
+            leaves = [t[rows].clone().requires_grad_() for t in _global_batch(world, seed + step)]
+            penalty = loss(*leaves)
+        grads = torch.autograd.grad(penalty, leaves)
+        torch.save({"penalty": penalty.detach(), "grads": grads, "bank": loss.bank.components()},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_bank_with_process_group_equals_single_process(backend, tmp_path):
+    """Every rank pushes the gathered global batch, so the banks are equal, and the second step's
+    estimate on each rank equals one process's on the global batch with the first global batch as bank."""
+    world, seed = 2, 4321
+    mp.spawn(_bank_worker, args=(world, seed, backend, str(tmp_path)), nprocs=world, join=True)
+    _, mu0, lv0 = _global_batch(world, seed)
+    leaves = [t.clone().requires_grad_() for t in _global_batch(world, seed + 1)]
+    bank = tk.ComponentBank(3 * world * M_LOCAL)
+    bank.push(mu0, lv0)
+    lq, lqd = tk.log_qz(*leaves, dataset_size=N, backend="torch", bank=bank)
+    from tcvae_kernels.reference import log_qz_x_and_log_pz
+
+    lqzx, lpz = log_qz_x_and_log_pz(*leaves)
+    per_rank = []
+    for r in range(world):
+        rows = slice(r * M_LOCAL, (r + 1) * M_LOCAL)
+        sd = lqd[rows].sum(1)
+        per_rank.append((lqzx[rows] - lq[rows]).mean() + 6.0 * (lq[rows] - sd).mean() + (sd - lpz[rows]).mean())
+    grads = torch.autograd.grad(sum(per_rank), leaves)
+    held = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    for r, got in enumerate(held):
+        rows = slice(r * M_LOCAL, (r + 1) * M_LOCAL)
+        assert abs(got["penalty"].item() - per_rank[r].item()) < 1e-10
+        for a, b in zip(got["grads"], grads):
+            assert torch.allclose(a, b[rows], rtol=0, atol=1e-10), (a - b[rows]).abs().max()
+    both_steps = [torch.cat([mu0, leaves[1].detach()]), torch.cat([lv0, leaves[2].detach()])]
+    for got in held:  # the same bank on every rank: both global batches, in push order
+        assert all(torch.equal(a, b) for a, b in zip(got["bank"], both_steps))
+
+
 def test_process_group_requires_initialised_distributed():
     z = torch.randn(4, 2)
     with pytest.raises(RuntimeError, match="not initialized"):

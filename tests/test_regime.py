@@ -54,7 +54,7 @@ def test_self_share_matches_its_definition(be, device, dtype):
             got = tk.self_share(z, mu, lv, dataset_size=10 * k, estimator=est, backend=be.name)
         else:  # the emulation: the same formula on its outputs
             q, qd = be.log_qz(z, mu, lv, w)
-            got = _self_share(log_qz_x_and_log_pz(z, mu, lv)[0], _Estimate(q, qd, None, w))
+            got = _self_share(log_qz_x_and_log_pz(z, mu, lv)[0], _Estimate(q, qd, None, w, (mu, lv)))
         assert got.shape == (m,) and not torch.isnan(got).any()
         own_err = (log_qz_x_and_log_pz(z, mu, lv)[0].double().cpu() - log_qz_x_and_log_pz(
             *(t.double() for t in (z, mu, lv)))[0].cpu()).abs()

@@ -29,3 +29,9 @@ tk.BetaTCVAELoss(100, prior=torch.distributions.Normal(0.0, 2.0))
 laplace: tk.Decomposition = tk.decompose(z, mu, lv, dataset_size=100, family="laplace", prior="laplace")
 tk.HFVAELoss(100, groups=[1, 1], family="laplace")
 family: str = loss.family
+bank = tk.ComponentBank(64)
+banked: tk.Decomposition = tk.decompose(z, mu, lv, dataset_size=1000, bank=bank)
+bank.push(mu, lv)
+n_held: int = len(bank)
+tk.BetaTCVAELoss(1000, bank_size=128)
+held: tk.ComponentBank | None = tk.HFVAELoss(1000, groups=[1, 1], bank=bank).bank

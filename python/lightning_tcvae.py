@@ -47,12 +47,15 @@ class ShapesStream(IterableDataset):
 class LitBetaTCVAE(pl.LightningModule):
     """An MLP VAE (4096 → 512 → 2·D; Bernoulli decoder) trained with recon + BetaTCVAELoss."""
 
-    def __init__(self, dataset_size: int, latent_dim: int = 10, beta: float = 6.0, lr: float = 1e-3):
+    def __init__(self, dataset_size: int, latent_dim: int = 10, beta: float = 6.0, lr: float = 1e-3,
+                 bank_size: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.enc = nn.Sequential(nn.Flatten(), nn.Linear(64 * 64, 512), nn.ReLU(), nn.Linear(512, 2 * latent_dim))
         self.dec = nn.Sequential(nn.Linear(latent_dim, 512), nn.ReLU(), nn.Linear(512, 64 * 64))
-        self.loss_fn = tk.BetaTCVAELoss(dataset_size=dataset_size, beta=beta)
+        # bank_size > 0: q(z) from the batch and the bank_size most recent posteriors (in the checkpoint
+        # with the loss's state; under DDP every rank pushes the global batch, so the banks agree)
+        self.loss_fn = tk.BetaTCVAELoss(dataset_size=dataset_size, beta=beta, bank_size=bank_size)
 
     def setup(self, stage: str) -> None:
         # Under DDP, estimate q(z) from the global batch: the loss gathers (mu, logvar) of every rank.
@@ -83,13 +86,15 @@ def main(argv=None) -> dict:
     p.add_argument("--batch", type=int, default=128, help="per device")
     p.add_argument("--latent-dim", type=int, default=10)
     p.add_argument("--beta", type=float, default=6.0)
+    p.add_argument("--bank", type=int, default=0, help="bank_size of the loss (0: no component bank)")
     p.add_argument("--devices", type=int, default=1)
     p.add_argument("--accelerator", default="gpu" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="python/out/lightning_tcvae")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     pl.seed_everything(a.seed, verbose=False)
-    model = LitBetaTCVAE(dataset_size=len(tkdata.Shapes()), latent_dim=a.latent_dim, beta=a.beta)
+    model = LitBetaTCVAE(dataset_size=len(tkdata.Shapes()), latent_dim=a.latent_dim, beta=a.beta,
+                          bank_size=a.bank)
     loader = DataLoader(ShapesStream(a.batch, a.seed), batch_size=None)
     trainer = pl.Trainer(
         max_steps=a.steps, accelerator=a.accelerator, devices=a.devices,
@@ -103,6 +108,8 @@ def main(argv=None) -> dict:
         print(f"after {trainer.global_step} steps on {trainer.world_size} device(s): "
               + "  ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items())))
         print(f"metrics per step: {trainer.logger.log_dir}/metrics.csv")
+        if model.loss_fn.bank is not None:
+            print(f"component bank: {len(model.loss_fn.bank)} of {model.loss_fn.bank.size} filled")
     # shut down as the README's distributed section says: release what holds the group first
     del trainer, model
     gc.collect()

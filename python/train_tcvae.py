@@ -2,7 +2,7 @@
 then evaluate it.
 
     python python/train_tcvae.py [--loss betatcvae] [--beta 6] [--steps 2000] [--out DIR] [--device cuda]
-                                 [--family normal|laplace] [--prior normal|laplace|flow]
+                                 [--family normal|laplace] [--prior normal|laplace|flow] [--bank 16384]
 
 Data: the procedurally rendered dSprites grid (tcvae_kernels.data.Shapes, N = 737,280 images,
 rendered on the fly; batches drawn uniformly, so dataset_size = N). Loss: Bernoulli
@@ -12,6 +12,8 @@ discriminator trained on a second batch each step), ``hfvae`` (HFVAELoss over ``
 ``--family laplace`` (betatcvae, hfvae): Laplace posteriors, the encoder's second head a log-scale
 (the authors' ``-dist laplace``); ``--prior``: p(z) of the dimension-wise KL, standard Normal,
 standard Laplace, or ``flow``, a learned factorial flow (python/flow_prior.py) trained with the model.
+``--bank N`` (betatcvae, hfvae): q(z) estimated from the batch's posteriors and the N most recent
+ones before it (``bank_size=N``, docs/estimators.md "A component bank"); saved with the checkpoint.
 Every ``--steps-per-epoch`` steps: the mean minibatch MI / TC / dim-KL of the epoch is logged and a
 checkpoint written (``--resume`` continues from it). At the end: MIG (sampling estimator, on a
 sub-grid of the data), the FactorVAE score, and three pictures in ``--out``: latent traversals,
@@ -170,6 +172,8 @@ def main(argv=None) -> dict:
                    help="posterior family (betatcvae, hfvae); laplace: the encoder gives a log-scale")
     p.add_argument("--prior", default="normal", choices=["normal", "laplace", "flow"],
                    help="p(z) of the dimension-wise KL (betatcvae, hfvae); flow: learned (python/flow_prior.py)")
+    p.add_argument("--bank", type=int, default=0, metavar="N",
+                   help="betatcvae/hfvae: a ComponentBank of the N most recent posteriors (bank_size=N; 0: off)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -193,6 +197,8 @@ def main(argv=None) -> dict:
     device = torch.device(a.device)
     if a.loss not in ("betatcvae", "hfvae") and (a.family, a.prior) != ("normal", "normal"):
         p.error(f"--family/--prior apply to --loss betatcvae and hfvae ({a.loss} has the analytic Normal KL)")
+    if a.bank and a.loss not in ("betatcvae", "hfvae"):
+        p.error(f"--bank applies to --loss betatcvae and hfvae ({a.loss} estimates no q(z))")
     model = ConvVAE(a.latent_dim, family=a.family).to(device)
     d_opt = None
     prior = a.prior
@@ -205,12 +211,12 @@ def main(argv=None) -> dict:
         prior = flow.FactorialFlowPrior(a.latent_dim).to(device)
     if a.loss == "betatcvae":
         loss_fn = tk.BetaTCVAELoss(dataset_size=n, beta=a.beta, estimator=a.estimator, backend=a.backend,
-                                   warmup_steps=a.warmup_steps, family=a.family, prior=prior)
+                                   warmup_steps=a.warmup_steps, family=a.family, prior=prior, bank_size=a.bank)
     elif a.loss == "hfvae":
         groups = a.groups or [2] * (a.latent_dim // 2) + [1] * (a.latent_dim % 2)
         loss_fn = tk.HFVAELoss(dataset_size=n, groups=groups, beta=a.beta, beta_within=a.beta_within,
                                estimator=a.estimator, backend=a.backend, warmup_steps=a.warmup_steps,
-                               family=a.family, prior=prior)
+                               family=a.family, prior=prior, bank_size=a.bank)
     elif a.loss == "betavae":
         loss_fn = tk.BetaVAELoss(beta=a.beta, warmup_steps=a.warmup_steps)
     else:
@@ -231,7 +237,7 @@ def main(argv=None) -> dict:
         rng = np.random.default_rng(a.seed + step)
         print(f"resumed from step {step}")
     print(f"{a.loss} β={a.beta} on shapes (N={n}), batch {a.batch_size}, {a.steps} steps, device {device}, "
-          f"backend {a.backend}, {a.family} posteriors, {a.prior} prior")
+          f"backend {a.backend}, {a.family} posteriors, {a.prior} prior" + (f", bank {a.bank}" if a.bank else ""))
     model.train()
     sums, count = np.zeros(4), 0
     bar = progress(total=a.steps, initial=step, desc="train", unit="step")
@@ -268,7 +274,7 @@ def main(argv=None) -> dict:
                         "d_opt": d_opt.state_dict() if d_opt is not None else None,
                         "history": history, "step": step, "args": vars(a)}, ckpt_path)
     bar.close()
-    result = {"loss": a.loss, "beta": a.beta, "steps": step, "history": history}
+    result = {"loss": a.loss, "beta": a.beta, "bank": a.bank, "steps": step, "history": history}
     if not a.no_eval:
         model.eval()
         t0 = time.perf_counter()

@@ -169,7 +169,7 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
             detached components, so a component never meets its own query twice. It removes most of
             the minibatch bias for no network memory (docs/estimators.md, "A component bank":
             measured bias, staleness and cost); M + bank_size <= dataset_size. Saved in
-            ``state_dict``.
+            ``state_dict``; the bank follows the batch's device (e.g. after a checkpoint loaded to cpu).
         bank: instead of ``bank_size``, a :class:`~tcvae_kernels.ComponentBank` of your own (the
             loss reads and pushes it the same way; ``loss.bank``).
         warn_regime: warn once (:class:`EstimatorRegimeWarning`) when the batch mean of the self
@@ -244,6 +244,7 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         return self.alpha, self.beta * r, self.gamma * r
 
     def forward(self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        self._bank_to(z.device)
         parts, share, batch = _decompose(z, mu, logvar, self.options, self.prior)
         a, b, g = self.current_weights()
         self.last = _terms(BetaTCVAETerms, parts, share)
@@ -251,6 +252,14 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         self._push(batch)
         self._advance()
         return a * parts.mi + b * parts.tc + g * parts.dim_kl
+
+    @torch.compiler.disable
+    def _bank_to(self, device: torch.device) -> None:
+        """The bank follows the batch's device, as a buffer follows the module (a checkpoint loaded
+        with map_location="cpu" into a loss trained on cuda); D and dtype are still checked."""
+        bank = self.options.bank
+        if bank is not None and bank.device is not None and bank.device != device:
+            bank.to(device)
 
     @torch.compiler.disable
     def _push(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -344,6 +353,7 @@ class HFVAELoss(BetaTCVAELoss):
         normalize_groups(groups, _implied_dims(groups))  # a valid partition (checked against D per call)
 
     def forward(self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        self._bank_to(z.device)
         parts, share, batch = _grouped_decompose(z, mu, logvar, self.options, self.groups, self.prior)
         a, b, g = self.current_weights()
         bw = self.beta_within * self.ramp()

@@ -278,6 +278,18 @@ def test_loss_state_dict_carries_the_bank():
     assert len(fresh.bank) == 0  # a checkpoint without a bank: it refills
 
 
+def test_loss_moves_its_bank_to_the_batch_device(monkeypatch):
+    # a checkpoint loaded with map_location="cpu" into a loss trained on cuda: the loss moves its
+    # bank (its state, like a buffer) to the batch's device; the functions still refuse a mismatch.
+    loss = tk.BetaTCVAELoss(dataset_size=100, warn_regime=False, bank_size=8)
+    loss(*make_inputs(3, 3, 2))
+    moved = []
+    monkeypatch.setattr(type(loss.bank), "device", property(lambda b: torch.device("meta")))
+    monkeypatch.setattr(type(loss.bank), "to", lambda b, device: moved.append(torch.device(device)) or b)
+    loss.eval()(*make_inputs(3, 3, 2))
+    assert moved == [torch.device("cpu")]
+
+
 def test_loss_bank_size_checks():
     with pytest.raises(ValueError, match="below dataset_size"):
         tk.BetaTCVAELoss(dataset_size=100, bank_size=100)

@@ -43,3 +43,19 @@ def test_laplace_benchmark_runs(capsys):
     rows = load_script("bench_laplace", "bench").main(["--sizes", "40", "--dims", "3", "--rounds", "1", "--no-compile"])
     assert len(rows) == 1 and rows[0]["laplace_over_normal"] > 0
     assert "| 40 | 3 |" in capsys.readouterr().out
+
+
+def test_train_script_bank_is_filled_saved_and_resumed(tmp_path):
+    train = _load("train_tcvae")
+    args = ["--bank", "40", "--steps-per-epoch", "2", "--batch-size", "16", "--latent-dim", "4", "--no-eval",
+            "--out", str(tmp_path)]
+    train.main([*args, "--steps", "2"])  # pushes 2 × 16 rows
+
+    def bank_state():
+        return torch.load(tmp_path / "checkpoint.pt", weights_only=True)["loss"]["_extra_state"]["bank"]
+
+    assert (bank_state()["filled"], bank_state()["pushes"]) == (32, 2)
+    res = train.main([*args, "--steps", "4", "--resume"])  # continues with the saved bank: 64 rows pushed, 40 kept
+    assert res["steps"] == 4 and res["bank"] == 40 and (bank_state()["filled"], bank_state()["pushes"]) == (40, 4)
+    with pytest.raises(SystemExit):
+        train.main(["--loss", "betavae", "--bank", "8", "--no-eval", "--out", str(tmp_path)])

@@ -1,6 +1,7 @@
 """The Lightning example (python/lightning_tcvae.py) runs a few steps on the CPU: in one process,
 and under Lightning's DDP strategy with two Gloo processes, where the loss estimates q(z) from the
-global batch; MI, TC and dim-KL are logged every step."""
+global batch; MI, TC and dim-KL are logged every step; the loss's component bank fills with the
+global batch."""
 
 import csv
 import glob
@@ -22,11 +23,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_lightning_example_trains_and_logs(tmp_path, devices):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, os.path.join(ROOT, "python", "lightning_tcvae.py"), "--steps", "4",
-                        "--batch", "32", "--devices", str(devices), "--accelerator", "cpu", "--out", str(tmp_path)],
+                        "--batch", "32", "--devices", str(devices), "--accelerator", "cpu", "--out", str(tmp_path), "--bank", "200"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"after 4 steps on {devices} device(s)" in r.stdout
     assert ("global batch of 2 ranks" in r.stdout) == (devices == 2)
+    # the bank takes the global batch each step: 4 × 32 × devices rows pushed
+    assert f"component bank: {min(200, 4 * 32 * devices)} of 200 filled" in r.stdout
     (path,) = glob.glob(str(tmp_path / "tcvae" / "version_*" / "metrics.csv"))
     rows = [row for row in csv.DictReader(open(path)) if row.get("tc")]
     assert len(rows) == 4

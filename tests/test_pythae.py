@@ -1,7 +1,7 @@
 """The pythae drop-in (tcvae_kernels.integrations.pythae) against the real pythae 0.1.2: the same
 loss as pythae's BetaTCVAE for MWS (float64, 1e-10), for MSS exactly pythae's loss with the weight
 matrix fixed, training through pythae's BaseTrainer, saving and reloading through AutoModel, and
-the dataset_size fallback warning."""
+the dataset_size fallback warning, the component bank (bank_size=)."""
 
 import warnings
 
@@ -144,3 +144,31 @@ def test_warns_once_when_pythae_falls_back_to_the_batch_size():
     fresh = FusedBetaTCVAE(BetaTCVAEConfig(input_dim=(1, 6, 6), latent_dim=4, use_mss=True))
     with torch.no_grad(), pytest.warns(UserWarning, match="dataset_size == batch size"):
         fresh({"data": x})  # without gradients: at once
+
+
+def test_bank_is_read_then_pushed_in_training_only(float64_default):
+    # bank_size: the loss is decompose(..., bank=model.bank) on the batch, then the batch is pushed;
+    # eval mode and pythae's dataset_size fallback neither push nor (the fallback) read
+    ref, _ = _models(use_mss=True)
+    model = FusedBetaTCVAE(ref.model_config, bank_size=30).double()
+    model.load_state_dict(ref.state_dict())
+    first, second = _batch(b=12), _batch(b=12)
+    model.loss_function(*first, dataset_size=500)
+    assert len(model.bank) == 12 and model.bank.pushes == 1
+    recon_x, x, mu, log_var, z = second
+    want = FusedBetaTCVAE(ref.model_config).double()
+    want.load_state_dict(ref.state_dict())
+    from tcvae_kernels import decompose
+    p = decompose(z, mu, log_var, dataset_size=500, bank=model.bank)
+    p0 = decompose(z, mu, log_var, dataset_size=500)
+    got = model.eval().loss_function(*second, dataset_size=500)
+    assert model.bank.pushes == 1  # eval: read only
+    rec = want._recon_loss(recon_x, x).mean()
+    assert _close([got[0]], [rec + 0.7 * p.mi + 6.0 * p.tc + 1.3 * p.dim_kl])
+    assert not _close([got[0]], [rec + 0.7 * p0.mi + 6.0 * p0.tc + 1.3 * p0.dim_kl])  # the bank counts
+    with pytest.warns(UserWarning, match="dataset_size == batch size"):
+        model.train().loss_function(*second, dataset_size=12)  # the fallback: a data set of one batch
+    assert model.bank.pushes == 1
+    with pytest.raises(ValueError, match="bank_size must be >= 0"):
+        FusedBetaTCVAE(ref.model_config, bank_size=-1)
+    assert FusedBetaTCVAE.from_pythae(ref, bank_size=7).bank.size == 7

@@ -7,7 +7,7 @@ fused op (O(M·D) memory instead of pythae's [B, B, D] tensor).
     model = FusedBetaTCVAE(BetaTCVAEConfig(input_dim=(1, 64, 64), latent_dim=10, beta=6.0, use_mss=True))
     # train with pythae's trainers or pipelines as usual; they pass dataset_size
 
-Same constructor (plus ``backend=``), same ``forward`` and outputs; ``loss_function(recon_x, x, mu,
+Same constructor (plus ``backend=`` and ``bank_size=``), same ``forward`` and outputs; ``loss_function(recon_x, x, mu,
 log_var, z, dataset_size)`` returns pythae's ``(loss, recon_loss, reg_loss)``: batch means of
 
     recon + α·MI + β·TC + γ·dim-KL,   recon,   α·MI + β·TC + γ·dim-KL
@@ -23,6 +23,11 @@ pythae uses ``dataset_size = batch size`` when none is passed (any call outside 
 both estimators then describe a data set the size of the batch, so the adapter warns once: when
 such a loss is backpropagated, or at once if it is computed without gradients (pythae's trainers
 pass dataset_size, apart from one forward they run as a sanity check, which stays quiet).
+``bank_size=N`` (0: off): q(z) estimated from the batch's posteriors and the N most recent ones
+before it (a :class:`~tcvae_kernels.ComponentBank`, ``model.bank``, pushed after each training-mode
+loss; docs/estimators.md "A component bank"). The bank is not part of the saved model (pythae's
+format holds the networks), so a reloaded model refills it in N / batch steps; it is neither read nor
+pushed under pythae's dataset_size fallback (a data set of one batch has no other points).
 Saved models reload with pythae's ``AutoModel`` (as pythae's ``BetaTCVAE``: same config and weights)
 or with ``FusedBetaTCVAE.load_from_folder``; :meth:`FusedBetaTCVAE.from_pythae` converts a loaded one.
 """
@@ -40,7 +45,9 @@ except ImportError as e:  # pragma: no cover
     raise ImportError("tcvae_kernels.integrations.pythae needs pythae: pip install 'tcvae_kernels[pythae]' "
                       "(pythae==0.1.2)") from e
 
+from .._validation import _check_int
 from ..api import decompose
+from ..bank import ComponentBank
 
 __all__ = ["FusedBetaTCVAE"]
 
@@ -49,19 +56,26 @@ class FusedBetaTCVAE(BetaTCVAE):
     """pythae's β-TCVAE whose loss is computed with the fused op (see the module docstring).
 
     Args: as ``pythae.models.BetaTCVAE`` (``model_config``, ``encoder``, ``decoder``), plus
-    ``backend`` ("auto", "cpu", "cuda", "triton", "torch") for :func:`tcvae_kernels.decompose`.
+    ``backend`` ("auto", "cpu", "cuda", "triton", "torch") for :func:`tcvae_kernels.decompose` and
+    ``bank_size`` (0: no component bank; else its size, ``model.bank``).
+
+    Raises:
+        ValueError: ``bank_size`` < 0. A bank with batch + bank_size > dataset_size raises at the loss.
     """
 
-    def __init__(self, model_config, encoder=None, decoder=None, backend: str = "auto"):
+    def __init__(self, model_config, encoder=None, decoder=None, backend: str = "auto", bank_size: int = 0):
         super().__init__(model_config, encoder=encoder, decoder=decoder)
         self.backend = backend
+        _check_int("bank_size", bank_size, minimum=0)
+        self.bank = ComponentBank(bank_size) if bank_size else None
         self._warned_dataset_size = False
 
     @classmethod
-    def from_pythae(cls, model: BetaTCVAE, backend: str = "auto") -> "FusedBetaTCVAE":
+    def from_pythae(cls, model: BetaTCVAE, backend: str = "auto", bank_size: int = 0) -> "FusedBetaTCVAE":
         """A FusedBetaTCVAE with the config, networks and weights of a pythae ``BetaTCVAE``."""
         out = cls(model.model_config, encoder=model.encoder if not model.model_config.uses_default_encoder else None,
-                  decoder=model.decoder if not model.model_config.uses_default_decoder else None, backend=backend)
+                  decoder=model.decoder if not model.model_config.uses_default_decoder else None, backend=backend,
+                  bank_size=bank_size)
         out.load_state_dict(model.state_dict())
         return out
 
@@ -77,8 +91,13 @@ class FusedBetaTCVAE(BetaTCVAE):
     def loss_function(self, recon_x, x, mu, log_var, z, dataset_size):
         """(loss, recon_loss, reg_loss), batch means, as pythae's ``BetaTCVAE.loss_function``."""
         recon_loss = self._recon_loss(recon_x, x)
+        bank = self.bank if int(dataset_size) != x.shape[0] else None  # not under pythae's fallback
+        if bank is not None and bank.device is not None and bank.device != mu.device:
+            bank.to(mu.device)  # the bank follows the model, as a buffer would
         p = decompose(z, mu, log_var, dataset_size=int(dataset_size), estimator="mss" if self.use_mss else "mws",
-                      backend=self.backend)
+                      backend=self.backend, bank=bank)
+        if bank is not None and self.training:  # after the estimate: no component meets its own query twice
+            bank.push(mu.detach(), log_var.detach())
         reg = (self.alpha * p.mi + self.beta * p.tc + self.gamma * p.dim_kl).to(recon_loss.dtype)
         recon = recon_loss.mean(dim=0)
         loss = recon + reg

@@ -16,6 +16,7 @@ from tcvae_kernels.tools.benchmark import FULL_DIMS, FULL_SIZES, build_method, m
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 METHODS = ["eager", "compile", "keops", "torch", "cpu", "cuda", "triton"]
+BANK_M, BANK_K, BANK_DIMS = 256, 16384, [10, 32]
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
@@ -28,8 +29,25 @@ def test_log_qz(benchmark, method, m, d, mode):
         pytest.skip(why)
     if method == "triton" and DEVICE == "cpu":
         pytest.skip("the Triton interpreter is not a benchmark")
-    fn = build_method(method, m, 10 * m, torch.float32, DEVICE)
-    call = make_call(fn, mode, make_inputs(m, d, DEVICE, torch.float32))
+    _run(benchmark, method, m, m, d, mode)
+
+
+# the shape of a component bank: a batch of 256 queries against its own and 16,128 banked components
+@pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
+@pytest.mark.parametrize("d", BANK_DIMS)
+@pytest.mark.parametrize("method", METHODS)
+def test_log_qz_with_bank(benchmark, method, d, mode):
+    why = method_unavailable(method, DEVICE)
+    if why:
+        pytest.skip(why)
+    if method == "triton" and DEVICE == "cpu":
+        pytest.skip("the Triton interpreter is not a benchmark")
+    _run(benchmark, method, BANK_M, BANK_K, d, mode)
+
+
+def _run(benchmark, method, m, k, d, mode):
+    inputs, bank = make_inputs(m, d, DEVICE, torch.float32, k)
+    call = make_call(build_method(method, m, 10 * k, torch.float32, DEVICE, bank), mode, inputs)
     call()  # warm-up: compilation / JIT outside the timed rounds
     if DEVICE == "cuda":
         benchmark(lambda: (call(), torch.cuda.synchronize()))

@@ -42,3 +42,28 @@ def test_bench_command_writes_table_json_and_plot(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| 24 | 3 |" in md and "exp floor" in md
     assert (tmp_path / "results.png").stat().st_size > 1000
+
+
+def test_bench_components_is_the_bank_shape(capsys):
+    # --components K: every method computes the batch's M queries against M + (K − M) banked components
+    from tcvae_kernels.tools.benchmark import build_method, make_call, make_inputs
+
+    inputs, bank = make_inputs(5, 3, "cpu", torch.float64, 19)
+    assert [t.shape for t in inputs] == [(5, 3)] * 3 and bank[0].shape == (14, 3)
+    got = {meth: make_call(build_method(meth, 5, 190, torch.float64, "cpu", bank), "fwdbwd", inputs)()
+           for meth in ("eager", "torch", "cpu")}
+    for meth in ("torch", "cpu"):
+        for a, b in zip(got[meth], got["eager"]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    from tcvae_kernels.tools.benchmark import main as bench_main, render, worker
+
+    spec = dict(device="cpu", dtype="float32", threads=0, sizes=[6], dims=[3], modes=["fwd"], min_time=0.0,
+                max_reps=3, components=40)
+    records = [r for meth in ("eager", "cpu") for r in worker(dict(spec, method=meth))]
+    assert {(r["method"], r["M"], r["K"]) for r in records if "seconds" in r} == {("eager", 6, 40), ("cpu", 6, 40)}
+    meta = dict(title="t", when="now", device_name="cpu", torch="x", dtype="float32", threads=1, min_time=0.0,
+                sizes=[6], dims=[3], modes=["fwd"], methods=["eager", "cpu"], components=40)
+    assert "| M | K | D | eager | cpu |" in render(records, meta) and "| 6 | 40 | 3 |" in render(records, meta)
+    with pytest.raises(SystemExit):  # argparse: K below a batch size
+        bench_main(["--sizes", "50", "--components", "40"])
+    assert "--components 40 must be >= every batch size" in capsys.readouterr().err

@@ -196,3 +196,35 @@ def test_tile_path_takes_the_cheapest_branch_and_every_loop_kind():
     rep = gr.analyze("t", "k", 90, "c", ins, {}, 1)
     assert rep.hot == {"FFMA": 2.0, "MUFU.EX2": 1.0, "BRA": 2.0, "FMUL": 1.0}
     assert rep.per_element(10)["FMNMX"] == pytest.approx(0.1)
+
+
+def test_program_counts_follow_the_launchers_split_rule(monkeypatch):
+    """gpu_report.programs uses triton_kernels._num_splits's rule (checked against it on a faked
+    132-SM device) and the CUDA launcher's (kSplitTile = 32: cap ⌊K / 128⌋); at a bank's shape the
+    forward of 2 row blocks is split over K, the column backward has K / BLOCK_K blocks."""
+    from types import SimpleNamespace
+
+    from tcvae_kernels.backends import triton_kernels as tkn
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev: SimpleNamespace(multi_processor_count=132))
+    monkeypatch.setattr(tkn, "INTERPRET", False)  # the autotuned launch's rule, not the interpreter's tiles
+    for m, k in ((256, 16384), (16384, 16384), (1000, 300)):
+        for c in tkn.CONFIGS:
+            bm, bk = c["rows"]["BLOCK_M"], c["cols"]["BLOCK_K"]
+            fwd = -(-m // bm) * tkn._num_splits(m, k, torch.device("cuda"), "rows")
+            cols = -(-k // bk) * tkn._num_splits(k, m, torch.device("cuda"), "cols")
+            assert gr.programs("triton", "_fwd_kernel", gr.triton_config_label(c["rows"]), m, k, 132) == fwd
+            assert gr.programs("triton", "_bwd_cols_kernel", gr.triton_config_label(c["cols"]), m, k, 132) == cols
+    assert gr.programs("cuda", "forward_kernel", "float", 256, 16384, 132) == 128  # 1 block × min(264, 128)
+    assert gr.programs("cuda", "backward_cols_kernel", "float", 256, 16384, 132) == 128  # 64 blocks × min(5, 2)
+
+
+def test_model_predicts_the_bank_shape():
+    reports = list(triton_reports())
+    m, k, dims = gr.BANK_SHAPE
+    rows = [r for r in gr.predict(reports, m=m, k=k, dims=dims) if r["source"] == "triton"]
+    assert {r["D"] for r in rows} == set(dims)
+    fills = [v["sm_fill"] for r in rows for v in r["kernels"].values()]
+    assert all(0 < f <= 1 for f in fills)
+    big = [v["sm_fill"] for r in gr.predict(reports) for v in r["kernels"].values()]
+    assert big and all(f == 1 for f in big)  # M = K = 16384 fills the machine

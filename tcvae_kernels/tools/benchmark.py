@@ -10,8 +10,12 @@ Methods, measured side by side in one run (each in its own worker process):
   for the backward; compiled with ``CXXFLAGS="-march=native -ffast-math"`` on CPU.
 * backends — ``torch``, ``cpu``, ``cuda``, ``triton``: ``tcvae_kernels.log_qz(..., backend=name)``.
 
-Every method computes the same thing: MSS weights, N = 10·M, float32 by default; forward+backward
+Every method computes the same thing: MSS weights, N = 10·K, float32 by default; forward+backward
 differentiates ``TC = mean(log_qz - sum_d log_qz_dims)`` w.r.t. z, mu and logvar.
+
+Components: K = M (the batch) by default; ``--components K`` adds the shape of a component bank:
+the batch's M components followed by K − M banked ones (a :class:`~tcvae_kernels.ComponentBank` for
+the backends, the concatenation for the comparators), gradients w.r.t. the batch's z, mu, logvar.
 
 Reported per (M, D): median time over repeats (after warm-up) and peak extra memory of one call.
 CPU memory is the rise of the worker's peak RSS over its RSS before the call (``/proc/self/clear_refs``
@@ -96,23 +100,34 @@ def keops_log_qz(z, mu, logvar, w):
     return log_qz, log_qz_dims
 
 
-def build_method(method: str, m: int, n: int, dtype, device):
-    """A callable (z, mu, logvar) -> (log_qz, log_qz_dims) for one method and batch size."""
+def build_method(method: str, m: int, n: int, dtype, device, bank=None):
+    """A callable (z, mu, logvar) -> (log_qz, log_qz_dims) for one method and batch size; ``bank``:
+    None or the banked components (mu, logvar) [K − M, D] that follow the batch's."""
+    from ..estimators import log_weights, weight_matrix
+
+    k = m + (0 if bank is None else bank[0].shape[0])
     if method in COMPARATORS:
-        log_w = dense_mss_log_weights(m, n, dtype, device)
+
+        def joint(mu, lv):  # [K, D]: the batch's components, then the bank's
+            return (mu, lv) if bank is None else (torch.cat([mu, bank[0]]), torch.cat([lv, bank[1]]))
+
+        log_w = weight_matrix(log_weights("mss", k, n), m, k, dtype=dtype, device=device)  # [M, K]
         if method == "eager":
-            return lambda z, mu, lv: materialized_log_qz(z, mu, lv, log_w)
+            return lambda z, mu, lv: materialized_log_qz(z, *joint(mu, lv), log_w)
         if method == "compile":
             torch._dynamo.reset()  # a fresh compile per shape: no recompile-limit fallback to eager
             fn = torch.compile(materialized_log_qz, dynamic=False)
-            return lambda z, mu, lv: fn(z, mu, lv, log_w)
-        from ..estimators import log_weights
-
-        w = log_weights("mss", m, n)
-        return lambda z, mu, lv: keops_log_qz(z, mu, lv, w)
+            return lambda z, mu, lv: fn(z, *joint(mu, lv), log_w)
+        w = log_weights("mss", k, n)
+        return lambda z, mu, lv: keops_log_qz(z, *joint(mu, lv), w)
     from ..api import log_qz
+    from ..bank import ComponentBank
 
-    return lambda z, mu, lv: log_qz(z, mu, lv, dataset_size=n, estimator="mss", backend=method)
+    cb = None
+    if bank is not None:
+        cb = ComponentBank(bank[0].shape[0])
+        cb.push(*bank)
+    return lambda z, mu, lv: log_qz(z, mu, lv, dataset_size=n, estimator="mss", backend=method, bank=cb)
 
 
 def method_unavailable(method: str, device: str) -> str | None:
@@ -132,12 +147,13 @@ def method_unavailable(method: str, device: str) -> str | None:
     return "; ".join(why) if why else None
 
 
-def estimated_bytes(method: str, mode: str, m: int, d: int, itemsize: int) -> int:
-    """Rough peak memory of the materializing methods (others are O(M·D))."""
+def estimated_bytes(method: str, mode: str, m: int, d: int, itemsize: int, k: int | None = None) -> int:
+    """Rough peak memory of the materializing methods (others are O((M + K)·D))."""
+    k = m if k is None else k
     if method == "eager":
-        return (3 if mode == "fwd" else 6) * m * m * d * itemsize
+        return (3 if mode == "fwd" else 6) * m * k * d * itemsize
     if method == "compile":
-        return (1 if mode == "fwd" else 3) * m * m * d * itemsize
+        return (1 if mode == "fwd" else 3) * m * k * d * itemsize
     return 0
 
 
@@ -192,13 +208,17 @@ def make_call(fn, mode, inputs):
     return call
 
 
-def make_inputs(m, d, device, dtype):
+def make_inputs(m, d, device, dtype, k=None):
     """Benchmark inputs (:func:`tcvae_kernels.testing.random_inputs`): z_i drawn from component i,
-    logvar in [-2, 0], a seed fixed by the shape."""
+    logvar in [-2, 0], a seed fixed by the shape: [z, mu, logvar] [M, D], and with ``k`` > M the
+    banked components (mu, logvar) [K − M, D] (None without)."""
     from ..testing import random_inputs
 
-    g = torch.Generator().manual_seed(m * 1000 + d)
-    return list(random_inputs(m, m, d, dtype=dtype, device=device, generator=g, logvar_range=(-2.0, 0.0)))
+    k = m if k is None else k
+    g = torch.Generator().manual_seed(m * 1000 + d + 7919 * (k - m))
+    z, mu, lv = random_inputs(k, k, d, dtype=dtype, device=device, generator=g, logvar_range=(-2.0, 0.0))
+    bank = None if k == m else (mu[m:].contiguous(), lv[m:].contiguous())
+    return [z[:m].contiguous(), mu[:m].contiguous(), lv[:m].contiguous()], bank
 
 
 def measure(fn, mode, inputs, device, min_time, max_reps, min_reps=3):
@@ -270,11 +290,12 @@ def worker(spec: dict) -> list[dict]:
     records = []
     cells = [(d, m) for d in spec["dims"] for m in spec["sizes"]]
     for d, m in progress(cells, desc=f"[bench] {method}", unit="size"):
-        inputs = make_inputs(m, d, device, dtype)
-        fn = build_method(method, m, 10 * m, dtype, device)
+        k = spec.get("components") or m
+        inputs, bank = make_inputs(m, d, device, dtype, k)
+        fn = build_method(method, m, 10 * k, dtype, device, bank)
         for mode in spec["modes"]:
-            rec = {"method": method, "M": m, "D": d, "mode": mode}
-            need = estimated_bytes(method, mode, m, d, inputs[0].element_size())
+            rec = {"method": method, "M": m, "K": k, "D": d, "mode": mode}
+            need = estimated_bytes(method, mode, m, d, inputs[0].element_size(), k)
             if need > 0.6 * _available_bytes(device):
                 rec["skipped"] = f"needs ~{need / 2**30:.0f} GiB"
             else:
@@ -304,8 +325,8 @@ def run_worker_process(spec: dict, timeout: float) -> list[dict]:
 # ----------------------------------------------------------------------------- reporting
 
 
-def exps_count(m, d, mode):
-    return m * m * (d + 1) * (1 if mode == "fwd" else 2)
+def exps_count(m, d, mode, k=None):
+    return m * (m if k is None else k) * (d + 1) * (1 if mode == "fwd" else 2)
 
 
 def _cell(rec):
@@ -320,6 +341,12 @@ def render(records, meta) -> str:
     methods = [m for m in meta["methods"] if m != "exp"]
     exp_rate = next((r["exp_per_s"] for r in records if r.get("method") == "exp"), None)
     idx = {(r["method"], r.get("M"), r.get("D"), r.get("mode")): r for r in records}
+    kk = meta.get("components")  # None: K = M
+
+    def shape(m, d):  # the row's leading cells
+        return [str(m), str(d)] if kk is None else [str(m), f"{kk:,}", str(d)]
+
+    lead = ["M", "D"] if kk is None else ["M", "K", "D"]
     lines = [
         f"### {meta['title']}",
         "",
@@ -332,19 +359,19 @@ def render(records, meta) -> str:
     for mode, title in (("fwd", "Forward (no grad)"), ("fwdbwd", "Forward + backward (grads of TC w.r.t. z, mu, logvar)")):
         if mode not in meta["modes"]:
             continue
-        head = ["M", "D"] + methods + (["exp floor"] if exp_rate else [])
+        head = lead + methods + (["exp floor"] if exp_rate else [])
         lines += [f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for d in meta["dims"]:
             for m in meta["sizes"]:
-                row = [str(m), str(d)] + [_cell(idx.get((meth, m, d, mode))) for meth in methods]
+                row = shape(m, d) + [_cell(idx.get((meth, m, d, mode))) for meth in methods]
                 if exp_rate:
-                    row.append(f"{exps_count(m, d, mode) / exp_rate * 1e3:.3g} ms")
+                    row.append(f"{exps_count(m, d, mode, kk) / exp_rate * 1e3:.3g} ms")
                 lines.append("| " + " | ".join(row) + " |")
         lines.append("")
         fused = [m for m in methods if m in ("cpu", "cuda", "triton")]
         for f in fused:
             others = [m for m in methods if m != f]
-            head = ["M", "D"] + [f"÷ {o}" for o in others] + (["÷ exp floor"] if exp_rate else [])
+            head = lead + [f"÷ {o}" for o in others] + (["÷ exp floor"] if exp_rate else [])
             lines += [f"Speed-up of `{f}` ({title.split(' (')[0].lower()}): other method's time ÷ `{f}`'s; "
                       "last column: `" + f + "`'s time ÷ the exp floor", "",
                       "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -353,12 +380,12 @@ def render(records, meta) -> str:
                     me = idx.get((f, m, d, mode))
                     if not me or "seconds" not in me:
                         continue
-                    row = [str(m), str(d)]
+                    row = shape(m, d)
                     for o in others:
                         r = idx.get((o, m, d, mode))
                         row.append(f"{r['seconds'] / me['seconds']:.1f}×" if r and "seconds" in r else "—")
                     if exp_rate:
-                        row.append(f"{me['seconds'] / (exps_count(m, d, mode) / exp_rate):.2f}")
+                        row.append(f"{me['seconds'] / (exps_count(m, d, mode, kk) / exp_rate):.2f}")
                     lines.append("| " + " | ".join(row) + " |")
             lines.append("")
     return "\n".join(lines)
@@ -385,7 +412,7 @@ def plot(records, meta, path):
                 if pts:
                     ax.loglog([p[0] for p in pts], [p[1] * 1e3 for p in pts], marker=markers[j % len(markers)],
                               color=f"C{i}", linestyle="-" if j == 0 else "--", label=f"{meth} D={d}")
-        ax.set_xlabel("batch size M (= K)")
+        ax.set_xlabel("batch size M" + (" (= K)" if meta.get("components") is None else f" (K = {meta['components']:,})"))
         ax.set_ylabel("median time [ms]")
         ax.set_title({"fwd": "forward", "fwdbwd": "forward + backward"}[mode] + f" ({meta['device_name']})", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
@@ -414,6 +441,8 @@ def main(argv=None) -> int:
                    help=f"sizes M={FULL_SIZES}, D={FULL_DIMS} (CUDA: M={GPU_FULL_SIZES}, D={GPU_FULL_DIMS})")
     p.add_argument("--sizes", type=int, nargs="+", help=f"batch sizes (default {QUICK_SIZES})")
     p.add_argument("--dims", type=int, nargs="+", help=f"latent dims (default {QUICK_DIMS})")
+    p.add_argument("--components", type=int, default=None, metavar="K",
+                   help="K components per query: the batch's M then K - M banked ones (default K = M); K >= every M")
     p.add_argument("--methods", nargs="+", help="default: eager, compile, keops (if installed) and every available backend")
     p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -432,6 +461,9 @@ def main(argv=None) -> int:
     gpu = a.device.startswith("cuda")
     sizes = a.sizes or ((GPU_FULL_SIZES if gpu else FULL_SIZES) if a.full else QUICK_SIZES)
     dims = a.dims or ((GPU_FULL_DIMS if gpu else FULL_DIMS) if a.full else QUICK_DIMS)
+    if a.components is not None and a.components < max(sizes):
+        p.error(f"--components {a.components} must be >= every batch size (the batch's components come first): "
+                f"got --sizes {sizes}")
     if a.methods:
         methods = a.methods
     else:
@@ -443,10 +475,11 @@ def main(argv=None) -> int:
             methods = [m for m in methods if m != "triton"]  # the interpreter is not a benchmark
     threads = a.threads or torch.get_num_threads()
     meta = dict(
-        title=a.title or f"log_qz benchmark on {a.device}",
+        title=a.title or f"log_qz benchmark on {a.device}" + (f", K = {a.components:,} components (batch + bank)" if a.components else ""),
         when=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         device_name=device_name(a.device), torch=torch.__version__, dtype=a.dtype, threads=threads,
         min_time=a.min_time, sizes=sizes, dims=dims, modes=a.modes, methods=methods + ["exp"],
+        components=a.components,
     )
     records = []
     out_dir = a.out
@@ -458,7 +491,7 @@ def main(argv=None) -> int:
             records.append({"method": meth, "skipped": why})
             continue
         spec = dict(method=meth, device=a.device, dtype=a.dtype, threads=threads, sizes=sizes, dims=dims,
-                    modes=a.modes, min_time=a.min_time, max_reps=a.max_reps,
+                    modes=a.modes, min_time=a.min_time, max_reps=a.max_reps, components=a.components,
                     keops_cache=os.path.abspath(os.path.join(out_dir or ".", "keops_cache")) if out_dir else None)
         records += run_worker_process(spec, a.timeout)
     text = render(records, meta)

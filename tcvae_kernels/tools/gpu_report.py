@@ -517,16 +517,49 @@ SWEEPS = {
 }
 
 
+#: (M, K, dims) of a batch of 256 against a bank of 16,128 (docs/estimators.md, "A component bank")
+BANK_SHAPE = (256, 16384, (10, 32))
+
+
 def floor_clocks(d: int) -> float:
     """MUFU floor of one sweep, SM clocks per warp-element: (D+1)/D exps per element at 0.5/clk."""
     return (d + 1) / d / RATES["mufu"]
+
+
+def programs(source: str, name: str, config: str, m: int, k: int, sms: int) -> int:
+    """Programs (thread blocks) one launch of kernel ``name`` runs at M queries × K components, with
+    the launchers' split-K rule (triton_kernels._num_splits, csrc/tcvae_cuda.cu ``splits``): a row
+    axis of M (forward: programs of BLOCK_M queries) or K (column backward: BLOCK_K components),
+    times splits = min(⌈2·SMs / row blocks⌉, cap), the row blocks of the split rule counted with
+    the largest block of any config (Triton; cap ⌈other axis / 512⌉) or 2·128 rows (CUDA float;
+    cap ⌊other axis / 128⌋)."""
+    cols_kernel = "cols" in name
+    rows, other = (k, m) if cols_kernel else (m, k)
+    def cdiv(a, b):
+        return -(-a // b)
+
+    if source == "triton":
+        from ..backends.triton_kernels import CONFIGS
+
+        bm, bk, _ = (int(x) for x in config.rstrip("w").split("x"))
+        block = bk if cols_kernel else bm
+        kind, axis = ("cols", "BLOCK_K") if cols_kernel else ("rows", "BLOCK_M")
+        split_block = max(c[kind][axis] for c in CONFIGS)
+        splits = max(1, min(cdiv(2 * sms, cdiv(rows, split_block)), cdiv(other, 512)))
+    else:  # kRows<float> · Threads<float> = 256 rows a block; M, K padded to 256; cap: 4 tiles of 32
+        block = split_block = 256
+        rows, other = cdiv(rows, 256) * 256, cdiv(other, 256) * 256
+        splits = max(1, min(cdiv(2 * sms, cdiv(rows, split_block)), other // 128, 65535))
+    return cdiv(rows, block) * splits
 
 
 def predict(reports: list[KernelReport], arch: int = 90, m: int = 16384, k: int = 16384, dims=SIZES,
             machine=H100, pick=min) -> list[dict]:
     """For each source (triton: the best config per kernel, or the worst with ``pick=max``, which
     bounds whatever the autotuner keeps; cuda: float) and D: predicted forward and forward+backward
-    times and their ratios to the MUFU floor."""
+    times and their ratios to the MUFU floor. A launch of fewer programs than SMs (a small batch
+    against a bank: M = 256, K = 16384) runs at that fraction of the machine: its clocks per
+    warp-element are divided by min(1, programs / SMs) (``sm_fill``)."""
     rows = []
     for label, sweeps in SWEEPS.items():
         source = label.split()[0]
@@ -537,10 +570,14 @@ def predict(reports: list[KernelReport], arch: int = 90, m: int = 16384, k: int 
         for d in dims:
             best = {}
             for name in sweeps["forward"] + sweeps["train"]:
-                opts = [(clocks_per_warp_element(r.per_element(d)), r) for r in cand if r.name == name]
+                opts = []
+                for r in cand:
+                    if r.name == name:
+                        clk, pipe = clocks_per_warp_element(r.per_element(d))
+                        fill = min(1.0, programs(source, name, r.config, m, k, machine["sms"]) / machine["sms"])
+                        opts.append((clk / fill, pipe, r.config, fill))
                 if opts:
-                    (clk, pipe), r = pick(opts, key=lambda t: t[0][0])
-                    best[name] = (clk, pipe, r.config)
+                    best[name] = pick(opts, key=lambda t: t[0])
             if len(best) < 3:
                 continue
             fwd = sum(best[n][0] for n in sweeps["forward"])
@@ -552,8 +589,8 @@ def predict(reports: list[KernelReport], arch: int = 90, m: int = 16384, k: int 
                 "forward_ratio": fwd / fl, "fwd_bwd_ratio": total / (2 * fl),
                 "forward_ms": fwd * sec * 1e3, "fwd_bwd_ms": total * sec * 1e3,
                 "floor_forward_ms": fl * sec * 1e3,
-                "kernels": {n: {"clk_per_warp_element": c, "bound_by": p, "config": cfg}
-                            for n, (c, p, cfg) in best.items()},
+                "kernels": {n: {"clk_per_warp_element": c, "bound_by": p, "config": cfg, "sm_fill": f}
+                            for n, (c, p, cfg, f) in best.items()},
             })
     return rows
 
@@ -581,9 +618,10 @@ def prediction_table(rows: list[dict]) -> str:
     lines = ["| source | D | forward ms | × MUFU floor | fwd+bwd ms | × floor (2 sweeps) | kernels (clk/warp-el, bound) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        ks = "; ".join(f"{n} {v['clk_per_warp_element']:.2f} {v['bound_by']} [{v['config']}]" for n, v in r["kernels"].items())
-        lines.append(f"| {r['source']} | {r['D']} | {r['forward_ms']:.1f} | {r['forward_ratio']:.2f} | "
-                     f"{r['fwd_bwd_ms']:.1f} | {r['fwd_bwd_ratio']:.2f} | {ks} |")
+        ks = "; ".join(f"{n} {v['clk_per_warp_element']:.2f} {v['bound_by']} [{v['config']}]"
+                       + (f" fill {v['sm_fill']:.2f}" if v.get("sm_fill", 1.0) < 1 else "") for n, v in r["kernels"].items())
+        lines.append(f"| {r['source']} | {r['D']} | {r['forward_ms']:.3g} | {r['forward_ratio']:.2f} | "
+                     f"{r['fwd_bwd_ms']:.3g} | {r['fwd_bwd_ratio']:.2f} | {ks} |")
     return "\n".join(lines)
 
 
@@ -607,9 +645,12 @@ def main(argv=None) -> int:
         if not found:
             print("no CUDA kernels in the extension (built without CUDA?)", file=sys.stderr)
         reports += found
-    preds = predict(reports, arch=90 if 90 in args.arch else args.arch[0])
+    arch = 90 if 90 in args.arch else args.arch[0]
+    preds = predict(reports, arch=arch)
+    bank = predict(reports, arch=arch, m=BANK_SHAPE[0], k=BANK_SHAPE[1], dims=BANK_SHAPE[2])
     if args.json:
         print(json.dumps({"kernels": [dataclasses.asdict(r) for r in reports], "predictions": preds,
+                          "bank_predictions": bank,
                           "model": {"rates": RATES, "machine": H100}}, indent=1))
         return 0
     print(f"## Kernels (per element columns at D = {args.d}; float32)\n")
@@ -617,6 +658,9 @@ def main(argv=None) -> int:
     print(f"\n## Predicted at M = K = 16384 on {H100['name']}: {H100['sms']} SMs at {H100['clock_hz'] / 1e9:.2f} GHz "
           f"(lower bounds; targets: forward <= {TARGETS['forward']}× floor, fwd+bwd <= {TARGETS['forward+backward']}×)\n")
     print(prediction_table(preds))
+    print(f"\n## Predicted at a component bank's shape, M = {BANK_SHAPE[0]} queries × K = {BANK_SHAPE[1]} components "
+          "(split-K; fill: the share of SMs a launch occupies, where below 1)\n")
+    print(prediction_table(bank))
     spilled = [f"{r.source}:{r.name}[{r.config}]@sm_{r.arch}" for r in reports if r.stack or r.local_ops]
     print(f"\nkernels using local memory: {len(spilled)}" + (f" ({', '.join(spilled)})" if spilled else ""))
     return 0

@@ -83,6 +83,9 @@ class EstimatorRegimeWarning(UserWarning):
 
 #: The TC losses warn (once per loss object) when the batch mean of the self share exceeds
 #: SELF_SHARE_WARNING while the batch is under SMALL_BATCH_FRACTION of dataset_size. Chosen from the
+#: The bank size the docs recommend, capped at dataset_size / 4 (docs/estimators.md, "A component
+#: bank": a 16k bank leaves 1-3 % TC bias at N = 50,000; stale entries cost nothing measurable).
+RECOMMENDED_BANK = 16384
 #: 48 cells measured by ``python/estimator_bias.py --regime`` (docs/estimators.md, "Why is my TC negative?"): the
 #: rule marks 21, in 15 of which the MSS estimate is off by more than half the TC (6 of the 8
 #: negative estimates); of the 27 it leaves, 4 are off that much, all at batches of 32-128 with
@@ -305,12 +308,22 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
                 f"(mean self share {share:.2f} > {SELF_SHARE_WARNING} at training call {self.step}, {k} components of "
                 f"dataset_size {n}): each log q(z_i) rests on a few components, the MI estimate sits near its "
                 f"ceiling (log N for MSS) and the TC estimate is off by up to its own size, often negative, so "
-                f"beta*TC acts on information rather than on dependence between the latents. What helps: a "
-                f"component bank (bank_size=, e.g. 16384: more components at no network memory); a larger batch; "
+                f"beta*TC acts on information rather than on dependence between the latents. What helps: "
+                f"{self._bank_advice(n)}; a larger batch; "
                 f"the global batch across ranks (process_group=); a dataset_size that matches the data actually "
                 f"sampled. Silence with warn_regime=False or warnings.filterwarnings('ignore', "
                 f"category=tcvae_kernels.EstimatorRegimeWarning). docs/estimators.md: 'Why is my TC negative?'",
                 EstimatorRegimeWarning, stacklevel=5)  # _check_regime, forward, Module's two calls, the caller
+
+    def _bank_advice(self, n: int | None) -> str:
+        """The recommended bank (docs/estimators.md, "A component bank"): min(16384, N/4)."""
+        want = RECOMMENDED_BANK if n is None else max(1, min(RECOMMENDED_BANK, n // 4))
+        bank = self.options.bank
+        if bank is None:
+            return f"a component bank (bank_size={want}: more components at no network memory)"
+        if bank.size < want:
+            return f"a larger component bank (bank_size={bank.size} now; {want} recommended)"
+        return f"the component bank (bank_size={bank.size}) once it has filled"
 
     def extra_repr(self) -> str:
         return (

@@ -4,6 +4,7 @@ the concatenated components [batch; bank] (outputs and gradients, which reach z 
 components only); the losses push after the estimate; a 16k bank removes the minibatch bias."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -344,3 +345,14 @@ def test_a_16k_bank_brings_tc_within_2_percent_of_the_exact_mixture():
     banked = tk.total_correlation(z, mu[batch], lv[batch], dataset_size=n, bank=bank).item()
     assert abs(banked - exact) <= 0.02 * abs(exact), (banked, exact, plain)
     assert abs(plain - exact) > 0.1 * abs(exact), (banked, exact, plain)
+
+
+@pytest.mark.parametrize("bank_size,advice", [(0, "a component bank (bank_size=250:"),
+                                              (16, "a larger component bank (bank_size=16 now; 250 recommended)")])
+def test_regime_warning_recommends_the_bank(bank_size, advice):
+    # sharp posteriors far apart: each q(z_i) rests on its own component; the advice is min(16384, N/4)
+    loss = tk.BetaTCVAELoss(dataset_size=1000, bank_size=bank_size)
+    mu = 10 * torch.arange(8, dtype=torch.float64)[:, None].expand(8, 2).contiguous()
+    lv = torch.full_like(mu, -6.0)
+    with pytest.warns(tk.EstimatorRegimeWarning, match=re.escape(advice)):
+        loss(mu.clone(), mu, lv)

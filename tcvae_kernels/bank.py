@@ -36,7 +36,8 @@ class ComponentBank:
         family: "normal" or "laplace", the family of the pushed parameters.
 
     Raises:
-        TypeError / ValueError: a size that is no positive int, an unknown family.
+        TypeError: a size that is no int.
+        ValueError: a size below 1, an unknown family.
 
     Example:
         >>> import torch, tcvae_kernels as tk

@@ -3,6 +3,7 @@ factorial flow prior, trained jointly: its parameters move and its log-likelihoo
 is finite) and python/train_tcvae.py with --family laplace and each --prior."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -59,3 +60,20 @@ def test_train_script_bank_is_filled_saved_and_resumed(tmp_path):
     assert res["steps"] == 4 and res["bank"] == 40 and (bank_state()["filled"], bank_state()["pushes"]) == (40, 4)
     with pytest.raises(SystemExit):
         train.main(["--loss", "betavae", "--bank", "8", "--no-eval", "--out", str(tmp_path)])
+
+
+def test_bank_study_runs_every_part(tmp_path):
+    study = _load("bank_study")
+    out = tmp_path / "study"
+    res = study.main(["--steps", "4", "--seeds", "0", "--checkpoints", "2", "--batches", "1", "--bias-n", "3000",
+                      "--bias-ks", "256", "1024", "--train-size", "1024", "--bank", "512", "--cost-ks", "256", "768",
+                      "--timing-reps", "2", "--out", str(out)])
+    bias = {(r["sigma"], r["K"]): r for r in res["bias"]}
+    assert set(bias) == {(s, k) for s in (0.05, 0.2) for k in ("exact (N)", 256, 1024)}
+    assert all(math.isfinite(r["tc"]) for r in res["bias"])
+    assert [r["step"] for r in res["staleness"]] == [1, 2, 4] and "tc_stale" in res["staleness"][-1]
+    assert {(r["seed"], r["bank"]) for r in res["effect"]} == {(0, 0), (0, 512)}
+    assert [r["K"] for r in res["cost"]["penalty"]] == [256, 768]
+    text = (tmp_path / "study.md").read_text()
+    assert "(a) Bias" in text and "(d) Cost" in text
+    assert study.main(["--render", str(tmp_path / "study.json")]) == {}

@@ -131,7 +131,8 @@ def _bank_worker(rank, world, seed, backend, out_dir):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("backend", _backends())
+# the fused cpu backend in the default tier (the torch backend's bank path is test_bank's)
+@pytest.mark.parametrize("backend", [b if b == "cpu" else pytest.param(b, marks=pytest.mark.slow) for b in _backends()])
 def test_bank_with_process_group_equals_single_process(backend, tmp_path):
     """Every rank pushes the gathered global batch, so the banks are equal, and the second step's
     estimate on each rank equals one process's on the global batch with the first global batch as bank."""

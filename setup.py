@@ -178,7 +178,8 @@ def _extensions():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
         kwargs["sources"] = cpp_sources + cuda_sources
         kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-DTCVAE_WITH_CUDA", "--use_fast_math", "-lineinfo",
-                                                "--expt-relaxed-constexpr"]
+                                                "--expt-relaxed-constexpr",
+                                                "--threads", "2"]  # the two archs in parallel: the build's long pole
         kwargs["extra_compile_args"]["cxx"] = cxx + ["-DTCVAE_WITH_CUDA"]
         ext = cpp_extension.CUDAExtension(**kwargs)
     else:

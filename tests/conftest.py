@@ -12,6 +12,12 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Under pytest-xdist (one worker per core): one intra-op thread per worker and its subprocesses, not
+# one per core each (oversubscribed, the default tier took 14 % longer). Tests of thread counts set
+# theirs explicitly (test_cpu_kernel's thread-count invariance asserts the count it ran with).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 if os.environ.get("TRITON_INTERPRET") == "1":
     try:
         import triton  # noqa: F401
@@ -47,3 +53,20 @@ def pytest_configure(config):
         if got != want:
             raise pytest.UsageError(f"--sanitized-build={want}: the extension loaded from "
                                     f"{tcvae_kernels.__file__} was built with sanitize={got} ({extension.LOAD_ERROR or 'loaded'})")
+
+
+def _is_interpreted_triton(value) -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1" and (value == "triton" or getattr(value, "name", None) == "triton")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under the Triton interpreter, a test's float64 and bfloat16 variants go to the slow tier:
+    the interpreter runs the kernels' code through numpy, so another dtype repeats the float32
+    variant's path at 2-3× its cost (20 s each); the other backends keep every dtype in the default
+    tier, and Triton's float64 gradcheck stays there too (it has no dtype parameter)."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if any(_is_interpreted_triton(v) for v in params.values()) and any(
+                v is torch.float64 or v is torch.bfloat16 for v in params.values()):
+            item.add_marker(pytest.mark.slow)

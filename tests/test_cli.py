@@ -27,6 +27,7 @@ def test_check_command_passes_and_prints_a_table(capsys, backends):
     assert re.search(r"cuda +\| cpu +\| float32 +\| - +\| skipped", out)  # the reason is printed, not a failure
 
 
+@pytest.mark.slow  # three worker processes (~30 s); the worker and the tables run in-process below
 def test_bench_command_writes_table_json_and_plot(tmp_path):
     cmd = [sys.executable, "-m", "tcvae_kernels", "bench", "--sizes", "16", "24", "--dims", "3",
            "--methods", "eager", "torch", "--min-time", "0.01", "--out", str(tmp_path)]

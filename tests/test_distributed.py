@@ -69,7 +69,12 @@ def _backends():
     return backends("cpu", exclude=("triton",))  # the interpreter is too slow for multi-process runs
 
 
-@pytest.mark.parametrize("backend", _backends())
+def _fused_first():
+    """The fused cpu backend in the default tier, the others (the reference) in the slow one."""
+    return [b if b == "cpu" else pytest.param(b, marks=pytest.mark.slow) for b in _backends()]
+
+
+@pytest.mark.parametrize("backend", _fused_first())
 @pytest.mark.parametrize("estimator", ["mws", "mss"])
 @pytest.mark.parametrize("world", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_global_batch_equals_single_process(world, estimator, backend, tmp_path):
@@ -131,8 +136,7 @@ def _bank_worker(rank, world, seed, backend, out_dir):
         dist.destroy_process_group()
 
 
-# the fused cpu backend in the default tier (the torch backend's bank path is test_bank's)
-@pytest.mark.parametrize("backend", [b if b == "cpu" else pytest.param(b, marks=pytest.mark.slow) for b in _backends()])
+@pytest.mark.parametrize("backend", _fused_first())
 def test_bank_with_process_group_equals_single_process(backend, tmp_path):
     """Every rank pushes the gathered global batch, so the banks are equal, and the second step's
     estimate on each rank equals one process's on the global batch with the first global batch as bank."""
@@ -169,6 +173,7 @@ def test_process_group_requires_initialised_distributed():
         tk.decompose(z, z, z, dataset_size=100, process_group=object())
 
 
+@pytest.mark.slow  # torchrun and two fresh interpreters (~17 s); the 2-rank paths run in mp.spawn tests above
 def test_torchrun_example_runs_on_cpu():
     import subprocess
     import sys

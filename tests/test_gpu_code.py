@@ -133,11 +133,14 @@ def planted():
     return {r.name: r for r in gr.planted_reports(90)}
 
 
+# the planted kernels compile in ~30 s: the slow tier (the checks they exercise run in the default one)
+@pytest.mark.slow
 def test_planted_spill_is_caught():
     r = planted()["_planted_spill"]
     assert r.stack > 0 and r.local_ops > 0
 
 
+@pytest.mark.slow
 def test_planted_barrier_in_loop_is_caught():
     r = planted()["_planted_barrier"]
     assert r.barriers_in_inner_loops > 0

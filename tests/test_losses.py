@@ -73,6 +73,7 @@ def _train_discriminator(sample, steps=600, seed=0):
         return fn.tc_estimate(sample(20000)).item()
 
 
+@pytest.mark.slow  # trains two discriminators (20-30 s); FactorVAELoss's paths run in the default tier
 def test_factor_vae_discriminator_estimates_tc():
     """Factorised codes: TC = 0; correlated Gaussian codes (ρ = 0.9): TC = -½·log(1-ρ²) = 0.830.
     The density-ratio estimate of a small trained MLP: |TC| < 0.1 for the first (measured ~0.02),

@@ -3,7 +3,7 @@
 each backend within its stated tolerance of the float64 reference (tcvae_kernels/testing.py), the
 fused grouped op on random partitions of the dimensions, and the estimator's invariances. Profiles
 (conftest.py): 200 examples per property ("ci", the default), --hypothesis-profile=long for 5,000;
-the every-backend property runs 25 examples in the default tier and the profile's in the slow one."""
+the every-backend property runs 10 examples in the default tier and the profile's in the slow one."""
 
 import math
 
@@ -69,7 +69,7 @@ def _every_backend_matches_the_reference(problem, family):
 
 # One property, two tiers: QUICK examples by default, the profile's (ci: 200, long: 5,000) in the
 # slow tier. Every example runs each fused backend, the Triton interpreter's ~0.5 s included.
-QUICK = 25
+QUICK = 10
 _needs_fused = pytest.mark.skipif(not FUSED, reason="no fused backend available")
 test_every_backend_matches_the_reference = _needs_fused(
     settings(max_examples=QUICK)(given(problems(max_size=17), FAMILIES)(_every_backend_matches_the_reference)))

@@ -40,10 +40,15 @@ def mypy_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("mypy-cache")
 
 
+# mypy reads torch's stubs cold on a fresh clone (~35 s): the slow tier, one worker for the shared cache
+@pytest.mark.slow
+@pytest.mark.xdist_group("mypy")
 def test_the_usage_file_type_checks(mypy_cache):
     assert _mypy(HERE / "typecheck" / "usage_ok.py", mypy_cache) == {}
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("mypy")
 def test_misuse_is_caught(mypy_cache):
     path = HERE / "typecheck" / "usage_bad.py"
     want = {n: {m.group(1)} for n, line in enumerate(path.read_text().splitlines(), 1)

@@ -24,11 +24,6 @@ BANK_M, BANK_K, BANK_DIMS = 256, 16384, [10, 32]
 @pytest.mark.parametrize("m", FULL_SIZES)
 @pytest.mark.parametrize("method", METHODS)
 def test_log_qz(benchmark, method, m, d, mode):
-    why = method_unavailable(method, DEVICE)
-    if why:
-        pytest.skip(why)
-    if method == "triton" and DEVICE == "cpu":
-        pytest.skip("the Triton interpreter is not a benchmark")
     _run(benchmark, method, m, m, d, mode)
 
 
@@ -37,15 +32,16 @@ def test_log_qz(benchmark, method, m, d, mode):
 @pytest.mark.parametrize("d", BANK_DIMS)
 @pytest.mark.parametrize("method", METHODS)
 def test_log_qz_with_bank(benchmark, method, d, mode):
+    _run(benchmark, method, BANK_M, BANK_K, d, mode)
+
+
+def _run(benchmark, method, m, k, d, mode):
+    """Time ``method`` at M queries × K components (skipped where it cannot run or is no benchmark)."""
     why = method_unavailable(method, DEVICE)
     if why:
         pytest.skip(why)
     if method == "triton" and DEVICE == "cpu":
         pytest.skip("the Triton interpreter is not a benchmark")
-    _run(benchmark, method, BANK_M, BANK_K, d, mode)
-
-
-def _run(benchmark, method, m, k, d, mode):
     inputs, bank = make_inputs(m, d, DEVICE, torch.float32, k)
     call = make_call(build_method(method, m, 10 * k, torch.float32, DEVICE, bank), mode, inputs)
     call()  # warm-up: compilation / JIT outside the timed rounds

@@ -43,22 +43,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tcvae_kernels as tk  # noqa: E402
 from tcvae_kernels import data as tkdata  # noqa: E402
 from tcvae_kernels.reference import log_qz_x_and_log_pz  # noqa: E402
+from tcvae_kernels.testing import correlated_posteriors  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- (a) bias
-
-
-def synthetic_posteriors(n, sigma, generator):
-    """N posteriors in D = 8: five active latents with AR(1)-correlated means (ρ = 0.9) and posterior
-    std ``sigma``; three inactive (mean 0, variance 1). (tests/test_bank.py uses the same data.)"""
-    active, d = 5, 8
-    idx = torch.arange(active, dtype=torch.float64)
-    corr = 0.9 ** (idx[:, None] - idx[None]).abs()
-    mu = torch.zeros(n, d, dtype=torch.float64)
-    mu[:, :active] = torch.randn(n, active, generator=generator, dtype=torch.float64) @ torch.linalg.cholesky(corr).T
-    lv = torch.zeros(n, d, dtype=torch.float64)
-    lv[:, :active] = 2 * math.log(sigma)
-    return mu.float(), lv.float()
 
 
 def _mi_tc(z, mu, lv, lqz, lqzd):
@@ -70,7 +58,7 @@ def bias_table(n=50_000, m=256, ks=(256, 1024, 4096, 16384), sigmas=(0.05, 0.2),
     rows = []
     for sigma in sigmas:
         g = torch.Generator().manual_seed(seed)
-        mu, lv = synthetic_posteriors(n, sigma, g)
+        mu, lv = (t.float() for t in correlated_posteriors(n, sigma, g))
         acc = collections.defaultdict(list)
         for _ in range(batches):
             perm = torch.randperm(n, generator=g)

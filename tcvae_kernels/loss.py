@@ -260,9 +260,8 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
     def _bank_to(self, device: torch.device) -> None:
         """The bank follows the batch's device, as a buffer follows the module (a checkpoint loaded
         with map_location="cpu" into a loss trained on cuda); D and dtype are still checked."""
-        bank = self.options.bank
-        if bank is not None and bank.device is not None and bank.device != device:
-            bank.to(device)
+        if self.options.bank is not None:
+            self.options.bank.to(device)  # no copy where it is already there
 
     @torch.compiler.disable
     def _push(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:

@@ -112,6 +112,21 @@ class CheckResult:
         return name, self.errors[name], self.allowed[name]
 
 
+def correlated_posteriors(n: int, sigma: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """N Normal posteriors (mu [N, 8], logvar [N, 8], float64) in D = 8: five active latents whose
+    means follow an AR(1) chain with ρ = 0.9 (corr(d, d') = 0.9^|d-d'|) and posterior std ``sigma``,
+    three inactive ones (mean 0, variance 1: the prior). The data of the component bank's bias table
+    (python/bank_study.py, docs/estimators.md) and of its test."""
+    active, d = 5, 8
+    idx = torch.arange(active, dtype=torch.float64)
+    corr = 0.9 ** (idx[:, None] - idx[None]).abs()
+    mu = torch.zeros(n, d, dtype=torch.float64)
+    mu[:, :active] = torch.randn(n, active, generator=generator, dtype=torch.float64) @ torch.linalg.cholesky(corr).T
+    lv = torch.zeros(n, d, dtype=torch.float64)
+    lv[:, :active] = 2 * math.log(sigma)
+    return mu, lv
+
+
 def _forward_backward(fn, z, mu, logvar, ups, grads: bool):
     """fn's outputs (log_qz, log_qz_dims[, log_qz_groups]) and, with ``grads``, the gradients of
     sum(output · upstream) w.r.t. z, mu, logvar."""

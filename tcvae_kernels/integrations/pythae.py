@@ -92,8 +92,8 @@ class FusedBetaTCVAE(BetaTCVAE):
         """(loss, recon_loss, reg_loss), batch means, as pythae's ``BetaTCVAE.loss_function``."""
         recon_loss = self._recon_loss(recon_x, x)
         bank = self.bank if int(dataset_size) != x.shape[0] else None  # not under pythae's fallback
-        if bank is not None and bank.device is not None and bank.device != mu.device:
-            bank.to(mu.device)  # the bank follows the model, as a buffer would
+        if bank is not None:
+            bank.to(mu.device)  # the bank follows the model, as a buffer would (no copy where it is)
         p = decompose(z, mu, log_var, dataset_size=int(dataset_size), estimator="mss" if self.use_mss else "mws",
                       backend=self.backend, bank=bank)
         if bank is not None and self.training:  # after the estimate: no component meets its own query twice

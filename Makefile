@@ -57,7 +57,7 @@ demo: $(VENV)/.built
 # `make test-all` both (what CI runs, one tier after the other). Benchmarks: `make bench`.
 # pytest-xdist spreads the tests over the cores (PYTEST_WORKERS=0: one process).
 PYTEST_WORKERS ?= auto
-PYTEST := $(VPY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
+PYTEST := $(VPY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15
 test: $(VENV)/.built
 	$(PYTEST) tests
 

@@ -5,6 +5,7 @@ Two tiers (markers in pyproject.toml): the default one (``make test``, plain ``p
 every code path at small sizes; ``slow`` holds heavy repetitions of the same paths (``make
 test-slow``; CI runs both)."""
 
+import json
 import os
 
 import pytest
@@ -36,6 +37,29 @@ _common = dict(deadline=None, print_blob=True, suppress_health_check=[HealthChec
 settings.register_profile("ci", max_examples=200, **_common)
 settings.register_profile("long", max_examples=5000, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session")
+def run_once(tmp_path_factory):
+    """``run_once(key, compute)``: ``compute()``'s JSON result, computed once per test run and shared
+    by every pytest-xdist worker (the first to ask computes it under a file lock; the others wait and
+    read the file). For the expensive facts several tests assert: the GPU code's compiled reports,
+    mypy's output. (pytest-xdist's ``xdist_group`` does not group under pytest 9: the marker sets a
+    node id attribute pytest no longer reads, so a per-worker cache ran such work once per worker.)"""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's basetemp is a folder of the run's shared one
+        root = root.parent
+
+    def get(key: str, compute):
+        path = root / f"run-once-{key}.json"
+        with FileLock(str(path) + ".lock"):
+            if not path.is_file():
+                path.write_text(json.dumps(compute()))
+            return json.loads(path.read_text())
+
+    return get
 
 
 def pytest_addoption(parser):

@@ -5,7 +5,7 @@ throughput model predicts the targets (forward within 1.25x of the MUFU floor, t
 within 1.5x of two sweeps' floor) for every config the autotuner may pick. Planted variants show
 that each check can fail."""
 
-import functools
+import dataclasses
 
 import pytest
 import torch
@@ -20,49 +20,53 @@ try:
     HAVE_TOOLS = True
 except FileNotFoundError:  # pragma: no cover
     HAVE_TOOLS = False
-# one xdist worker for the module: its tests share the compiled reports (lru_cache below)
-pytestmark = [pytest.mark.skipif(not HAVE_TOOLS, reason="cuobjdump not found (ships with triton)"),
-              pytest.mark.xdist_group("gpu_code")]
+pytestmark = pytest.mark.skipif(not HAVE_TOOLS, reason="cuobjdump not found (ships with triton)")
 
 ARCHS = (80, 90)
 
 
-@functools.lru_cache(maxsize=None)
-def triton_reports():
-    return tuple(gr.triton_reports(ARCHS))
+def _shared_reports(run_once, key, compute):
+    """Compiled once per test run for every worker (conftest.run_once): the Triton reports take
+    40-130 s to compile, which each xdist worker used to repeat."""
+    return tuple(gr.KernelReport(**r) for r in run_once(key, lambda: [dataclasses.asdict(r) for r in compute()]))
 
 
-@functools.lru_cache(maxsize=None)
-def cuda_reports():
-    return tuple(gr.cuda_reports(ARCHS))
+@pytest.fixture(scope="session")
+def triton_reports(run_once):
+    return _shared_reports(run_once, "triton-reports", lambda: gr.triton_reports(ARCHS))
+
+
+@pytest.fixture(scope="session")
+def cuda_reports(run_once):
+    return _shared_reports(run_once, "cuda-reports", lambda: gr.cuda_reports(ARCHS))
 
 
 def _label(r):
     return f"{r.source}:{r.name}[{r.config}]@sm_{r.arch}"
 
 
-def test_every_triton_kernel_and_config_compiles_for_both_archs():
+def test_every_triton_kernel_and_config_compiles_for_both_archs(triton_reports):
     from tcvae_kernels.backends import triton_kernels as tkn
 
-    got = {(r.name, r.config, r.arch) for r in triton_reports()}
+    got = {(r.name, r.config, r.arch) for r in triton_reports}
     for name, (_, kind, _) in tkn.KERNELS.items():
         for cfg in tkn.CONFIGS:
             for arch in ARCHS:
                 assert (name, gr.triton_config_label(cfg[kind]), arch) in got
 
 
-def test_no_triton_kernel_uses_local_memory():
-    bad = [f"{_label(r)}: stack {r.stack} B, {r.local_ops} LDL/STL" for r in triton_reports() if r.stack or r.local_ops]
+def test_no_triton_kernel_uses_local_memory(triton_reports):
+    bad = [f"{_label(r)}: stack {r.stack} B, {r.local_ops} LDL/STL" for r in triton_reports if r.stack or r.local_ops]
     assert not bad, bad
 
 
-def test_no_barrier_in_innermost_loops_triton():
-    bad = [f"{_label(r)}: {r.barriers_in_inner_loops}" for r in triton_reports() if r.barriers_in_inner_loops]
+def test_no_barrier_in_innermost_loops_triton(triton_reports):
+    bad = [f"{_label(r)}: {r.barriers_in_inner_loops}" for r in triton_reports if r.barriers_in_inner_loops]
     assert not bad, bad
 
 
-def test_triton_hot_loops_have_no_shuffles():
-    bad = [_label(r) for r in triton_reports() if r.hot and any(k.startswith("SHFL") for k in r.hot)]
+def test_triton_hot_loops_have_no_shuffles(triton_reports):
+    bad = [_label(r) for r in triton_reports if r.hot and any(k.startswith("SHFL") for k in r.hot)]
     assert not bad, bad
 
 
@@ -71,8 +75,8 @@ needs_cuda_build = pytest.mark.skipif(extension.LOAD_ERROR is not None or extens
 
 
 @needs_cuda_build
-def test_cuda_fatbin_holds_every_kernel_for_both_archs():
-    got = {(r.name, r.config, r.arch) for r in cuda_reports()}
+def test_cuda_fatbin_holds_every_kernel_for_both_archs(cuda_reports):
+    got = {(r.name, r.config, r.arch) for r in cuda_reports}
     for name in gr.CUDA_KERNELS:
         for dtype in ("float", "double"):
             for arch in ARCHS:
@@ -80,15 +84,15 @@ def test_cuda_fatbin_holds_every_kernel_for_both_archs():
 
 
 @needs_cuda_build
-def test_no_float32_cuda_kernel_uses_local_memory():
-    bad = [f"{_label(r)}: stack {r.stack} B, {r.local_ops} LDL/STL" for r in cuda_reports()
+def test_no_float32_cuda_kernel_uses_local_memory(cuda_reports):
+    bad = [f"{_label(r)}: stack {r.stack} B, {r.local_ops} LDL/STL" for r in cuda_reports
            if r.config == "float" and (r.stack or r.local_ops)]
     assert not bad, bad
 
 
 @needs_cuda_build
-def test_no_barrier_in_innermost_loops_cuda():
-    bad = [_label(r) for r in cuda_reports() if r.barriers_in_inner_loops]
+def test_no_barrier_in_innermost_loops_cuda(cuda_reports):
+    bad = [_label(r) for r in cuda_reports if r.barriers_in_inner_loops]
     assert not bad, bad
 
 
@@ -97,8 +101,8 @@ def test_no_barrier_in_innermost_loops_cuda():
 #: tl.sum trees they cost 0.5 instruction more per element each and the step sat at 1.56-1.60x.
 @pytest.mark.parametrize("pick", [min, max], ids=["best-config", "worst-config"])
 @pytest.mark.parametrize("source", ["triton", pytest.param("cuda", marks=needs_cuda_build)])
-def test_model_predicts_the_targets(source, pick):
-    reports = list(triton_reports() if source == "triton" else cuda_reports())
+def test_model_predicts_the_targets(source, pick, triton_reports, cuda_reports):
+    reports = list(triton_reports if source == "triton" else cuda_reports)
     rows = [r for r in gr.predict(reports, pick=pick) if r["source"] == source]
     assert {r["D"] for r in rows} == set(gr.SIZES)
     for r in rows:
@@ -107,42 +111,42 @@ def test_model_predicts_the_targets(source, pick):
 
 
 @pytest.mark.parametrize("source", ["triton", pytest.param("cuda", marks=needs_cuda_build)])
-def test_laplace_kernels_are_predicted_beside_the_normal(source):
+def test_laplace_kernels_are_predicted_beside_the_normal(source, triton_reports, cuda_reports):
     """The Laplace family's kernels (every one compiles spill-free: the tests above cover every
     entry of KERNELS / CUDA_KERNELS) get their rows in the model; no target is set for them (the
     sign of z - mu costs instructions the Normal's quadratic does not: docs/kernels.md)."""
-    reports = list(triton_reports() if source == "triton" else cuda_reports())
+    reports = list(triton_reports if source == "triton" else cuda_reports)
     rows = {r["D"]: r for r in gr.predict(reports) if r["source"] == f"{source} laplace"}
     assert set(rows) == set(gr.SIZES)
     assert all(1.0 <= r["fwd_bwd_ratio"] < 5.0 for r in rows.values()), rows
 
 
 @needs_cuda_build
-def test_cuda_forward_beats_the_mufu_floor():
+def test_cuda_forward_beats_the_mufu_floor(cuda_reports):
     """A share of the marginal exp2s on the FMA pipe (exp2_fma) takes the CUDA forward below the
     special-function unit's limit in the model (bench/poly_share.py tunes the share)."""
-    rows = [r for r in gr.predict(list(cuda_reports())) if r["source"] == "cuda"]
+    rows = [r for r in gr.predict(list(cuda_reports)) if r["source"] == "cuda"]
     assert rows and all(r["forward_ratio"] < 0.95 for r in rows), rows
 
 
 # ------------------------------------------------------------------- the checks can fail: planted
 
 
-@functools.lru_cache(maxsize=None)
-def planted():
-    return {r.name: r for r in gr.planted_reports(90)}
+@pytest.fixture(scope="session")
+def planted(run_once):
+    return {r.name: r for r in _shared_reports(run_once, "planted-reports", lambda: gr.planted_reports(90))}
 
 
 # the planted kernels compile in ~30 s: the slow tier (the checks they exercise run in the default one)
 @pytest.mark.slow
-def test_planted_spill_is_caught():
-    r = planted()["_planted_spill"]
+def test_planted_spill_is_caught(planted):
+    r = planted["_planted_spill"]
     assert r.stack > 0 and r.local_ops > 0
 
 
 @pytest.mark.slow
-def test_planted_barrier_in_loop_is_caught():
-    r = planted()["_planted_barrier"]
+def test_planted_barrier_in_loop_is_caught(planted):
+    r = planted["_planted_barrier"]
     assert r.barriers_in_inner_loops > 0
 
 
@@ -222,8 +226,8 @@ def test_program_counts_follow_the_launchers_split_rule(monkeypatch):
     assert gr.programs("cuda", "backward_cols_kernel", "float", 256, 16384, 132) == 128  # 64 blocks × min(5, 2)
 
 
-def test_model_predicts_the_bank_shape():
-    reports = list(triton_reports())
+def test_model_predicts_the_bank_shape(triton_reports):
+    reports = list(triton_reports)
     m, k, dims = gr.BANK_SHAPE
     rows = [r for r in gr.predict(reports, m=m, k=k, dims=dims) if r["source"] == "triton"]
     assert {r["D"] for r in rows} == set(dims)

@@ -19,42 +19,48 @@ from tcvae_kernels.loss import _OptionField
 HERE = Path(__file__).resolve().parent
 
 
-def _mypy(path: Path, cache: Path) -> dict[int, set[str]]:
-    """{line: {error codes}} mypy reports for ``path`` (errors in imported modules are not its business)."""
-    pytest.importorskip("mypy")
+def _mypy(paths: list[Path], cache: Path) -> dict[str, dict[int, set[str]]]:
+    """{file name: {line: {error codes}}} mypy reports for ``paths``, checked in one run (errors in
+    imported modules are not its business)."""
     run = subprocess.run(
         [sys.executable, "-m", "mypy", "--follow-imports=silent", "--show-error-codes", "--no-error-summary",
-         "--python-version=3.11", f"--cache-dir={cache}", str(path)],
+         "--python-version=3.11", f"--cache-dir={cache}", *map(str, paths)],
         capture_output=True, text=True, cwd=HERE.parent, timeout=600,
         env={**os.environ, "MYPYPATH": str(HERE.parent)})
     assert run.returncode in (0, 1), run.stdout[-3000:] + run.stderr[-3000:]
-    errors: dict[int, set[str]] = {}
-    for m in re.finditer(rf"^(?:.*/)?{re.escape(path.name)}:(\d+): error: .*\[([\w-]+)\]$", run.stdout, re.M):
-        errors.setdefault(int(m.group(1)), set()).add(m.group(2))
-    assert errors or run.returncode == 0, run.stdout[-3000:]  # mypy failed but no line was parsed
+    errors: dict[str, dict[int, set[str]]] = {p.name: {} for p in paths}
+    for m in re.finditer(r"^(?:.*/)?([\w.]+\.py):(\d+): error: .*\[([\w-]+)\]$", run.stdout, re.M):
+        if m.group(1) in errors:
+            errors[m.group(1)].setdefault(int(m.group(2)), set()).add(m.group(3))
+    assert any(errors.values()) or run.returncode == 0, run.stdout[-3000:]  # mypy failed but no line was parsed
     return errors
 
 
-@pytest.fixture(scope="module")
-def mypy_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("mypy-cache")
+USAGE = [HERE / "typecheck" / "usage_ok.py", HERE / "typecheck" / "usage_bad.py"]
 
 
-# mypy reads torch's stubs cold on a fresh clone (~35 s): the slow tier, one worker for the shared cache
+@pytest.fixture(scope="session")
+def mypy_errors(run_once, tmp_path_factory):
+    """Both usage files in one mypy run, once per test run for every xdist worker (conftest.run_once)."""
+    pytest.importorskip("mypy")
+    cache = tmp_path_factory.mktemp("mypy-cache")
+    got = run_once("mypy", lambda: {f: {str(n): sorted(c) for n, c in e.items()} for f, e in _mypy(USAGE, cache).items()})
+    return {f: {int(n): set(c) for n, c in e.items()} for f, e in got.items()}
+
+
+# mypy reads torch's stubs cold on a fresh clone (~35 s): the slow tier
 @pytest.mark.slow
-@pytest.mark.xdist_group("mypy")
-def test_the_usage_file_type_checks(mypy_cache):
-    assert _mypy(HERE / "typecheck" / "usage_ok.py", mypy_cache) == {}
+def test_the_usage_file_type_checks(mypy_errors):
+    assert mypy_errors["usage_ok.py"] == {}
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("mypy")
-def test_misuse_is_caught(mypy_cache):
+def test_misuse_is_caught(mypy_errors):
     path = HERE / "typecheck" / "usage_bad.py"
     want = {n: {m.group(1)} for n, line in enumerate(path.read_text().splitlines(), 1)
             if (m := re.search(r"# E: ([\w-]+)$", line))}
     assert len(want) >= 8
-    assert _mypy(path, mypy_cache) == want
+    assert mypy_errors["usage_bad.py"] == want
 
 
 def test_typed_mirrors_list_the_options():

@@ -403,11 +403,12 @@ def cubin_report(source, name, arch, config, cubin: bytes, elements_per_iteratio
     return analyze(source, name, arch, config, sass[fname], usage.get(fname, {}), elements_per_iteration)
 
 
-def _in_subprocess(archs, planted: bool) -> list[KernelReport]:
+def _in_subprocess(archs, planted: bool, jobs: int | None = None) -> list[KernelReport]:
     """Under TRITON_INTERPRET=1 (the CPU test session) kernels are interpreted functions that cannot
     be compiled: compile in a fresh process without it and read its JSON."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, "-m", "tcvae_kernels", "gpu-report", "--json", "--no-cuda", "--arch", *map(str, archs)]
+    cmd += ["--jobs", str(jobs)] if jobs else []
     out = subprocess.run(cmd + (["--planted"] if planted else []), capture_output=True, text=True, env=env,
                          check=True).stdout
     return [KernelReport(**r) for r in json.loads(out)["kernels"]]
@@ -423,29 +424,44 @@ def planted_reports(arch: int = 90) -> list[KernelReport]:
             for name, (fn, cx, nw) in PLANTED.items()]
 
 
-def triton_reports(archs=(80, 90), dtype: str = "fp32", kernels=None) -> list[KernelReport]:
-    """Every Triton kernel (and variant) of ``triton_kernels.KERNELS`` × every CONFIGS entry × arch."""
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return [r for r in _in_subprocess(archs, False) if not kernels or r.name in kernels]
+def _triton_report(name: str, c: dict, arch: int, dtype: str) -> KernelReport:
+    """Compile kernel ``name`` of ``triton_kernels.KERNELS`` with tile config ``c`` for ``arch``; its report."""
     from ..backends import triton_kernels as tkn
 
-    out = []
-    for name, (fn, kind, fixed) in tkn.KERNELS.items():
+    fn, _, fixed = tkn.KERNELS[name]
+    cub = compile_triton(fn, {"BLOCK_M": c["BLOCK_M"], "BLOCK_K": c["BLOCK_K"], **fixed}, c["num_warps"], arch, dtype,
+                         c.get("maxnreg"))
+    epi = None if name.startswith("_marginal_exact_kernel") else c["BLOCK_M"] * c["BLOCK_K"] // (32 * c["num_warps"])
+    return cubin_report("triton", name, arch, triton_config_label(c), cub, epi)
+
+
+def triton_reports(archs=(80, 90), dtype: str = "fp32", kernels=None, jobs: int | None = None) -> list[KernelReport]:
+    """Every Triton kernel (and variant) of ``triton_kernels.KERNELS`` × every CONFIGS entry × arch,
+    compiled by ``jobs`` processes (default: one per core; 1: in this process), in that order."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return [r for r in _in_subprocess(archs, False, jobs) if not kernels or r.name in kernels]
+    from ..backends import triton_kernels as tkn
+
+    work = []
+    for name, (_, kind, _) in tkn.KERNELS.items():
         if kernels and name not in kernels:
             continue
         seen = set()
         for cfg in tkn.CONFIGS:
             c = cfg[kind]
             key = (c["BLOCK_M"], c["BLOCK_K"], c["num_warps"])
-            if key in seen:
-                continue
-            seen.add(key)
-            for arch in archs:
-                cub = compile_triton(fn, {"BLOCK_M": c["BLOCK_M"], "BLOCK_K": c["BLOCK_K"], **fixed},
-                                     c["num_warps"], arch, dtype, c.get("maxnreg"))
-                epi = None if name.startswith("_marginal_exact_kernel") else c["BLOCK_M"] * c["BLOCK_K"] // (32 * c["num_warps"])
-                out.append(cubin_report("triton", name, arch, triton_config_label(c), cub, epi))
-    return out
+            if key not in seen:
+                seen.add(key)
+                work += [(name, c, arch, dtype) for arch in archs]
+    jobs = min(len(work), jobs or os.cpu_count() or 1)
+    if jobs <= 1:
+        return [_triton_report(*w) for w in work]
+    import concurrent.futures
+    import multiprocessing
+
+    # fresh interpreters (spawn): a fork of a process that holds torch's and triton's threads is unsafe
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_triton_report, *zip(*work)))
 
 
 def triton_config_label(c: dict) -> str:
@@ -633,11 +649,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-cuda", action="store_true", help="skip the extension's CUDA kernels")
     ap.add_argument("--no-triton", action="store_true", help="skip the Triton kernels")
     ap.add_argument("--planted", action="store_true", help="also compile the deliberately bad kernels (tests)")
+    ap.add_argument("--jobs", type=int, default=None, help="processes compiling the Triton kernels (default: one per core)")
     args = ap.parse_args(argv)
     reports = []
     if not args.no_triton:
         print("compiling the Triton kernels (every config, every arch) ...", file=sys.stderr, flush=True)
-        reports += triton_reports(tuple(args.arch))
+        reports += triton_reports(tuple(args.arch), jobs=args.jobs)
     if args.planted:
         reports += planted_reports(args.arch[-1])
     if not args.no_cuda:

@@ -1,5 +1,6 @@
 """The command-line entry points run and report what they measured."""
 
+import contextlib
 import json
 import os
 import re
@@ -9,22 +10,37 @@ import sys
 import pytest
 import torch
 
+import tcvae_kernels as tk
 from tcvae_kernels.tools.check import main as check_main
 
 
 @pytest.mark.parametrize("backends", [
     ["torch", "cpu", "cuda"],
-    pytest.param(None, id="every-available", marks=pytest.mark.slow),  # + the Triton interpreter: minutes
+    pytest.param(None, id="every-available", marks=pytest.mark.slow),  # + the Triton interpreter
 ])
 def test_check_command_passes_and_prints_a_table(capsys, backends):
     # one dtype: the command's loop is the same for each (every dtype's checks: test_backends,
     # test_groups); the same loop for every backend (Triton's checks at interpreter sizes:
-    # test_backends, test_groups)
-    assert check_main(["--seed", "3", "--dtypes", "float32"] + (["--backends", *backends] if backends else [])) == 0
+    # test_backends, test_groups). Under the interpreter the Triton kernels run here with
+    # CONFIGS[2]'s tiles (64 x 32; still several tiles each way at the command's sizes, up to 129):
+    # the interpreter's cost is per operation and tile, and its 8 x 8 tiles took this test 4.4 min.
+    with _interpreter_tiles():
+        assert check_main(["--seed", "3", "--dtypes", "float32"] + (["--backends", *backends] if backends else [])) == 0
     out = capsys.readouterr().out
     assert re.search(r"torch +\| cpu +\| float32 +\| 7/7", out) and "all checks passed" in out
     assert re.search(r"torch +\| cpu +\| float32 laplace +\| 7/7", out)  # both families by default
     assert re.search(r"cuda +\| cpu +\| float32 +\| - +\| skipped", out)  # the reason is printed, not a failure
+    if backends is None and "triton" in tk.compiled_backends():
+        assert re.search(r"triton +\| cpu +\| float32 laplace +\| 7/7", out)
+
+
+def _interpreter_tiles():
+    """CONFIGS[2] for the Triton kernels under the interpreter, else nothing."""
+    if os.environ.get("TRITON_INTERPRET") != "1" or "triton" not in tk.compiled_backends():
+        return contextlib.nullcontext()
+    from tcvae_kernels.backends import triton_kernels as tkn
+
+    return tkn.force_config(tkn.CONFIGS[2])
 
 
 @pytest.mark.slow  # three worker processes (~30 s); the worker and the tables run in-process below

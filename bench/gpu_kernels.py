@@ -8,7 +8,10 @@ clocks per element, with this GPU's SM count and the clock given by ``--clock-gh
 and the measured time as a multiple of the measured MUFU floor: M·K·(D+1) exp2 at the rate of
 ``tcvae_kernels.tools.exp2_peak`` (per sweep; the training step has two sweeps' worth).
 
-    python bench/gpu_kernels.py [--m 16384] [--dims 10 32 64] [--out bench/out/gpu/kernels.md]
+    python bench/gpu_kernels.py [--m 16384] [--dims 10 32 64] [--out bench/out/gpu/kernels.md] [--dry-run]
+
+``--dry-run`` (no GPU needed; bench/gpu_check.sh --dry-run): the arguments, the imports, the
+profiler's kernel-name mapping and the table's formatting on one made-up row, no timing.
 """
 
 from __future__ import annotations
@@ -25,18 +28,20 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import torch  # noqa: E402
 
-#: profiler kernel names -> the report's kernel names (Triton names are the Python functions;
-#: CUDA names are demangled C++ templates)
+
 def report_name(source: str, kernel: str, grad_terms: bool) -> str | None:
+    """The report's name of a profiled kernel (Triton: the function's name, which does not tell the
+    family: the calls here are the Normal's; CUDA: the demangled template, read as gpu-report reads
+    the fatbin's, family included)."""
     if source == "triton":
         for k in ("_fwd_kernel", "_bwd_cols_kernel", "_marginal_exact_kernel"):
             if kernel.startswith(k):
                 return k + ("+grad" if k == "_fwd_kernel" and grad_terms else "")
         return None
-    for k in ("forward_kernel", "backward_cols_kernel", "exact_kernel"):
-        if k + "<" in kernel:
-            return k + ("+grad" if k == "forward_kernel" and ", true>" in kernel else "")
-    return None
+    from tcvae_kernels.tools.gpu_report import _cuda_name
+
+    got = _cuda_name(kernel)
+    return got[0] if got else None
 
 
 def make_calls(source: str, m: int, d: int, device):
@@ -89,6 +94,37 @@ def profile(call, reps: int, source: str, grad_terms: bool) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in per_call.items()}
 
 
+def table(rows: list[dict], device: str, sms: int, clock_ghz: float, m: int, peak: float) -> str:
+    """The markdown table of ``rows`` (one per backend, D and kernel)."""
+    lines = [f"Kernels on {device} ({sms} SMs; model clock {clock_ghz} GHz), M = K = {m}, "
+             f"float32; measured exp2 peak {peak / 1e12:.2f} T/s\n",
+             "| backend | D | kernel | measured ms | predicted ms (bound) | measured / predicted | × MUFU floor (one sweep) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        pred = f"{r['predicted_ms']:.2f} ({r['bound']})" if r["predicted_ms"] else "—"
+        ratio = f"{r['measured_ms'] / r['predicted_ms']:.2f}" if r["predicted_ms"] else "—"
+        lines.append(f"| {r['source']} | {r['D']} | {r['kernel']} | {r['measured_ms']:.2f} | {pred} | {ratio} | "
+                     f"{r['x_mufu_floor']:.2f} |")
+    return "\n".join(lines)
+
+
+def dry_run(args) -> int:
+    """Everything but the GPU: the mapping of profiler names, the table, the output files."""
+    from tcvae_kernels.tools import gpu_report  # noqa: F401  (imports as on the GPU machine)
+
+    cuda = "void tcvae::fused::(anonymous namespace)::forward_kernel<float, true, (tcvae::Family)0>(int, float*)"
+    assert report_name("cuda", cuda, True) == "forward_kernel+grad", report_name("cuda", cuda, True)
+    assert report_name("triton", "_bwd_cols_kernel_0d1d", True) == "_bwd_cols_kernel"
+    rows = [{"source": "triton", "D": d, "kernel": "_fwd_kernel", "measured_ms": 1.0, "predicted_ms": 0.8,
+             "bound": "mufu", "config_of_prediction": "128x32x4w", "x_mufu_floor": 1.1} for d in args.dims]
+    text = "dry run, made-up figures: " + table(rows, "no GPU", 132, args.clock_ghz, args.m, 4.2e12)
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        open(args.out, "w").write(text + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--m", type=int, default=16384)
@@ -96,7 +132,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--clock-ghz", type=float, default=1.98, help="SM clock of the model (H100/H200 SXM boost: 1.98)")
     ap.add_argument("--out", default=None, help="markdown file for the table (a .json beside it)")
+    ap.add_argument("--dry-run", action="store_true", help="no GPU: check the script's own parts (no timing)")
     args = ap.parse_args(argv)
+    if args.dry_run:
+        return dry_run(args)
     if not torch.cuda.is_available():
         print("bench/gpu_kernels.py needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -112,7 +151,8 @@ def main(argv=None) -> int:
     peak = exp2_peak(dev)
     reports = gr.triton_reports((arch,)) + gr.cuda_reports((arch,))
     sources = [s for s in ("cuda", "triton") if s in tk.available_backends()]
-    rows = []
+    rows: list[dict] = []
+    text = table(rows, props.name, machine["sms"], args.clock_ghz, args.m, peak)
     for source in sources:
         for d in args.dims:
             m = k = args.m
@@ -136,23 +176,14 @@ def main(argv=None) -> int:
                              "x_mufu_floor": ms / floor_ms})
             del ev, train_fwd, bwd
             torch.cuda.empty_cache()
-    head = (f"Kernels on {props.name} ({machine['sms']} SMs; model clock {args.clock_ghz} GHz), M = K = {args.m}, "
-            f"float32; measured exp2 peak {peak / 1e12:.2f} T/s\n\n"
-            "| backend | D | kernel | measured ms | predicted ms (bound) | measured / predicted | × MUFU floor (one sweep) |\n"
-            "|---|---|---|---|---|---|---|")
-    lines = [head]
-    for r in rows:
-        pred = f"{r['predicted_ms']:.2f} ({r['bound']})" if r["predicted_ms"] else "—"
-        ratio = f"{r['measured_ms'] / r['predicted_ms']:.2f}" if r["predicted_ms"] else "—"
-        lines.append(f"| {r['source']} | {r['D']} | {r['kernel']} | {r['measured_ms']:.2f} | {pred} | {ratio} | "
-                     f"{r['x_mufu_floor']:.2f} |")
-    text = "\n".join(lines)
+            text = table(rows, props.name, machine["sms"], args.clock_ghz, args.m, peak)
+            if args.out:  # after every (backend, D): a run stopped at its time limit keeps what it measured
+                os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+                with open(args.out, "w") as f:
+                    f.write(text + "\n")
+                with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+                    json.dump({"device": props.name, "exp2_peak": peak, "rows": rows}, f, indent=1)
     print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        open(args.out, "w").write(text + "\n")
-        json.dump({"device": props.name, "exp2_peak": peak, "rows": rows}, open(os.path.splitext(args.out)[0] + ".json", "w"),
-                  indent=1)
     return 0
 
 

@@ -114,13 +114,6 @@ def _check_int(name: str, value, *, minimum: int) -> None:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
-def check_finite_inputs(z, mu, logvar) -> None:
-    """Raise if any input holds NaN or ±inf (costs a device sync on GPUs)."""
-    for name, t in (("z", z), ("mu", mu), ("logvar", logvar)):
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} contains NaN or infinite values (check_finite=True)")
-
-
 def normalize_groups(groups, d: int) -> list[list[int]]:
     """A partition of the D latent dimensions, given as sizes ``[2, 3, 5]`` (contiguous groups in
     order) or as index lists ``[[0, 3], [1, 2, 4]]``, as a list of index lists."""

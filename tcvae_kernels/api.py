@@ -11,12 +11,13 @@ from typing import NamedTuple, Protocol, Union, Unpack
 
 import torch
 
-from ._validation import check_estimator_args, check_family, check_finite_inputs, check_inputs, normalize_groups
+from ._host import check_finite
+from ._validation import check_estimator_args, check_family, check_inputs, normalize_groups
 from .bank import check_bank
 from .dispatch import select_backend
 from .estimators import LogWeights, log_weights
 from .options import EstimatorKwargs, EstimatorOptions, options_doc, resolve_options
-from .reference import log_qz_x_and_log_pz
+from .reference import log_density, log_qz_x_and_log_pz
 
 
 #: a partition of the D dimensions: sizes ``[2, 3, 5]`` or index lists ``[[0, 3], [1, 2, 4]]``
@@ -72,8 +73,12 @@ class GroupedDecomposition(NamedTuple):
 
 
 def autocast_active(z: torch.Tensor) -> bool:
-    """Whether a torch.autocast region is active for z's device type."""
-    return torch.is_autocast_enabled(z.device.type)
+    """Whether a torch.autocast region is active for z's device type (never on a device type that
+    autocast does not know, such as "meta")."""
+    try:
+        return torch.is_autocast_enabled(z.device.type)
+    except RuntimeError:
+        return False
 
 
 def _under_autocast(fn):
@@ -101,26 +106,65 @@ class _Estimate(NamedTuple):
     batch: tuple[torch.Tensor, torch.Tensor]  # the (global) batch's (mu, logvar) [M_global, D]: what a bank takes
 
 
-def _append_bank(mu, logvar, bank, dataset_size, estimator: str):
-    """``[mu; bank mu]``, ``[logvar; bank logvar]`` [M_global + len(bank), D]: one copy per call
-    (O((M + K)·D) against the kernels' O(M·K·D)); the bank rows carry no gradient."""
-    if bank is None or len(bank) == 0:
-        return mu, logvar
-    k = mu.shape[0] + len(bank)
-    if estimator != "uniform" and dataset_size is not None and k > dataset_size:
-        raise ValueError(f"the batch ({mu.shape[0]} components) plus the bank ({len(bank)}) make K={k} components, more "
-                         f"than dataset_size={dataset_size}: with estimator={estimator!r} each component stands for a "
-                         f"distinct data point; use a bank of at most {dataset_size - mu.shape[0]} (bank_size)")
-    bank._check_like(mu, "mu (the batch's components; under torch.autocast the estimate runs in float32, so push "
-                         "float32 components)")
-    bmu, blv = bank.components()
-    return torch.cat([mu, bmu]), torch.cat([logvar, blv])
+def _with_bank(be, z, mu, logvar, bank, opts: EstimatorOptions, offset: int, index, det: bool) -> _Estimate:
+    """The estimate against the components ``[batch; bank]``, K = M_global + bank.size: the rows the
+    bank has not filled yet are components of zero density (:meth:`ComponentBank.estimate_rows`)
+    and the weights are those of the K = M_global + filled components present, computed on the
+    device from the bank's fill level (no host read, no shape that changes while the bank fills).
+    "mws" and "uniform" weight every component alike: their weight is added to the kernel's sums.
+    "mss": the kernel sums the other components (its self and next weights -inf), and the self and
+    next terms, [M, D] densities, are added here with their weights; the next component of the last
+    global query is the first bank row, or (an empty bank, whose K wraps) the batch's first
+    component: that row's estimate is then the batch-only one. Exact up to rounding; the bank rows
+    carry no gradient."""
+    m_global = mu.shape[0]
+    bank.check_like(mu, "mu (the batch's components; under torch.autocast the estimate runs in float32, so push "
+                        "float32 components)")
+    bmu, blv = bank.estimate_rows()
+    comp_mu, comp_lv = torch.cat([mu, bmu]), torch.cat([logvar, blv])
+    w = log_weights(opts.estimator, m_global + bank.filled, opts.dataset_size, offset)
+    fam = opts.family
+
+    def fused(zq, cm, cl, weights):
+        if index is None:
+            return (*be.log_qz(zq, cm, cl, weights, deterministic=det, family=fam), None)
+        return be.log_qz_groups(zq, cm, cl, weights, index, deterministic=det, family=fam)
+
+    def grouped(l):  # [M, D] -> [M, G] sums over each group's dimensions
+        return torch.stack([l[:, g].sum(dim=1) for g in index], dim=1)
+
+    if opts.estimator != "mss":
+        q, qd, qg = fused(z, comp_mu, comp_lv, LogWeights(0.0, 0.0, 0.0, offset))
+        acc = q.dtype
+        wo = w.w_other.to(acc)
+        return _Estimate(q + wo, qd + wo, None if qg is None else qg + wo, w, (mu, logvar))
+    q, qd, qg = fused(z, comp_mu, comp_lv, LogWeights(float("-inf"), float("-inf"), 0.0, offset))
+    acc = q.dtype
+    rows = torch.arange(z.shape[0], device=z.device) + offset  # s_i; next: s_i + 1 (< K: no wrap, S >= 1)
+    l_self = log_density(z.to(acc), comp_mu[rows].to(acc), comp_lv[rows].to(acc), fam)
+    l_next = log_density(z.to(acc), comp_mu[rows + 1].to(acc), comp_lv[rows + 1].to(acc), fam)
+    ws, wn, wo = float(w.w_self), w.w_next.to(acc), w.w_other.to(acc)
+
+    def combine(kernel, own, nxt):  # log(e^{w_o}·kernel + e^{w_s}·own + e^{w_n}·next), elementwise
+        return torch.logsumexp(torch.stack([kernel + wo, own + ws, nxt + wn]), dim=0)
+
+    q = combine(q, l_self.sum(dim=1), l_next.sum(dim=1))
+    qd = combine(qd, l_self, l_next)
+    qg = None if qg is None else combine(qg, grouped(l_self), grouped(l_next))
+    if offset + z.shape[0] == m_global:  # this rank holds the global last query: an empty bank wraps its next
+        alone = fused(z[-1:], mu, logvar, log_weights("mss", m_global, opts.dataset_size, m_global - 1))
+        empty = bank.filled == 0
+        q, qd = (torch.cat([t[:-1], torch.where(empty, a.to(acc), t[-1:])]) for t, a in zip((q, qd), alone))
+        if qg is not None:
+            qg = torch.cat([qg[:-1], torch.where(empty, alone[2].to(acc), qg[-1:])])
+    return _Estimate(q, qd, qg, w, (mu, logvar))
 
 
 def _log_qz_acc(z, mu, logvar, opts: EstimatorOptions, *, need_own_component=False, groups=None) -> _Estimate:
     """Validate, dispatch, and return (log_qz, log_qz_dims, log_qz_groups or None, the weights) in
     the accumulation dtype (groups: :meth:`Backend.log_qz_groups`). With a process group the
-    components are those of the global batch (tcvae_kernels.distributed)."""
+    components are those of the global batch (tcvae_kernels.distributed); with a materialized bank,
+    those and the bank's (:func:`_with_bank`)."""
     m, k, _ = check_inputs(z, mu, logvar)
     check_family(opts.family)
     check_bank(opts.bank, opts.family)
@@ -131,22 +175,33 @@ def _log_qz_acc(z, mu, logvar, opts: EstimatorOptions, *, need_own_component=Fal
         )
     index = normalize_groups(groups, z.shape[1]) if groups is not None else None
     if opts.check_finite:
-        check_finite_inputs(z, mu, logvar)
+        check_finite((z, mu, logvar), ("z", "mu", "logvar"))
     offset = 0
     if opts.process_group is not None:
         from .distributed import gather_components
 
         mu, logvar, offset = gather_components(mu, logvar, opts.process_group)
-    batch = (mu, logvar)
-    mu, logvar = _append_bank(mu, logvar, opts.bank, opts.dataset_size, opts.estimator)
-    k = mu.shape[0]
-    check_estimator_args(opts.estimator, opts.dataset_size, m, k, offset)
-    weights = log_weights(opts.estimator, k, opts.dataset_size, offset)
+    bank = opts.bank if opts.bank is not None and opts.bank.materialized else None
+    k = mu.shape[0] + (bank.size if bank is not None else 0)
+    n = opts.dataset_size
+    if bank is not None and opts.estimator != "uniform" and n is not None and k > n:
+        raise ValueError(f"the batch ({mu.shape[0]} components) plus the bank (size {bank.size}) make K={k} components, "
+                         f"more than dataset_size={n}: with estimator={opts.estimator!r} each component stands for a "
+                         f"distinct data point; use a bank of at most {n - mu.shape[0]} (bank_size)")
+    check_estimator_args(opts.estimator, n, m, k, offset)
+    if bank is not None and opts.estimator == "mss" and mu.shape[0] < 2:
+        raise ValueError("estimator='mss' with a bank needs a (global) batch of at least 2 components: the first "
+                         "estimate, before anything is pushed, has only the batch's")
+    det = bool(opts.deterministic)
     be = select_backend(opts.backend, z, mu, logvar)
-    det, fam = bool(opts.deterministic), opts.family
+    if bank is not None:
+        return _with_bank(be, z, mu, logvar, bank, opts, offset, index, det)
+    weights = log_weights(opts.estimator, k, n, offset)
+    fam = opts.family
     if index is None:
-        return _Estimate(*be.log_qz(z, mu, logvar, weights, deterministic=det, family=fam), None, weights, batch)
-    return _Estimate(*be.log_qz_groups(z, mu, logvar, weights, index, deterministic=det, family=fam), weights, batch)
+        return _Estimate(*be.log_qz(z, mu, logvar, weights, deterministic=det, family=fam), None, weights, (mu, logvar))
+    return _Estimate(*be.log_qz_groups(z, mu, logvar, weights, index, deterministic=det, family=fam), weights,
+                     (mu, logvar))
 
 
 @options_doc

@@ -56,12 +56,14 @@ class LogWeights(NamedTuple):
         return cls(float(weights[0]), float(weights[1]), float(weights[2]), int(offset))
 
 
-def log_weights(estimator: str, num_components: int, dataset_size: int | None, offset: int = 0) -> LogWeights:
+def log_weights(estimator: str, num_components, dataset_size: int | None, offset: int = 0) -> LogWeights:
     """The structured log weights of an estimator (the weight contract every op takes).
 
     Args:
         estimator: "mss", "mws" or "uniform" (:data:`~tcvae_kernels.estimators.ESTIMATORS`).
-        num_components: K, the components of the mixture (K >= 2 for "mss").
+        num_components: K, the components of the mixture (K >= 2 for "mss"): an int, or a 0-dim
+            integer tensor (a component bank's fill level: the weights are then float64 tensors on its
+            device, computed there without reading K on the host).
         dataset_size: N (>= K for "mss"); unused by "uniform".
         offset: s_i - i, the index of query i's own component minus i (0 for a minibatch).
 
@@ -75,17 +77,20 @@ def log_weights(estimator: str, num_components: int, dataset_size: int | None, o
             functions do it first).
     """
     k = num_components
+    log = math.log
+    if isinstance(k, torch.Tensor):
+        k, log = k.to(torch.float64), torch.log
     if estimator == "mws":
-        w = -math.log(dataset_size) - math.log(k)
+        w = -math.log(dataset_size) - log(k)
         return LogWeights(w, w, w, offset)
     if estimator == "mss":
         n = dataset_size
         w_self = -math.log(n)
-        w_next = math.log(n - k + 1) - math.log(n) - math.log(k - 1)
-        w_other = -math.log(k - 1)
+        w_next = log(n - k + 1) - math.log(n) - log(k - 1)
+        w_other = -log(k - 1)
         return LogWeights(w_self, w_next, w_other, offset)
     if estimator == "uniform":
-        w = -math.log(k)
+        w = -log(k)
         return LogWeights(w, w, w, offset)
     raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
 

@@ -52,7 +52,7 @@ def test_push_detaches_and_copies():
 @pytest.mark.parametrize("bad, err, words", [
     (lambda: (torch.zeros(2, 3), torch.zeros(2, 3)), ValueError, "D=3"),
     (lambda: (torch.zeros(2, 2, dtype=torch.float32), torch.zeros(2, 2, dtype=torch.float32)), TypeError, "float32"),
-    (lambda: (torch.zeros(2, 2, device="meta", dtype=torch.float64),) * 2, ValueError, "bank.to("),
+    (lambda: (torch.zeros(2, 2, device="meta", dtype=torch.float64),) * 2, ValueError, ".to("),
     (lambda: (torch.zeros(2, 2, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float64)), ValueError, "shape"),
     (lambda: (torch.zeros(2, dtype=torch.float64),) * 2, ValueError, "[M, D]"),
     (lambda: (torch.zeros(2, 2, dtype=torch.int64),) * 2, TypeError, "floating"),
@@ -198,9 +198,9 @@ def test_every_function_uses_the_bank():
 
 def test_bank_errors_name_the_fix():
     z, mu, lv = make_inputs(8, 8, 3)
-    bank = tk.ComponentBank(100)
-    bank.push(*make_inputs(95, 95, 3)[1:])
-    with pytest.raises(ValueError, match="K=103 components, more than dataset_size=100.*at most 92"):
+    bank = tk.ComponentBank(100)  # the bank's size counts, however full: K = M + size from the first call
+    bank.push(*make_inputs(5, 5, 3)[1:])
+    with pytest.raises(ValueError, match="K=108 components, more than dataset_size=100.*at most 92"):
         tk.decompose(z, mu, lv, dataset_size=100, bank=bank)
     tk.decompose(z, mu, lv, estimator="uniform", bank=bank)  # a plain mixture has no such bound
     with pytest.raises(ValueError, match="family='laplace'"):
@@ -230,7 +230,10 @@ def test_loss_pushes_after_the_estimate_in_training_only(cls):
     first = loss(*batches[0])
     alone = make()
     alone.bank = None
-    assert torch.equal(first, alone(*batches[0]))  # empty bank: the batch only (never its own rows)
+    assert "bank" not in dict(alone.named_children()) and alone.options.bank is None
+    # empty bank: the batch only (never its own rows), up to rounding (the bank's estimate adds the
+    # self and next terms to the kernel's sums of the others)
+    assert torch.allclose(first, alone(*batches[0]), rtol=0, atol=1e-12)
     assert len(loss.bank) == 5
     second = loss(*batches[1])
     z, mu, lv = batches[1]
@@ -279,15 +282,19 @@ def test_loss_state_dict_carries_the_bank():
     assert len(fresh.bank) == 0  # a checkpoint without a bank: it refills
 
 
-def test_loss_moves_its_bank_to_the_batch_device(monkeypatch):
-    # a checkpoint loaded with map_location="cpu" into a loss trained on cuda: the loss moves its
-    # bank (its state, like a buffer) to the batch's device; the functions still refuse a mismatch.
+def test_the_first_call_moves_the_state_to_the_batch_device():
+    # a loss built on the cpu (or loaded with map_location="cpu") and called on another device: its
+    # first call (a lazy module's one-time set-up, which torch.compile runs before it traces) moves its
+    # buffers there and gives the bank its storage; later it moves with .to() like any module.
     loss = tk.BetaTCVAELoss(dataset_size=100, warn_regime=False, bank_size=8)
-    loss(*make_inputs(3, 3, 2))
-    moved = []
-    monkeypatch.setattr(type(loss.bank), "to", lambda b, device: moved.append(torch.device(device)) or b)
-    loss.eval()(*make_inputs(3, 3, 2))
-    assert moved == [torch.device("cpu")]
+    z, mu, lv = (t.to("meta") for t in make_inputs(3, 3, 2))
+    loss.initialize_parameters(z, mu, lv)
+    assert loss.step.device.type == loss.bank.device.type == loss.bank.mu.device.type == "meta"
+    assert loss.bank.dim == 2 and loss.bank.dtype == z.dtype
+    trained = tk.BetaTCVAELoss(dataset_size=100, warn_regime=False, bank_size=8)
+    trained(*make_inputs(3, 3, 2))
+    with pytest.raises(ValueError, match=r"the bank is on cpu; move the bank \(or the loss that owns it\) with \.to"):
+        trained(z, mu, lv)
 
 
 def test_loss_bank_size_checks():

@@ -52,8 +52,9 @@ def test_train_script_bank_is_filled_saved_and_resumed(tmp_path):
             "--out", str(tmp_path)]
     train.main([*args, "--steps", "2"])  # pushes 2 × 16 rows
 
-    def bank_state():
-        return torch.load(tmp_path / "checkpoint.pt", weights_only=True)["loss"]["_extra_state"]["bank"]
+    def bank_state():  # the loss's state_dict: the bank's buffers under "bank."
+        loss = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["loss"]
+        return {k: int(loss[f"bank.{k}"]) for k in ("filled", "pushes")}
 
     assert (bank_state()["filled"], bank_state()["pushes"]) == (32, 2)
     res = train.main([*args, "--steps", "4", "--resume"])  # continues with the saved bank: 64 rows pushed, 40 kept

@@ -67,7 +67,9 @@ class FusedBetaTCVAE(BetaTCVAE):
         super().__init__(model_config, encoder=encoder, decoder=decoder)
         self.backend = backend
         _check_int("bank_size", bank_size, minimum=0)
-        self.bank = ComponentBank(bank_size) if bank_size else None
+        # not a registered submodule: pythae's saved model holds the networks alone (its AutoModel
+        # reloads the weights strictly), so the bank stays out of state_dict and follows the batch
+        object.__setattr__(self, "bank", ComponentBank(bank_size) if bank_size else None)
         self._warned_dataset_size = False
 
     @classmethod

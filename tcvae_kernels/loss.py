@@ -13,6 +13,7 @@ the batch), and keeps the last detached terms in ``.last`` for logging.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import numbers
 import warnings
@@ -21,9 +22,11 @@ from typing import Any, Generic, NamedTuple, TypeVar, overload
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules.lazy import LazyModuleMixin
 
-from ._validation import _check_int, normalize_groups
-from .api import Decomposition, GroupedDecomposition, Groups, PriorArg, _decompose, _grouped_decompose
+from . import _host
+from ._validation import _check_int, accumulation_dtype, normalize_groups
+from .api import Decomposition, GroupedDecomposition, Groups, PriorArg, _decompose, _grouped_decompose, autocast_active
 from .reference import check_prior
 from .bank import ComponentBank
 from .options import EstimatorOptions
@@ -51,29 +54,53 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu * mu + torch.exp(logvar) - logvar - 1).sum(dim=1)
 
 
-class _WarmupMixin:
-    """Linear warm-up of the weights named in ``_annealed`` over ``warmup_steps`` training calls;
-    the step count is part of ``state_dict`` so resumed runs continue the schedule."""
+class _LossState(LazyModuleMixin, nn.Module):
+    """What the losses keep between calls, as registered buffers (``state_dict``, ``.to()``, a
+    compiled step updates them in place with no host read): ``step``, the training-mode calls so
+    far (0-dim int64), and the component bank of the TC losses (a submodule). The weights named in
+    ``_annealed`` ramp linearly from 0 over ``warmup_steps`` training calls.
 
-    _annealed: tuple = ()
+    At the first call (a lazy module's one-time initialisation, which ``torch.compile`` runs before
+    it traces) the buffers move to the batch's device if they are elsewhere and a bank without
+    storage gets it (the batch's D, the dtype its estimate pushes); later, the loss moves with
+    ``.to()`` like any module with state."""
 
-    def _init_warmup(self, warmup_steps: int):
+    def _init_state(self, warmup_steps: int) -> None:
         _check_int("warmup_steps", warmup_steps, minimum=0)
         self.warmup_steps = warmup_steps
-        self.step = 0
+        self.step: torch.Tensor
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+
+    def initialize_parameters(self, z, mu, logvar) -> None:
+        """The first call's set-up (see the class docstring)."""
+        dev = z.device
+        if self.step.device != dev:
+            self.step = self.step.to(dev)
+        bank = getattr(self, "_modules", {}).get("bank")
+        if bank is not None:
+            if bank.device != dev:
+                bank.to(dev)
+            if not bank.materialized:
+                half = mu.dtype in (torch.float16, torch.bfloat16)
+                bank.materialize(mu.shape[1], torch.float32 if half and autocast_active(mu) else mu.dtype, dev)
+
+    def _replicate_for_data_parallel(self):  # replicas of an initialised loss (LazyModuleMixin refuses any)
+        return nn.Module._replicate_for_data_parallel(self)
 
     def ramp(self) -> float:
-        return 1.0 if self.warmup_steps == 0 else min(1.0, self.step / self.warmup_steps)
+        """The warm-up factor of the next call, in [0, 1] (reads ``step`` on the host)."""
+        return 1.0 if self.warmup_steps == 0 else min(1.0, int(self.step) / self.warmup_steps)
 
-    def _advance(self):
+    def _ramped(self, weight: float, like: torch.Tensor):
+        """``weight`` times the warm-up factor: the float itself without warm-up, else a 0-dim tensor of
+        ``like``'s dtype computed from ``step`` on its device (float64, then rounded once)."""
+        if self.warmup_steps == 0:
+            return weight
+        return (weight * (self.step.to(torch.float64) / self.warmup_steps).clamp(max=1.0)).to(like.dtype)
+
+    def _advance(self) -> None:
         if self.training:
-            self.step += 1
-
-    def get_extra_state(self):
-        return {"step": self.step}
-
-    def set_extra_state(self, state):
-        self.step = int(state["step"])
+            self.step.add_(1)
 
 
 class EstimatorRegimeWarning(UserWarning):
@@ -81,11 +108,11 @@ class EstimatorRegimeWarning(UserWarning):
     above ``SELF_SHARE_WARNING``): see :func:`tcvae_kernels.self_share`."""
 
 
-#: The TC losses warn (once per loss object) when the batch mean of the self share exceeds
-#: SELF_SHARE_WARNING while the batch is under SMALL_BATCH_FRACTION of dataset_size. Chosen from the
 #: The bank size the docs recommend, capped at dataset_size / 4 (docs/estimators.md, "A component
 #: bank": a 16k bank leaves 1-3 % TC bias at N = 50,000; stale entries cost nothing measurable).
 RECOMMENDED_BANK = 16384
+#: The TC losses warn (once per loss object) when the batch mean of the self share exceeds
+#: SELF_SHARE_WARNING while the batch is under SMALL_BATCH_FRACTION of dataset_size. Chosen from the
 #: 48 cells measured by ``python/estimator_bias.py --regime`` (docs/estimators.md, "Why is my TC negative?"): the
 #: rule marks 21, in 15 of which the MSS estimate is off by more than half the TC (6 of the 8
 #: negative estimates); of the 27 it leaves, 4 are off that much, all at batches of 32-128 with
@@ -143,7 +170,7 @@ class _OptionField(Generic[T]):
         obj.options = dataclasses.replace(obj.options, **{self.name: value}).validate()
 
 
-class BetaTCVAELoss(_WarmupMixin, nn.Module):
+class BetaTCVAELoss(_LossState):
     """β-TCVAE KL penalty ``α·MI + β·TC + γ·dim_KL`` (Chen et al. 2018), batch means.
 
     Add the returned scalar to your reconstruction loss (both as means over the batch)::
@@ -164,15 +191,15 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
             object with ``log_prob(z)`` returning [M] or [M, D] (a learned one trains: a module is
             registered as a submodule of the loss, so its parameters are in ``loss.parameters()``).
         warmup_steps: if > 0, β and γ ramp linearly from 0 to their values over that many
-            training-mode calls (KL warm-up, as in the authors' code); the step count is saved
-            in ``state_dict`` so resumed runs continue the schedule.
+            training-mode calls (KL warm-up, as in the authors' code); the step count is the buffer
+            ``loss.step``, saved in ``state_dict`` so resumed runs continue the schedule.
         bank_size: 0 (off), or the size of a :class:`~tcvae_kernels.ComponentBank` the loss owns
             (``loss.bank``): each call estimates q(z) with the batch's components plus the bank's
             (K = M + len(bank)), and each training-mode call then pushes the (global) batch's
             detached components, so a component never meets its own query twice. It removes most of
             the minibatch bias for no network memory (docs/estimators.md, "A component bank":
-            measured bias, staleness and cost); M + bank_size <= dataset_size. Saved in
-            ``state_dict``; the bank follows the batch's device (e.g. after a checkpoint loaded to cpu).
+            measured bias, staleness and cost); M + bank_size <= dataset_size. A submodule:
+            saved in ``state_dict``, moved by ``.to()`` (and, at the first call, to the batch's device).
         bank: instead of ``bank_size``, a :class:`~tcvae_kernels.ComponentBank` of your own (the
             loss reads and pushes it the same way; ``loss.bank``).
         warn_regime: warn once (:class:`EstimatorRegimeWarning`) when the batch mean of the self
@@ -221,9 +248,11 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         bank: ComponentBank | None = None,
     ) -> None:
         super().__init__()
-        self._init_warmup(warmup_steps)
+        self._init_state(warmup_steps)
         self.warn_regime = bool(warn_regime)
         self._regime_warned = False
+        self._host_calls = 0
+        self._host_key = _host.register(self._host_regime)
         _check_int("bank_size", bank_size, minimum=0)
         if bank_size and bank is not None:
             raise TypeError("pass bank_size= (the loss creates its bank) or bank= (a ComponentBank of yours), not both")
@@ -241,70 +270,93 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
         self.prior = prior
         self.last: BetaTCVAETerms | None = None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # an option field (``loss.bank = None`` too) goes to its descriptor, not to nn.Module's
+        # registry (which would set the submodule alone, behind the options' back)
+        if isinstance(getattr(type(self), name, None), _OptionField):
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    @property
+    def options(self) -> EstimatorOptions:
+        """How q(z) is estimated (:class:`~tcvae_kernels.EstimatorOptions`); setting it validates it,
+        and its bank becomes the submodule ``bank`` (in ``state_dict``, moved by ``.to()``)."""
+        return self._options
+
+    @options.setter
+    def options(self, value: EstimatorOptions) -> None:
+        self._options = value.validate()
+        if value.bank is None:
+            self._modules.pop("bank", None)
+        else:
+            self._modules["bank"] = value.bank
+
     def current_weights(self) -> tuple[float, float, float]:
-        """(α, β, γ) in effect for the next call, after warm-up annealing."""
+        """(α, β, γ) in effect for the next call, after warm-up annealing (reads ``step`` on the host)."""
         r = self.ramp()
         return self.alpha, self.beta * r, self.gamma * r
 
     def forward(self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        self._bank_to(z.device)
+        """The penalty ``α·MI + β·TC + γ·dim_KL`` (a scalar in the accumulation dtype) for queries
+        ``z`` drawn from the batch's posteriors ``(mu, logvar)`` [M, D]; ``.last`` holds its terms. In
+        training mode the call also checks the estimator's regime (every ``REGIME_CHECK_EVERY``
+        calls), pushes the (global) batch into the bank and advances the warm-up: all of it in place,
+        so a compiled step does the same."""
         parts, share, batch = _decompose(z, mu, logvar, self.options, self.prior)
-        a, b, g = self.current_weights()
+        b, g = self._ramped(self.beta, parts.tc), self._ramped(self.gamma, parts.tc)
         self.last = _terms(BetaTCVAETerms, parts, share)
-        self._check_regime(z)
-        self._push(batch)
-        self._advance()
-        return a * parts.mi + b * parts.tc + g * parts.dim_kl
+        self._after(share, batch)
+        return self.alpha * parts.mi + b * parts.tc + g * parts.dim_kl
 
-    @torch.compiler.disable
-    def _bank_to(self, device: torch.device) -> None:
-        """The bank follows the batch's device, as a buffer follows the module (a checkpoint loaded
-        with map_location="cpu" into a loss trained on cuda); D and dtype are still checked."""
-        if self.options.bank is not None:
-            self.options.bank.to(device)  # no copy where it is already there
-
-    @torch.compiler.disable
-    def _push(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        """After the estimate, in training mode: the (global) batch's detached components into the bank."""
+    def _after(self, share: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """After the estimate, in training mode: the regime check (a host callback), the (global)
+        batch's detached components into the bank, the warm-up step."""
+        if not self.training:
+            return
         bank = self.options.bank
-        if bank is not None and self.training:
+        if self.warn_regime:
+            _host.callback(self._host_key, [share.mean()] + ([bank.filled] if bank is not None else []),
+                           [batch[0].shape[0]])
+        if bank is not None:
             bank.push(batch[0].detach(), batch[1].detach(), check_finite=self.options.check_finite)
+        self._advance()
 
-    def get_extra_state(self):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """A checkpoint without a bank leaves this loss's bank empty (it refills in size/M steps); one
+        with a bank needs a loss with a bank of that size."""
+        saved = state_dict.get(prefix + "bank._extra_state")
         bank = self.options.bank
-        return {"step": self.step, "bank": None if bank is None else bank.state_dict()}
-
-    def set_extra_state(self, state):
-        """The warm-up step and the bank. A checkpoint without a bank leaves this loss's bank empty
-        (it refills in size/M steps); one with a bank needs a loss with a bank of that size."""
-        bank, saved = self.options.bank, state.get("bank")
         if saved is not None and bank is None:
             raise ValueError(f"the checkpoint holds a component bank of size {saved['size']} but this loss has none; "
                              f"create the loss with bank_size={saved['size']}")
-        if bank is not None:
-            if saved is None:
-                bank.clear()
-            else:
-                bank.load_state_dict(saved)
-        self.step = int(state["step"])
+        if saved is None and bank is not None:  # (state_dict is load_state_dict's own copy)
+            state_dict.update({f"{prefix}bank.{k}": v for k, v in ComponentBank(bank.size, bank.family).state_dict().items()})
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
-    def _check_regime(self, z: torch.Tensor):
-        """The one-time warning, read every REGIME_CHECK_EVERY training calls (a host sync then)."""
-        if not (self.warn_regime and self.training) or self._regime_warned or self.step % REGIME_CHECK_EVERY:
+    def __setstate__(self, state):  # a copy (deepcopy, pickle) gets its own regime check
+        super().__setstate__(state)
+        self._host_key = _host.register(self._host_regime)
+
+    def _host_regime(self, share: torch.Tensor, *rest) -> None:
+        """The one-time warning, on the host: it reads the share (a sync on a GPU) every
+        REGIME_CHECK_EVERY training calls and does nothing on the others."""
+        *filled, m_global = rest
+        calls, self._host_calls = self._host_calls, self._host_calls + 1
+        if self._regime_warned or calls % REGIME_CHECK_EVERY:
             return
-        if torch.compiler.is_compiling():
-            return
-        n, pg = self.options.dataset_size, self.options.process_group
-        k = z.shape[0] * (torch.distributed.get_world_size(pg) if pg is not None else 1)  # the (global) batch
-        k += 0 if self.options.bank is None else len(self.options.bank)
+        n = self.options.dataset_size
+        k = m_global + (int(filled[0]) if filled else 0)  # the components of the estimate
         if n is not None and k >= SMALL_BATCH_FRACTION * n:
             return
-        share = float(self.last.self_share)
-        if share > SELF_SHARE_WARNING:
+        value = float(share)
+        if value > SELF_SHARE_WARNING:
             self._regime_warned = True
             warnings.warn(
                 f"tcvae_kernels: the minibatch estimate of q(z) is dominated by each sample's own posterior "
-                f"(mean self share {share:.2f} > {SELF_SHARE_WARNING} at training call {self.step}, {k} components of "
+                f"(mean self share {value:.2f} > {SELF_SHARE_WARNING} at training call {calls}, {k} components of "
                 f"dataset_size {n}): each log q(z_i) rests on a few components, the MI estimate sits near its "
                 f"ceiling (log N for MSS) and the TC estimate is off by up to its own size, often negative, so "
                 f"beta*TC acts on information rather than on dependence between the latents. What helps: "
@@ -312,7 +364,7 @@ class BetaTCVAELoss(_WarmupMixin, nn.Module):
                 f"the global batch across ranks (process_group=); a dataset_size that matches the data actually "
                 f"sampled. Silence with warn_regime=False or warnings.filterwarnings('ignore', "
                 f"category=tcvae_kernels.EstimatorRegimeWarning). docs/estimators.md: 'Why is my TC negative?'",
-                EstimatorRegimeWarning, stacklevel=5)  # _check_regime, forward, Module's two calls, the caller
+                EstimatorRegimeWarning, stacklevel=_host.user_stacklevel())
 
     def _bank_advice(self, n: int | None) -> str:
         """The recommended bank (docs/estimators.md, "A component bank"): min(16384, N/4)."""
@@ -365,15 +417,12 @@ class HFVAELoss(BetaTCVAELoss):
         normalize_groups(groups, _implied_dims(groups))  # a valid partition (checked against D per call)
 
     def forward(self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        self._bank_to(z.device)
+        """The penalty ``α·MI + β·TC_between + β_within·TC_within + γ·dim_KL``; as :meth:`BetaTCVAELoss.forward`."""
         parts, share, batch = _grouped_decompose(z, mu, logvar, self.options, self.groups, self.prior)
-        a, b, g = self.current_weights()
-        bw = self.beta_within * self.ramp()
+        b, bw, g = (self._ramped(w, parts.mi) for w in (self.beta, self.beta_within, self.gamma))
         self.last = _terms(HFVAETerms, parts, share)
-        self._check_regime(z)
-        self._push(batch)
-        self._advance()
-        return a * parts.mi + b * parts.tc_between + bw * parts.tc_within + g * parts.dim_kl
+        self._after(share, batch)
+        return self.alpha * parts.mi + b * parts.tc_between + bw * parts.tc_within + g * parts.dim_kl
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", beta_within={self.beta_within}, groups={self.groups}"
@@ -386,7 +435,7 @@ class BetaVAETerms(NamedTuple):
     kl: torch.Tensor
 
 
-class BetaVAELoss(_WarmupMixin, nn.Module):
+class BetaVAELoss(_LossState):
     """β-VAE penalty ``β·mean_i KL(q(z|x_i) ‖ N(0, I))`` (Higgins et al. 2017), analytic KL.
 
     ``z`` is accepted for a uniform interface and not used."""
@@ -394,14 +443,15 @@ class BetaVAELoss(_WarmupMixin, nn.Module):
     def __init__(self, beta: float = 4.0, *, warmup_steps: int = 0):
         super().__init__()
         self.beta = _check_weight("beta", beta)
-        self._init_warmup(warmup_steps)
+        self._init_state(warmup_steps)
         self.last: BetaVAETerms | None = None
 
     def forward(self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """``β·mean_i KL(q(z|x_i) ‖ N(0, I))`` (β after warm-up); advances the warm-up in training mode."""
         _check_batch(z, mu, logvar)
         kl = gaussian_kl(mu, logvar).mean()
         self.last = BetaVAETerms(kl.detach())
-        b = self.beta * self.ramp()
+        b = self._ramped(self.beta, kl)
         self._advance()
         return b * kl
 
@@ -487,7 +537,11 @@ class FactorVAELoss(nn.Module):
         self.last: FactorVAETerms | None = None
 
     def tc_estimate(self, z: torch.Tensor) -> torch.Tensor:
-        logits = self.discriminator(z)
+        """The density-ratio estimate ``mean_i (D(z_i)[0] - D(z_i)[1])`` (gradients reach the discriminator)."""
+        return self._tc_of(self.discriminator(z))
+
+    @staticmethod
+    def _tc_of(logits: torch.Tensor) -> torch.Tensor:
         if logits.ndim != 2 or logits.shape[1] != 2:
             raise ValueError(f"the discriminator must return [M, 2] logits, got {tuple(logits.shape)}")
         return (logits[:, 0] - logits[:, 1]).mean()
@@ -495,15 +549,11 @@ class FactorVAELoss(nn.Module):
     def forward(self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         _check_batch(z, mu, logvar)
         kl = gaussian_kl(mu, logvar).mean()
-        params = list(self.discriminator.parameters())
-        flags = [p.requires_grad for p in params]
-        for p in params:  # the VAE step must not move the discriminator
-            p.requires_grad_(False)
-        try:
-            tc = self.tc_estimate(z)
-        finally:
-            for p, f in zip(params, flags):
-                p.requires_grad_(f)
+        # the VAE step must not move the discriminator: it runs on detached copies of its parameters
+        # (a functional call: no flag flipped on the parameters, so a compiled step has nothing to guard)
+        frozen = {n: t.detach() for n, t in itertools.chain(self.discriminator.named_parameters(),
+                                                            self.discriminator.named_buffers())}
+        tc = self._tc_of(torch.func.functional_call(self.discriminator, frozen, (z,)))
         self.last = FactorVAETerms(kl.detach(), tc.detach())
         return kl + self.gamma * tc
 

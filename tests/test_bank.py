@@ -152,6 +152,47 @@ def test_decompose_with_bank_equals_reference_on_concatenation(backend, device, 
     assert len(bank) == 10  # the functions only read it
 
 
+@pytest.mark.parametrize("estimator, filled", [("mss", 0), ("mss", 5), ("mss", 16), ("mws", 5), ("uniform", 16)],
+                         ids=["mss-empty", "mss-partial", "mss-full", "mws-partial", "uniform-full"])
+@pytest.mark.parametrize("backend, device", targets())
+def test_bank_estimate_float32_extreme_inputs(backend, device, estimator, filled):
+    """The bank's composition in float32 on extreme inputs (logvar -20..20, queries far from every
+    component), empty (the last query's next wraps to the batch's first component), partly filled
+    (the rest of the capacity components of zero density) and full after a wrap: log_qz,
+    log_qz_dims and the gradients of z and the batch's mu, logvar against the float64 reference on
+    the concatenation [batch; filled rows], within the tolerance rule's allowance for that
+    concatenation (check_backend, which also checks the backend there)."""
+    name = backend if isinstance(backend, str) else backend.name
+    m, d, size, n = 7, 3, 10, 400
+    z, mu, lv = make_inputs(m, m, d, kind="extreme", dtype=torch.float32)
+    _, bmu, blv = make_inputs(size + 6, size + 6, d, kind="extreme", dtype=torch.float32)
+    bank = tk.ComponentBank(size)
+    bank.push(bmu[:3], blv[:3])
+    bank.clear()  # storage kept, nothing held
+    if filled:  # 16 rows into 10: more than the size, the last 10 kept
+        bank.push(bmu[:filled], blv[:filled])
+    held = bank.components() if filled else (bmu[:0], blv[:0])
+    cm, cl = torch.cat([mu, held[0]]), torch.cat([lv, held[1]])
+    k = cm.shape[0]
+    g = torch.Generator().manual_seed(99)
+    ups = (torch.randn(m, generator=g, dtype=torch.float64), torch.randn(m, d, generator=g, dtype=torch.float64))
+    res = check_backend(backend, z.to(device), cm.to(device), cl.to(device), log_weights(estimator, k, n),
+                        upstream=ups)
+    assert_ok(res, f"{name} on the concatenation")
+    leaves = [t.to(device).requires_grad_() for t in (z, mu, lv)]
+    out = tk.log_qz(*leaves, dataset_size=n, estimator=estimator, backend=name, bank=bank.to(device))
+    grads = torch.autograd.grad(sum((o.double() * u.to(device)).sum() for o, u in zip(out, ups)), leaves)
+    ref = [t.double().requires_grad_() for t in (z, mu, lv)]
+    want = log_qz_reference(ref[0], torch.cat([ref[1], held[0].double()]), torch.cat([ref[2], held[1].double()]),
+                            log_weights(estimator, k, n))
+    want_g = torch.autograd.grad(sum((o * u).sum() for o, u in zip(want, ups)), ref)
+    for label, a, e in zip(("log_qz", "log_qz_dims", "grad_z", "grad_mu", "grad_logvar"), [*out, *grads],
+                           [*want, *want_g]):
+        err = (a.detach().double().cpu() - e.detach()).abs().max().item()
+        assert torch.isfinite(a).all(), label
+        assert err <= res.allowed[label], f"{label}: {err:.3e} > {res.allowed[label]:.3e}"
+
+
 @pytest.mark.parametrize("backend, device", targets(fused_only=True, emulation=True))
 def test_kernels_at_a_bank_shape(backend, device):
     """The kernels themselves at K = M + bank > M (float32, extreme inputs, the tolerance rule): the

@@ -14,7 +14,7 @@ The model of ``python/demo.py`` (MLP 1024 → 512 → 512 → 2·10 and back, Be
 
 Reported per run: the median step time after the first ``--warmup`` steps, the first call's time
 (the compile), dynamo's graphs after the first step and the frames compiled after it (recompiles;
-0 is the target), graph breaks, and the largest difference of the loss from eager's over the steps.
+0 is the target), graph breaks, and the first step's loss against eager's (relative).
 
     python bench/compiled_step.py [--device cpu] [--steps 200] [--batch 1024] [--banks 0 4096]
                                   [--modes eager compile fullgraph] [--out bench/out/compiled_step.md]
@@ -129,14 +129,16 @@ def table(rows: list[dict], device_name: str) -> str:
     lines = [f"Training step of the demo's model on {device_name}: batch {rows[0]['batch']}, D = 10, "
              f"{rows[0]['steps']} steps per run (medians after the warm-up steps)\n",
              "| bank | mode | median step ms | × eager | first call s | graphs | recompiles | graph breaks | "
-             "max abs loss diff vs eager |", "|---|---|---|---|---|---|---|---|---|"]
+             "first loss vs eager (relative) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         e = eager.get(r["bank"])
         if "error" in r:
             lines.append(f"| {r['bank']} | {r['mode']} | fails: {r['error'][:120]} |||||||")
             continue
         ratio = f"{r['median_ms'] / e['median_ms']:.2f}" if e and r["median_ms"] and e["median_ms"] else "—"
-        diff = max(abs(a - b) for a, b in zip(r["losses"], e["losses"])) if e else float("nan")
+        # the first step's loss: later ones follow trajectories that rounding moves apart (Adam's first
+        # updates are ±lr whatever the gradient's size), so they compare the optimiser, not the loss
+        diff = abs(r["losses"][0] - e["losses"][0]) / abs(e["losses"][0]) if e else float("nan")
         med = f"{r['median_ms']:.1f}" if r["median_ms"] else "—"
         graphs = "—" if r["mode"] == "eager" else r["graphs"]
         lines.append(f"| {r['bank']} | {r['mode']} | {med} | {ratio} | {r['first_s']:.2f} | {graphs} | "
@@ -173,14 +175,13 @@ def main(argv=None) -> int:
                      "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"}
             rows.append(r)
             print(json.dumps({k: v for k, v in r.items() if k != "losses"}), flush=True)
-    text = table(rows, name)
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-        with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "rows": rows}, f, indent=1)
+            if args.out:  # after every run: a call stopped at its time limit keeps what it measured
+                os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+                with open(args.out, "w") as f:
+                    f.write(table(rows, name) + "\n")
+                with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+                    json.dump({"device": name, "torch": torch.__version__, "rows": rows}, f, indent=1)
+    print(table(rows, name))
     return 0
 
 

@@ -11,8 +11,8 @@
 #            both families (`check --devices cuda`); backend="auto"'s one-time self-check      ~1 min, 120 s
 #   kernels  each kernel timed at M = K = 16384, D = 10 and 32, beside the throughput model's
 #            prediction (bench/gpu_kernels.py)                                                 ~2 min, 150 s
-#   step     the demo's training step: eager, torch.compile, fullgraph, reduce-overhead
-#            (bench/compiled_step.py, 60 steps, with and without a bank)                      ~2 min, 150 s
+#   step     the demo's training step: eager, fullgraph, reduce-overhead (CUDA graphs)
+#            (bench/compiled_step.py, 60 steps, with and without a bank of 4096)              ~2 min, 150 s
 # Second-call stages, named explicitly (each fits one 10-minute call):
 #   test       the whole suite on CUDA (Triton compiled, not interpreted), 8 workers
 #   sanitize   compute-sanitizer memcheck / racecheck / initcheck on small cases of the GPU backends
@@ -25,7 +25,7 @@
 # summary.md, log.txt, verify.txt, kernels.md, kernels.json, step.md, step.json.
 # --dry-run: the control flow on a machine without a GPU (tests/test_gpu_check.py runs it): every
 # stage runs its commands against the CPU at small sizes where they can run there (verify: check on
-# cpu; step: eager and compile on cpu, 3 steps with a bank), or says why it skips them (build: the test
+# cpu; step: eager and fullgraph (what reduce-overhead compiles) on cpu, 3 steps with a bank), or says why it skips them (build: the test
 # session's build is used; kernels, sanitize: need a GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -115,9 +115,10 @@ print(f'software: torch {torch.__version__}, CUDA {torch.version.cuda}, triton {
   step)
     if [ "$dry" -eq 1 ]; then
       run_stage step 120 $py bench/compiled_step.py --device cpu --steps 3 --warmup 1 --batch 64 --banks 128 \
-        --modes eager compile --out "$out/step.md"
+        --modes eager fullgraph --out "$out/step.md"
     else
-      run_stage step 150 $py bench/compiled_step.py --device cuda --steps 60 --warmup 10 --banks 0 4096 --out "$out/step.md"
+      run_stage step 150 $py bench/compiled_step.py --device cuda --steps 60 --warmup 10 --banks 0 4096 \
+        --modes eager fullgraph reduce-overhead --out "$out/step.md"
     fi
     ;;
   test)

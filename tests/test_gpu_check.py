@@ -35,7 +35,7 @@ def test_first_call_dry_run_runs_every_stage(tmp_path):
     assert "one-time checks" in (tmp_path / "verify.txt").read_text()
     assert "| triton | 10 | _fwd_kernel |" in (tmp_path / "kernels.md").read_text()
     step = (tmp_path / "step.md").read_text()
-    assert "| 128 | eager |" in step and "| 128 | compile |" in step and "fails" not in step, step
+    assert "| 128 | eager |" in step and "| 128 | fullgraph |" in step and "fails" not in step, step
     assert len(os.listdir(tmp_path)) <= 8  # what one call of the device tool brings back
 
 

@@ -190,7 +190,7 @@ class ComponentBank(nn.Module):
             getattr(self, name).zero_()
 
     def check_like(self, t: torch.Tensor, what: str) -> None:
-        """``t`` [*, D] matches the bank's D, dtype and device (ValueError/TypeError naming ``what``)."""
+        """``t`` ``[N, D]`` matches the bank's D, dtype and device (ValueError/TypeError naming ``what``)."""
         if t.shape[1] != self.mu.shape[1]:
             raise ValueError(f"{what} has D={t.shape[1]} latent dimensions but the bank holds D={self.mu.shape[1]}; "
                              "use one bank per latent space")

@@ -76,7 +76,7 @@ class _LossState(LazyModuleMixin, nn.Module):
         dev = z.device
         if self.step.device != dev:
             self.step = self.step.to(dev)
-        bank = getattr(self, "_modules", {}).get("bank")
+        bank = self._modules.get("bank")
         if bank is not None:
             if bank.device != dev:
                 bank.to(dev)

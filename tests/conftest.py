@@ -13,6 +13,35 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _inductor_cache_dir() -> str:
+    """A compile cache of this build only: ``build/inductor-cache/<hash of the built extension and the
+    package's Python sources>``. Torch's AOTAutograd cache keys a graph by the Dynamo graph, which
+    names a custom op but holds neither its schema nor its registered autograd formula: after a rebuild
+    that changed either, the shared default cache (/tmp/torchinductor_$USER) handed back a backward
+    calling the old schema (CI failed on it, 12-07). Older builds' folders are removed."""
+    import hashlib
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted((root / "tcvae_kernels").rglob("*")):
+        if path.suffix in (".py", ".so") and path.is_file():
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    base = root / "build" / "inductor-cache"
+    here = base / digest.hexdigest()[:16]
+    if not os.environ.get("PYTEST_XDIST_WORKER") and base.is_dir():
+        for old in base.iterdir():
+            if old != here:
+                shutil.rmtree(old, ignore_errors=True)
+    return str(here)
+
+
+# Set before anything compiles; subprocesses (the CLI, the demo) inherit it. A user's own setting wins.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", _inductor_cache_dir())
 # Under pytest-xdist (one worker per core): one intra-op thread per worker and its subprocesses, not
 # one per core each (oversubscribed, the default tier took 14 % longer). Tests of thread counts set
 # theirs explicitly (test_cpu_kernel's thread-count invariance asserts the count it ran with).

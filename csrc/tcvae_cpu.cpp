@@ -192,9 +192,11 @@ inline T hsum(const Vectorized<T>& v) {
 // logsumexp (m, s): adds the weight corrections dw in place first (x then holds S + dw), takes the
 // exact block maximum, rescales s. Works at any magnitude; all -inf lanes shift by 0. With
 // add_into (a group's S_g), also add_into[j] += x[j] before the weights (S += S_g in the same pass).
-template <typename T>
-inline void block_lse(T* x, int64_t nb, const Specials<T>& sp, const T* dw, Vectorized<T>& m, Vectorized<T>& s,
-                      T* add_into = nullptr) {
+// KEEP_E: x ends holding e = 2^(S + dw - m_new), the terms just added to s. Returns the rescale
+// 2^(m_old - m_new) applied to what came before (the grad_z sums follow s with it).
+template <typename T, bool KEEP_E = false>
+inline Vectorized<T> block_lse(T* x, int64_t nb, const Specials<T>& sp, const T* dw, Vectorized<T>& m,
+                               Vectorized<T>& s, T* add_into = nullptr) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const Vec neg_inf(-std::numeric_limits<T>::infinity());
@@ -211,10 +213,22 @@ inline void block_lse(T* x, int64_t nb, const Specials<T>& sp, const T* dw, Vect
   Vec e0(T(0)), e1(T(0));
   for (int64_t v = 0; v < nb; v += V) {
     const Vec e = exp2_floor(Vec::loadu(x + v) - m_safe);
+    if (KEEP_E) e.store(x + v);
     if ((v / V) & 1) e1 = e1 + e; else e0 = e0 + e;
   }
-  s = s * exp2_floor(m - m_safe) + e0 + e1;
+  const Vec scale = exp2_floor(m - m_safe);
+  s = s * scale + e0 + e1;
   m = m_new;
+  return scale;
+}
+
+// acc·scale + sum_v e[v]·t[v] over one block, lane-wise (a grad_z sum following its logsumexp state).
+template <typename T>
+inline Vectorized<T> fold_terms(Vectorized<T> acc, const Vectorized<T>& scale, const T* e, const T* t, int64_t nb) {
+  using Vec = Vectorized<T>;
+  acc = acc * scale;
+  for (int64_t v = 0; v < nb; v += Vec::size()) acc = at::vec::fmadd(Vec::loadu(e + v), Vec::loadu(t + v), acc);
+  return acc;
 }
 
 // Dimension groups (HFVAE): the host permutes the columns so that group g is the contiguous range
@@ -253,12 +267,18 @@ struct DimGroup {
       zv[g] = Vec(z_row[d0 + g]);
     }
   }
-  // x[g] = c2 - pen · h2 at vector offset v, pen = (z - mu)^2 or |z - mu|; returns their pairwise sum
-  inline Vec values(int64_t v, Vec* x) const {
+  // x[g] = c2 - pen · h2 at vector offset v, pen = (z - mu)^2 or |z - mu|; returns their pairwise sum.
+  // TERMS: also t[g] = slope(z - mu)·h2 (z - mu, or its sign; -d x2/dz / kSlope, grad_z's terms),
+  // stored at t_out + g·t_stride + v (in memory, not registers: the caller's loop is register-bound).
+  template <bool TERMS = false>
+  inline Vec values(int64_t v, Vec* x, T* t_out = nullptr, int64_t t_stride = 0) const {
     for (int g = 0; g < G; ++g) {
       const Vec diff = zv[g] - Vec::loadu(mu[g] + v);
       const Vec pen = F == Family::Laplace ? diff.abs() : diff * diff;
-      x[g] = at::vec::fnmadd(pen, Vec::loadu(h2[g] + v), Vec::loadu(c2[g] + v));
+      const Vec hv = Vec::loadu(h2[g] + v);
+      x[g] = at::vec::fnmadd(pen, hv, Vec::loadu(c2[g] + v));
+      if constexpr (TERMS)
+        ((F == Family::Laplace ? diff.gt(Vec(T(0))) - diff.lt(Vec(T(0))) : diff) * hv).store(t_out + g * t_stride + v);
     }
     if constexpr (G == 1) return x[0];
     if constexpr (G == 2) return x[0] + x[1];
@@ -313,18 +333,47 @@ inline Lse2<T> combine_lanes(const Vectorized<T>& mv, const Vectorized<T>& sv) {
   return {top, T(std::log2(sum))};
 }
 
+// A grad_z sum normalised by its logsumexp state, from lane-wise (max m, sum s, terms a) of the same
+// rescaling: sum_l a_l·2^(m_l - top) / sum_l s_l·2^(m_l - top), in double; 0 when the total is 0
+// (every term -inf), NaN when a lane is.
+template <typename T>
+inline T normalised_lanes(const Vectorized<T>& mv, const Vectorized<T>& sv, const Vectorized<T>& av) {
+  constexpr int64_t V = Vectorized<T>::size();
+  T ms[V], ss[V], as[V];
+  mv.store(ms);
+  sv.store(ss);
+  av.store(as);
+  const T inf = std::numeric_limits<T>::infinity();
+  T top = -inf;
+  for (int64_t l = 0; l < V; ++l) {
+    if (std::isnan(ms[l]) || std::isnan(ss[l]) || std::isnan(as[l])) return std::numeric_limits<T>::quiet_NaN();
+    if (ss[l] != T(0)) top = std::max(top, ms[l]);
+  }
+  if (top == -inf) return T(0);
+  double num = 0.0, den = 0.0;
+  for (int64_t l = 0; l < V; ++l)
+    if (ss[l] != T(0) && ms[l] != -inf) {
+      const double f = std::exp2(double(ms[l]) - double(top));
+      num += double(as[l]) * f;
+      den += double(ss[l]) * f;
+    }
+  return T(num / den);
+}
+
 // Exact two-pass log-sum of one (query, dim) over all components, in base 2, for the rare rows whose
 // sum lies below 2^-60 (z far from every component). x2 is computed by the
-// same vector code as everywhere else, so the backward recomputes m bitwise.
+// same vector code as everywhere else, so the backward recomputes m bitwise. With tn: also the
+// normalised grad_z sum over the components from `grad_from` on, sum_j 2^(x_j - m)·t_j / sum_j 2^(x_j - m).
 template <typename T, Family F>
 Lse2<T> exact_marginal(const T* z_row, const Components<T>& cp, int64_t dd, int64_t k, int64_t self, int64_t next,
-                       T d_self, T d_next, std::vector<T>& buf) {
+                       T d_self, T d_next, std::vector<T>& buf, T* tn = nullptr, int64_t grad_from = 0) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  buf.resize(cp.kp);
+  buf.resize(2 * cp.kp);
+  T* tb = buf.data() + cp.kp;
   for (int64_t v = 0; v < cp.kp; v += V) {
     Vec x[1];
-    DimGroup<T, 1, F>(cp, z_row, dd, 0).values(v, x);
+    DimGroup<T, 1, F>(cp, z_row, dd, 0).template values<true>(v, x, tb);
     x[0].store(buf.data() + v);
   }
   if (self >= 0) buf[self] += d_self;
@@ -332,21 +381,36 @@ Lse2<T> exact_marginal(const T* z_row, const Components<T>& cp, int64_t dd, int6
   const T inf = std::numeric_limits<T>::infinity();
   T mx = -inf;
   for (int64_t j = 0; j < k; ++j) {
-    if (std::isnan(buf[j])) return {buf[j], buf[j]};
+    if (std::isnan(buf[j])) {
+      if (tn) *tn = buf[j];
+      return {buf[j], buf[j]};
+    }
     mx = std::max(mx, buf[j]);
   }
+  if (tn) *tn = T(0);
   if (mx == -inf) return {-inf, T(0)};
-  double sum = 0.0;
-  for (int64_t j = 0; j < k; ++j) sum += std::exp2(double(buf[j]) - double(mx));
+  double sum = 0.0, terms = 0.0;
+  for (int64_t j = 0; j < k; ++j) {
+    const double e = std::exp2(double(buf[j]) - double(mx));
+    sum += e;
+    if (j >= grad_from) terms += e * double(tb[j]);
+  }
+  if (tn) *tn = T(terms / sum);
   return {mx, T(std::log2(sum))};
 }
 
 // Forward. Outputs log_qz [M], log_qz_dims [M, D], log_qz_groups [M, n_groups] and the saved
-// states aux_q [M, 2], aux_qd [M, D, 2], aux_qg [M, n_groups, 2].
-template <typename T, Family F>
+// states aux_q [M, 2], aux_qd [M, D, kAuxQd], aux_qg [M, n_groups, 2]. aux_qd[i, d] = (m, r, tn, jn,
+// jg): the marginal logsumexp state, then (GRAD) the normalised grad_z sums over the components
+// j >= grad_from, whose columns the backward leaves out (they need no d/dmu, d/dlogvar):
+//   tn = sum_j Q·t,  jn = sum_j P·t,  jg = sum_j R_g(d)·t  (t = slope(z - mu)·h2; P, Q, R_g the
+// joint, marginal and group softmax weights over all components; jg = 0 outside the groups).
+constexpr int64_t kAuxQd = 5;
+
+template <typename T, Family F, bool GRAD>
 void forward_kernel(const T* z, const Components<T>& cp, const Segments& seg, int64_t m_rows, int64_t k, int64_t d,
-                    T d_self, T d_next, int64_t offset, T* out_q, T* out_qd, T* out_qg, T* aux_q, T* aux_qd,
-                    T* aux_qg) {
+                    T d_self, T d_next, int64_t offset, int64_t grad_from, T* out_q, T* out_qd, T* out_qg, T* aux_q,
+                    T* aux_qd, T* aux_qg) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const int64_t kp = cp.kp, ng = seg.n_groups;
@@ -355,19 +419,27 @@ void forward_kernel(const T* z, const Components<T>& cp, const Segments& seg, in
   at::parallel_for(0, n_tiles, 1, [&](int64_t t0, int64_t t1) {
     DenormalsAreZero ftz;
     std::vector<T> S(kBlockFwd), SG(ng ? kBlockFwd : 0), dw(kBlockFwd, T(0)), buf;
+    std::vector<T> tb(GRAD ? d * kBlockFwd : 0);          // GRAD: t[d, j] of the block (0 left of grad_from)
     std::vector<Vec> acc(kQueryTile * d);                 // marginal sums 2^x2 per (query, d)
+    std::vector<Vec> ta(GRAD ? kQueryTile * d : 0), ja(ta.size()), ga(ng ? ta.size() : 0);  // grad_z sums
     std::vector<Vec> jm(kQueryTile), js(kQueryTile);      // joint lane-wise (max, sum)
     std::vector<Vec> gm(kQueryTile * ng), gs(kQueryTile * ng);  // per (query, group) (max, sum)
-    const Vec neg_inf(-std::numeric_limits<T>::infinity());
+    const Vec neg_inf(-std::numeric_limits<T>::infinity()), zero(T(0));
     for (int64_t tile = t0; tile < t1; ++tile) {
       const int64_t i0 = tile * kQueryTile, ib = std::min(kQueryTile, m_rows - i0);
-      std::fill(acc.begin(), acc.end(), Vec(T(0)));
+      std::fill(acc.begin(), acc.end(), zero);
+      std::fill(ta.begin(), ta.end(), zero);
+      std::fill(ja.begin(), ja.end(), zero);
+      std::fill(ga.begin(), ga.end(), zero);
       std::fill(jm.begin(), jm.end(), neg_inf);
-      std::fill(js.begin(), js.end(), Vec(T(0)));
+      std::fill(js.begin(), js.end(), zero);
       std::fill(gm.begin(), gm.end(), neg_inf);
-      std::fill(gs.begin(), gs.end(), Vec(T(0)));
+      std::fill(gs.begin(), gs.end(), zero);
       for (int64_t j0 = 0; j0 < kp; j0 += kBlockFwd) {
         const int64_t nb = std::min(kBlockFwd, kp - j0);  // a multiple of V
+        // the grad_z sums of this block start at vector offset vg (grad_from is a multiple of V)
+        const int64_t vg = std::clamp<int64_t>(grad_from - j0, 0, nb);
+        const bool terms = GRAD && vg < nb;
         for (int64_t ii = 0; ii < ib; ++ii) {
           const int64_t i = i0 + ii;
           const int64_t self = self_index(i, offset, k), next = next_index(self, k);
@@ -383,37 +455,81 @@ void forward_kernel(const T* z, const Components<T>& cp, const Segments& seg, in
               constexpr int G = decltype(group)::value;
               const int64_t d0 = s0 + r0;
               const DimGroup<T, G, F> grp(cp, z + i * d, d0, j0);
-              Vec a[G];
-              for (int g = 0; g < G; ++g) a[g] = Vec(T(0));
-              for (int64_t v = 0; v < nb; v += V) {
-                Vec x[G];
-                const Vec sum = grp.values(v, x);
-                (Vec::loadu(seg_sum + v) + sum).store(seg_sum + v);  // S_g[j] += sum over the dims
-                if (sp.hit(v)) {
-                  const Vec dwv = Vec::loadu(dw.data() + v);
-                  for (int g = 0; g < G; ++g) x[g] = x[g] + dwv;
+              Vec a[G], at_[G];
+              for (int g = 0; g < G; ++g) a[g] = at_[g] = zero;
+              T* tg = tb.data() + d0 * kBlockFwd;  // this group's t rows (GRAD)
+              // columns [v0, v1), with (TERMS) or without grad_z's terms; one loop per case
+              auto sweep = [&](auto terms_c, int64_t v0, int64_t v1) {
+                constexpr bool TERMS = decltype(terms_c)::value;
+                for (int64_t v = v0; v < v1; v += V) {
+                  Vec x[G];
+                  const Vec sum = grp.template values<TERMS>(v, x, tg, kBlockFwd);
+                  (Vec::loadu(seg_sum + v) + sum).store(seg_sum + v);  // S_g[j] += sum over the dims
+                  if (sp.hit(v)) {
+                    const Vec dwv = Vec::loadu(dw.data() + v);
+                    for (int g = 0; g < G; ++g) x[g] = x[g] + dwv;
+                  }
+                  for (int g = 0; g < G; ++g) {
+                    const Vec e = exp2_floor(x[g]);  // 2^(l·log2e + dw)
+                    a[g] = a[g] + e;
+                    if constexpr (TERMS) at_[g] = at::vec::fmadd(e, Vec::loadu(tg + g * kBlockFwd + v), at_[g]);
+                  }
                 }
-                for (int g = 0; g < G; ++g) a[g] = a[g] + exp2_floor(x[g]);  // 2^(l·log2e + dw)
+              };
+              if (terms) {  // the columns left of grad_from carry t = 0 (the backward sums theirs)
+                for (int g = 0; g < G; ++g) std::fill(tg + g * kBlockFwd, tg + g * kBlockFwd + vg, T(0));
+                sweep(std::false_type{}, 0, vg);
+                sweep(std::true_type{}, vg, nb);
+              } else {
+                sweep(std::false_type{}, 0, nb);
               }
-              for (int g = 0; g < G; ++g) acc_row[d0 + g] = acc_row[d0 + g] + a[g];
+              for (int g = 0; g < G; ++g) {
+                acc_row[d0 + g] = acc_row[d0 + g] + a[g];
+                if (terms) ta[ii * d + d0 + g] = ta[ii * d + d0 + g] + at_[g];
+              }
             });
-            if (seg.is_group(sg))  // S[j] += S_g[j]; the group's logsumexp of S_g + dw
-              block_lse(SG.data(), nb, sp, dw.data(), gm[ii * ng + sg], gs[ii * ng + sg], S.data());
+            if (seg.is_group(sg)) {  // S[j] += S_g[j]; the group's logsumexp of S_g + dw
+              if (terms) {
+                const Vec sc = block_lse<T, true>(SG.data(), nb, sp, dw.data(), gm[ii * ng + sg], gs[ii * ng + sg],
+                                                  S.data());
+                for (int64_t dd = s0; dd < seg.bounds[sg + 1]; ++dd)
+                  ga[ii * d + dd] = fold_terms(ga[ii * d + dd], sc, SG.data(), tb.data() + dd * kBlockFwd, nb);
+              } else {
+                const Vec sc = block_lse(SG.data(), nb, sp, dw.data(), gm[ii * ng + sg], gs[ii * ng + sg], S.data());
+                if (GRAD)  // a block left of grad_from: the sums only follow the rescaling
+                  for (int64_t dd = s0; dd < seg.bounds[sg + 1]; ++dd) ga[ii * d + dd] = ga[ii * d + dd] * sc;
+              }
+            }
           }
           // joint: L = S + dw; exact block maximum, lane-wise online logsumexp (any magnitude)
-          block_lse(S.data(), nb, sp, dw.data(), jm[ii], js[ii]);
+          if (terms) {
+            const Vec sc = block_lse<T, true>(S.data(), nb, sp, dw.data(), jm[ii], js[ii]);
+            for (int64_t dd = 0; dd < d; ++dd)
+              ja[ii * d + dd] = fold_terms(ja[ii * d + dd], sc, S.data(), tb.data() + dd * kBlockFwd, nb);
+          } else {
+            const Vec sc = block_lse(S.data(), nb, sp, dw.data(), jm[ii], js[ii]);
+            if (GRAD)
+              for (int64_t dd = 0; dd < d; ++dd) ja[ii * d + dd] = ja[ii * d + dd] * sc;
+          }
           sp.clear(dw.data());
         }
       }
       for (int64_t ii = 0; ii < ib; ++ii) {
         const int64_t i = i0 + ii;
         const int64_t self = self_index(i, offset, k), next = next_index(self, k);
+        T* aq = aux_qd + kAuxQd * i * d;
         for (int64_t dd = 0; dd < d; ++dd) {
           const T s = hsum(acc[ii * d + dd]);
           Lse2<T> st{T(0), T(std::log2(s))};
-          if (!(s >= kTiny) && !std::isnan(s)) st = exact_marginal<T, F>(z + i * d, cp, dd, k, self, next, d_self, d_next, buf);
-          aux_qd[2 * (i * d + dd)] = st.m;
-          aux_qd[2 * (i * d + dd) + 1] = st.r;
+          T tn = GRAD ? T(double(hsum(ta[ii * d + dd])) / double(s)) : T(0);
+          if (!(s >= kTiny) && !std::isnan(s))
+            st = exact_marginal<T, F>(z + i * d, cp, dd, k, self, next, d_self, d_next, buf, GRAD ? &tn : nullptr,
+                                      grad_from);
+          aq[kAuxQd * dd] = st.m;
+          aq[kAuxQd * dd + 1] = st.r;
+          aq[kAuxQd * dd + 2] = tn;
+          aq[kAuxQd * dd + 3] = GRAD ? normalised_lanes(jm[ii], js[ii], ja[ii * d + dd]) : T(0);
+          aq[kAuxQd * dd + 4] = T(0);
           out_qd[i * d + dd] = T(cp.shift + kLn2 * (double(st.m) + double(st.r)));
         }
         const Lse2<T> st = combine_lanes(jm[ii], js[ii]);
@@ -425,6 +541,9 @@ void forward_kernel(const T* z, const Components<T>& cp, const Segments& seg, in
           aux_qg[2 * (i * ng + g)] = sg.m;
           aux_qg[2 * (i * ng + g) + 1] = sg.r;
           out_qg[i * ng + g] = T(cp.shift + kLn2 * (double(sg.m) + double(sg.r)));
+          if (GRAD)
+            for (int64_t dd = seg.bounds[g]; dd < seg.bounds[g + 1]; ++dd)
+              aq[kAuxQd * dd + 4] = normalised_lanes(gm[ii * ng + g], gs[ii * ng + g], ga[ii * d + dd]);
         }
       }
     }
@@ -437,14 +556,17 @@ void forward_kernel(const T* z, const Components<T>& cp, const Segments& seg, in
 //   U = G·diff·h2  (h = h2·ln2):  dz = -2ln2·sum_j U,  dmu = 2ln2·sum_i U,
 //   dlogvar = ln2·sum_i G·(diff^2·h2 - 0.5·log2e)
 // Laplace: U = G·sign(diff)·h2, dz = -ln2·sum_j U, dmu = ln2·sum_i U, db = ln2·sum_i G·(|diff|·h2 - log2e)
-// (FamilyTraits: kSlope, kConst).
+// (FamilyTraits: kSlope, kConst). Over the components j < kpg only (the ones that need d/dmu,
+// d/dlogvar, padded to V): dz's sum over the others is the forward's (aux_qd's tn, jn, jg).
+// partial: [n_chunks, 2, D, kpg].
 template <typename T, Family F>
 void backward_kernel(const T* z, const Components<T>& cp, const Segments& seg, int64_t m_rows, int64_t k, int64_t d,
                      T d_self, T d_next, int64_t offset, const T* aux_q, const T* aux_qd, const T* aux_qg, const T* a,
-                     const T* b, const T* c, T* grad_z, T* partial, int64_t n_chunks, int64_t tiles_per_chunk) {
+                     const T* b, const T* c, T* grad_z, T* partial, int64_t n_chunks, int64_t tiles_per_chunk,
+                     int64_t kpg) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  const int64_t kp = cp.kp, ng = seg.n_groups;
+  const int64_t kp = kpg, ng = seg.n_groups;
   const int64_t n_tiles = (m_rows + kQueryTile - 1) / kQueryTile;
   at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
     DenormalsAreZero ftz;
@@ -512,9 +634,9 @@ void backward_kernel(const T* z, const Components<T>& cp, const Segments& seg, i
             // pass B: G = P (+ R_g) + b·Q, accumulate U and the logvar term
             for (int64_t dd = 0; dd < d; ++dd) {
               const Vec zv(z[i * d + dd]), bv(b[i * d + dd]);
-              const Vec qm(aux_qd[2 * (i * d + dd)]), qr(aux_qd[2 * (i * d + dd) + 1]);
-              const T* mu = cp.mu + dd * kp + j0;
-              const T* h2 = cp.h2 + dd * kp + j0;
+              const Vec qm(aux_qd[kAuxQd * (i * d + dd)]), qr(aux_qd[kAuxQd * (i * d + dd) + 1]);
+              const T* mu = cp.mu + dd * cp.kp + j0;
+              const T* h2 = cp.h2 + dd * cp.kp + j0;
               const T* x_row = X.data() + dd * kBlockBwd;
               const T* pc = coef[dd];
               T* gmu = gmu_part + dd * kp + j0;
@@ -569,11 +691,20 @@ void check_group_ends(at::IntArrayRef group_ends, int64_t d) {
   }
 }
 
-// (log_qz [M], log_qz_dims [M, D], log_qz_groups [M, G], aux_q [M, 2], aux_qd [M, D, 2], aux_qg [M, G, 2]);
+// The components that get d/dmu, d/dlogvar: the first grad_components (-1: all; the rest, e.g. a
+// component bank's rows, only enter d/dz), padded to the SIMD width and capped at kp.
+int64_t grad_columns(int64_t grad_components, int64_t k, int64_t kp, int64_t width) {
+  TORCH_CHECK(grad_components >= -1 && grad_components <= k, "tcvae: grad_components must be -1 or in [0, K=", k,
+              "], got ", grad_components);
+  const int64_t n = grad_components < 0 ? k : grad_components;
+  return std::min(kp, (n + width - 1) / width * width);
+}
+
+// (log_qz [M], log_qz_dims [M, D], log_qz_groups [M, G], aux_q [M, 2], aux_qd [M, D, 5], aux_qg [M, G, 2]);
 // group g covers dimensions [group_ends[g-1], group_ends[g]) (group_ends[-1] = 0), G = len(group_ends).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_groups_cpu(
     const at::Tensor& z, const at::Tensor& mu, const at::Tensor& logvar, at::IntArrayRef group_ends,
-    at::ArrayRef<double> weights, int64_t offset, c10::string_view family) {
+    at::ArrayRef<double> weights, int64_t offset, c10::string_view family, bool grad_terms, int64_t grad_components) {
   check_args(z, mu, logvar);
   const LogWeights w = parse_log_weights(weights, offset);
   const Family fam = parse_family(std::string(family));
@@ -584,16 +715,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const Segments seg(d, group_ends.vec());
   at::Tensor out_q = at::empty({m}, zc.options()), out_qd = at::empty({m, d}, zc.options());
   at::Tensor out_qg = at::empty({m, ng}, zc.options());
-  at::Tensor aux_q = at::empty({m, 2}, zc.options()), aux_qd = at::empty({m, d, 2}, zc.options());
+  at::Tensor aux_q = at::empty({m, 2}, zc.options()), aux_qd = at::empty({m, d, kAuxQd}, zc.options());
   at::Tensor aux_qg = at::empty({m, ng, 2}, zc.options());
   AT_DISPATCH_FLOATING_TYPES(acc, "tcvae_log_qz_cpu", [&] {
     dispatch_family(fam, [&](auto f) {
       constexpr Family F = decltype(f)::value;
       const auto cp = prepare_components<scalar_t, F>(muc, lvc, w.other);
-      forward_kernel<scalar_t, F>(zc.data_ptr<scalar_t>(), cp, seg, m, k, d, scalar_t(w.d_self2()),
-                                  scalar_t(w.d_next2()), w.offset, out_q.data_ptr<scalar_t>(),
-                                  out_qd.data_ptr<scalar_t>(), out_qg.data_ptr<scalar_t>(), aux_q.data_ptr<scalar_t>(),
-                                  aux_qd.data_ptr<scalar_t>(), aux_qg.data_ptr<scalar_t>());
+      const int64_t grad_from = grad_columns(grad_components, k, cp.kp, Vectorized<scalar_t>::size());
+      auto run = [&](auto grad) {
+        forward_kernel<scalar_t, F, decltype(grad)::value>(
+            zc.data_ptr<scalar_t>(), cp, seg, m, k, d, scalar_t(w.d_self2()), scalar_t(w.d_next2()), w.offset,
+            grad_from, out_q.data_ptr<scalar_t>(), out_qd.data_ptr<scalar_t>(), out_qg.data_ptr<scalar_t>(),
+            aux_q.data_ptr<scalar_t>(), aux_qd.data_ptr<scalar_t>(), aux_qg.data_ptr<scalar_t>());
+      };
+      // the forward sums grad_z's terms only over the columns the backward leaves out
+      if (grad_terms && grad_from < cp.kp)
+        run(std::true_type{});
+      else
+        run(std::false_type{});
     });
   });
   return {out_q, out_qd, out_qg, aux_q, aux_qd, aux_qg};
@@ -601,10 +740,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_cpu(const at::Tensor& z, const at::Tensor& mu,
                                                                       const at::Tensor& logvar, at::ArrayRef<double> weights,
-                                                                      int64_t offset,
-                                                                      bool /*grad_terms: the CPU backward needs none*/,
-                                                                      c10::string_view family) {
-  auto out = log_qz_groups_cpu(z, mu, logvar, {}, weights, offset, family);
+                                                                      int64_t offset, bool grad_terms,
+                                                                      c10::string_view family, int64_t grad_components) {
+  auto out = log_qz_groups_cpu(z, mu, logvar, {}, weights, offset, family, grad_terms, grad_components);
   return {std::get<0>(out), std::get<1>(out), std::get<3>(out), std::get<4>(out)};
 }
 
@@ -612,7 +750,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_groups_backward_cpu(
     const at::Tensor& grad_q, const at::Tensor& grad_qd, const at::Tensor& grad_qg, const at::Tensor& z,
     const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd,
     const at::Tensor& aux_qg, at::IntArrayRef group_ends, at::ArrayRef<double> weights, int64_t offset,
-    c10::string_view family) {
+    c10::string_view family, bool grad_terms, int64_t grad_components) {
   check_args(z, mu, logvar);
   const LogWeights w = parse_log_weights(weights, offset);
   const Family fam = parse_family(std::string(family));
@@ -621,7 +759,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_groups_backward_cpu(
   check_group_ends(group_ends, d);
   TORCH_CHECK(grad_q.numel() == m && grad_qd.numel() == m * d && grad_qg.numel() == m * ng,
               "tcvae: upstream gradient shapes");
-  TORCH_CHECK(aux_q.numel() == 2 * m && aux_qd.numel() == 2 * m * d && aux_qg.numel() == 2 * m * ng &&
+  TORCH_CHECK(aux_q.numel() == 2 * m && aux_qd.numel() == kAuxQd * m * d && aux_qg.numel() == 2 * m * ng &&
                   aux_q.scalar_type() == acc && aux_qd.scalar_type() == acc && aux_qg.scalar_type() == acc,
               "tcvae: saved logsumexp states must come from tcvae::log_qz on the same inputs");
   const Segments seg(d, group_ends.vec());
@@ -630,36 +768,44 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_groups_backward_cpu(
   const at::Tensor sq = aux_q.contiguous(), sqd = aux_qd.contiguous(), sqg = aux_qg.contiguous();
   at::Tensor grad_z = at::empty({m, d}, zc.options());
   at::Tensor grad_mu = at::empty({k, d}, zc.options()), grad_lv = at::empty({k, d}, zc.options());
+  double slope_ln2 = 0.0;
+  int64_t kpg = 0, kp = 0;
   AT_DISPATCH_FLOATING_TYPES(acc, "tcvae_log_qz_backward_cpu", [&] {
    dispatch_family(fam, [&](auto f) {
     constexpr Family F = decltype(f)::value;
+    slope_ln2 = FamilyTraits<F>::kSlope * kLn2;
     const auto cp = prepare_components<scalar_t, F>(muc, lvc, w.other);
+    kp = cp.kp;
+    kpg = grad_columns(grad_components, k, cp.kp, Vectorized<scalar_t>::size());
+    TORCH_CHECK(grad_terms || kpg == cp.kp,
+                "tcvae: the forward ran with grad_terms=False: it summed no grad_z terms for the columns the backward "
+                "leaves out");
     const int64_t n_tiles = (m + kQueryTile - 1) / kQueryTile;
-    const int64_t per_chunk_bytes = 2 * d * cp.kp * int64_t(sizeof(scalar_t));
+    const int64_t per_chunk_bytes = std::max<int64_t>(1, 2 * d * kpg * int64_t(sizeof(scalar_t)));
     const int64_t most = std::max<int64_t>(1, std::min(kMaxChunks, kPartialBudget / per_chunk_bytes));
     const int64_t tiles_per_chunk = std::max((n_tiles + most - 1) / most, kMinTilesPerChunk);
     const int64_t n_chunks = std::max<int64_t>(1, (n_tiles + tiles_per_chunk - 1) / tiles_per_chunk);
-    at::Tensor partial = at::empty({n_chunks, 2, d, cp.kp}, zc.options());
+    at::Tensor partial = at::empty({n_chunks, 2, d, kpg}, zc.options());
     backward_kernel<scalar_t, F>(zc.data_ptr<scalar_t>(), cp, seg, m, k, d, scalar_t(w.d_self2()), scalar_t(w.d_next2()),
                               w.offset, sq.data_ptr<scalar_t>(),
                               sqd.data_ptr<scalar_t>(), sqg.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(),
                               b.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), grad_z.data_ptr<scalar_t>(),
-                              partial.data_ptr<scalar_t>(), n_chunks, tiles_per_chunk);
+                              partial.data_ptr<scalar_t>(), n_chunks, tiles_per_chunk, kpg);
     // grad_mu[j, d] = 2ln2 · sum over chunks c of partial[c, 0, d, j], in chunk order (deterministic);
     // grad_logvar likewise from partial[c, 1]. Parallel over (d, block of j): contiguous reads.
     const scalar_t* p = partial.data_ptr<scalar_t>();
     scalar_t* gmu = grad_mu.data_ptr<scalar_t>();
     scalar_t* glv = grad_lv.data_ptr<scalar_t>();
-    const int64_t kp = cp.kp, jb = 512, n_jb = (k + jb - 1) / jb;
+    const int64_t kg = std::min(k, kpg), jb = 512, n_jb = (kg + jb - 1) / jb;
     at::parallel_for(0, d * n_jb, 1, [&](int64_t t0, int64_t t1) {
       std::vector<scalar_t> sm(jb), sl(jb);
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t dd = t / n_jb, j0 = (t % n_jb) * jb, nj = std::min(jb, k - j0);
+        const int64_t dd = t / n_jb, j0 = (t % n_jb) * jb, nj = std::min(jb, kg - j0);
         std::fill(sm.begin(), sm.end(), scalar_t(0));
         std::fill(sl.begin(), sl.end(), scalar_t(0));
         for (int64_t ci = 0; ci < n_chunks; ++ci) {
-          const scalar_t* pm = p + ((ci * 2 + 0) * d + dd) * kp + j0;
-          const scalar_t* pl = p + ((ci * 2 + 1) * d + dd) * kp + j0;
+          const scalar_t* pm = p + ((ci * 2 + 0) * d + dd) * kpg + j0;
+          const scalar_t* pl = p + ((ci * 2 + 1) * d + dd) * kpg + j0;
           for (int64_t j = 0; j < nj; ++j) {
             sm[j] += pm[j];
             sl[j] += pl[j];
@@ -673,16 +819,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_groups_backward_cpu(
     });
    });
   });
+  // rows [0, kpg) hold the reduction; the rows the caller asked none of (a bank's) are 0
+  const int64_t g_rows = std::min(grad_components < 0 ? k : grad_components, kpg);
+  if (g_rows < k) {
+    grad_mu.narrow(0, g_rows, k - g_rows).zero_();
+    grad_lv.narrow(0, g_rows, k - g_rows).zero_();
+  }
+  if (kpg < kp) {  // d/dz over the columns the backward left out: the forward's normalised sums
+    const at::Tensor tn = sqd.select(2, 2), jn = sqd.select(2, 3), jg = sqd.select(2, 4);
+    at::Tensor coef = b * tn + a.unsqueeze(1) * jn;
+    for (int64_t g = 0; g < ng; ++g) {
+      const int64_t lo = g == 0 ? 0 : group_ends[g - 1], hi = group_ends[g];
+      coef.narrow(1, lo, hi - lo).add_(c.select(1, g).unsqueeze(1) * jg.narrow(1, lo, hi - lo));
+    }
+    grad_z.sub_(slope_ln2 * coef);
+  }
   return {grad_z.to(z.scalar_type()), grad_mu.to(mu.scalar_type()), grad_lv.to(logvar.scalar_type())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward_cpu(
     const at::Tensor& grad_q, const at::Tensor& grad_qd, const at::Tensor& z, const at::Tensor& mu,
     const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd, at::ArrayRef<double> weights,
-    int64_t offset, bool /*grad_terms*/, c10::string_view family) {
+    int64_t offset, bool grad_terms, c10::string_view family, int64_t grad_components) {
   const at::Tensor none = aux_q.new_empty({z.size(0), 0});
   return log_qz_groups_backward_cpu(grad_q, grad_qd, none, z, mu, logvar, aux_q, aux_qd, none.unsqueeze(2), {},
-                                    weights, offset, family);
+                                    weights, offset, family, grad_terms, grad_components);
 }
 
 std::string build_info() {
@@ -702,25 +863,29 @@ std::string build_info() {
 
 TORCH_LIBRARY(tcvae, m) {
   // log_qz returns (log_qz [M], log_qz_dims [M, D], aux_q [M, 2], aux_qd [M, D, A]); the aux tensors
-  // are the kernel's saved logsumexp states (and on CUDA, A = 4, the forward's sums of the grad_z
-  // terms), meaningful only to log_qz_backward of the same device. grad_terms: whether a backward
-  // will follow (the CUDA forward then sums those terms; False skips them, and the backward).
+  // are the kernel's saved logsumexp states and the forward's sums of grad_z terms (CPU: A = 5, the
+  // sums over the components the backward leaves out; CUDA: A = 4, over all), meaningful only to
+  // log_qz_backward of the same device. grad_terms: whether a backward will follow (the forward then
+  // sums those terms; False skips them, and the backward).
   // weights, offset: the estimator's structured log weights [w_self, w_next, w_other] and the
   // offset s_i - i (tcvae_math.h: LogWeights; Python: tcvae_kernels.LogWeights.op_args).
   // family: "normal" (logvar the log-variance) or "laplace" (logvar holds the log-scale b).
+  // grad_components: the backward's d/dmu, d/dlogvar cover the first grad_components components
+  // (-1: all); the others' rows are 0 and only enter d/dz (a component bank's detached rows).
   m.def("log_qz(Tensor z, Tensor mu, Tensor logvar, float[] weights, int offset,"
-        " bool grad_terms=True, str family=\"normal\") -> (Tensor, Tensor, Tensor, Tensor)");
+        " bool grad_terms=True, str family=\"normal\", int grad_components=-1) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("log_qz_backward(Tensor grad_log_qz, Tensor grad_log_qz_dims, Tensor z, Tensor mu, Tensor logvar,"
         " Tensor aux_q, Tensor aux_qd, float[] weights, int offset,"
-        " bool grad_terms=True, str family=\"normal\") -> (Tensor, Tensor, Tensor)");
+        " bool grad_terms=True, str family=\"normal\", int grad_components=-1) -> (Tensor, Tensor, Tensor)");
   // The same with a partition of (some of) the dimensions into groups: group g covers dimensions
   // [group_ends[g-1], group_ends[g]) (from 0), the rest belongs to no group. Adds log_qz_groups [M, G]
-  // and its saved state aux_qg [M, G, 2] (outputs 3 and 6).
+  // and its saved state aux_qg [M, G, 2] (outputs 3 and 6). CPU only.
   m.def("log_qz_groups(Tensor z, Tensor mu, Tensor logvar, int[] group_ends, float[] weights,"
-        " int offset, str family=\"normal\") -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+        " int offset, str family=\"normal\", bool grad_terms=True, int grad_components=-1)"
+        " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("log_qz_groups_backward(Tensor grad_log_qz, Tensor grad_log_qz_dims, Tensor grad_log_qz_groups, Tensor z,"
         " Tensor mu, Tensor logvar, Tensor aux_q, Tensor aux_qd, Tensor aux_qg, int[] group_ends, float[] weights,"
-        " int offset, str family=\"normal\") -> (Tensor, Tensor, Tensor)");
+        " int offset, str family=\"normal\", bool grad_terms=True, int grad_components=-1) -> (Tensor, Tensor, Tensor)");
   m.def("build_info() -> str", &build_info);
 }
 

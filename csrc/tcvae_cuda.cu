@@ -6,7 +6,8 @@
 //   forward:        grid (MP / 256, splits)  — split-K over components, partial sums combined; with
 //                   grad_terms it also sums the two terms of grad_z (so no row backward pass)
 //   exact fallback: grid ceil(M / 128)       — only rows whose marginal sums underflowed work
-//   col backward:   grid (KP / 256, splits)  — grad_mu / grad_logvar partials per query split
+//   col backward:   grid (KPG / 256, splits) — grad_mu / grad_logvar partials per query split, over the
+//                   first grad_components columns (KPG: padded to 256; a bank's rows need none)
 // No shared memory, no barriers, no atomics (deterministic); any D. The float forward without
 // gradient terms computes one marginal exp2 in kPolyEvery on the FMA pipe (exp2_fma).
 // Only c10's CUDA headers: ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE headers, which a
@@ -88,9 +89,9 @@ struct Cuda {
 
   template <typename T, Family F>
   static void backward_cols(const BwdInputs<T>& in, T* gmu, T* glv, int64_t splits, int64_t m_per_split,
-                            const at::Tensor&) {
+                            int64_t kpg, const at::Tensor&) {  // the blocks of the first kpg columns only
     constexpr int NT = Threads<T>::value;
-    backward_cols_kernel<T, F><<<dim3(blocks(in.kp, kRows<T> * NT), unsigned(splits)), NT, 0,
+    backward_cols_kernel<T, F><<<dim3(blocks(kpg, kRows<T> * NT), unsigned(splits)), NT, 0,
                               c10::cuda::getCurrentCUDAStream()>>>(in, gmu, glv, m_per_split);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -108,7 +109,7 @@ void check_cuda_args(const at::Tensor& z, const at::Tensor& mu, const at::Tensor
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_cuda(const at::Tensor& z, const at::Tensor& mu,
                                                                       const at::Tensor& logvar, at::ArrayRef<double> weights,
                                                                       int64_t offset, bool grad_terms,
-                                                                      c10::string_view family) {
+                                                                      c10::string_view family, int64_t) {
   check_cuda_args(z, mu, logvar);
   const c10::cuda::CUDAGuard guard(z.device());
   return log_qz_forward<Cuda>(z, mu, logvar, parse_log_weights(weights, offset), grad_terms, 0,
@@ -118,11 +119,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> log_qz_cuda(const at:
 std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward_cuda(
     const at::Tensor& grad_q, const at::Tensor& grad_qd, const at::Tensor& z, const at::Tensor& mu,
     const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd, at::ArrayRef<double> weights,
-    int64_t offset, bool grad_terms, c10::string_view family) {
+    int64_t offset, bool grad_terms, c10::string_view family, int64_t grad_components) {
   check_cuda_args(z, mu, logvar);
   const c10::cuda::CUDAGuard guard(z.device());
   return log_qz_backward<Cuda>(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, parse_log_weights(weights, offset),
-                               grad_terms, 0, parse_family(std::string(family)));
+                               grad_terms, 0, parse_family(std::string(family)), grad_components);
 }
 
 }  // namespace

@@ -5,7 +5,7 @@
 // FwdThread::tile). Registered as test-only ops
 //   tcvae::_emulate_log_qz(z, mu, logvar, weights, offset, splits, grad_terms, family)
 //   tcvae::_emulate_log_qz_backward(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, weights, offset,
-//                                   splits, grad_terms, family)
+//                                   splits, grad_terms, family, grad_components)
 // so CI checks the CUDA arithmetic, tiling, padding and split-K indexing against the reference
 // without a GPU. (What it cannot check: the launch configuration and the GPU's own arithmetic: MUFU
 // exp2 and flush-to-zero.)
@@ -48,11 +48,11 @@ struct Emulate {
 
   template <typename T, Family F>
   static void backward_cols(const BwdInputs<T>& in, T* gmu, T* glv, int64_t splits, int64_t m_per_split,
-                            const at::Tensor&) {
+                            int64_t kpg, const at::Tensor&) {  // the blocks of the first kpg columns
     constexpr int NT = Threads<T>::value;
     for (int64_t split = 0; split < splits; ++split) {
       const int64_t lo = split * m_per_split, hi = std::min(in.mp, lo + m_per_split);
-      at::parallel_for(0, in.kp / (kRows<T> * NT), 1, [&](int64_t b0, int64_t b1) {
+      at::parallel_for(0, kpg / (kRows<T> * NT), 1, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b)
           for (int t = 0; t < NT; ++t) backward_cols_thread<T, F>(in, gmu, glv, b * kRows<T> * NT, NT, t, split, lo, hi);
       });
@@ -72,10 +72,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emulate_log_qz(const 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> emulate_log_qz_backward(
     const at::Tensor& grad_q, const at::Tensor& grad_qd, const at::Tensor& z, const at::Tensor& mu,
     const at::Tensor& logvar, const at::Tensor& aux_q, const at::Tensor& aux_qd, at::ArrayRef<double> weights,
-    int64_t offset, int64_t splits, bool grad_terms, c10::string_view family) {
+    int64_t offset, int64_t splits, bool grad_terms, c10::string_view family, int64_t grad_components) {
   TORCH_CHECK(z.device().is_cpu(), "tcvae::_emulate_log_qz_backward runs on CPU tensors");
   return log_qz_backward<Emulate>(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, parse_log_weights(weights, offset),
-                                  grad_terms, splits, parse_family(std::string(family)));
+                                  grad_terms, splits, parse_family(std::string(family)), grad_components);
 }
 
 }  // namespace
@@ -86,7 +86,7 @@ TORCH_LIBRARY_FRAGMENT(tcvae, m) {
         " bool grad_terms=True, str family=\"normal\") -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("_emulate_log_qz_backward(Tensor grad_log_qz, Tensor grad_log_qz_dims, Tensor z, Tensor mu, Tensor logvar,"
         " Tensor aux_q, Tensor aux_qd, float[] weights, int offset, int splits, bool grad_terms=True,"
-        " str family=\"normal\") -> (Tensor, Tensor, Tensor)");
+        " str family=\"normal\", int grad_components=-1) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(tcvae, CPU, m) {

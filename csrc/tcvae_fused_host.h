@@ -2,7 +2,7 @@
 // transposed layouts of tcvae_fused.h, allocate the split-K partial buffers, combine them, and call
 // a launcher policy L:
 //   L::forward<T, GRAD, F>(FwdArgs, splits, k_per_split), L::exact<T, GRAD, F>(...),
-//   L::backward_cols<T, F>(BwdInputs, gmu, glv, splits, m_per_split), L::splits(rows, cols, like)
+//   L::backward_cols<T, F>(BwdInputs, gmu, glv, splits, m_per_split, kpg), L::splits(rows, cols, like)
 // (F: the posterior family, tcvae_math.h).
 // tcvae_cuda.cu supplies the CUDA launcher; tcvae_emulate.cpp one that runs the same per-thread
 // code (tcvae_fused.h) serially on the CPU, for tests.
@@ -134,7 +134,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward(const at::Tensor&
                                                                const at::Tensor& z, const at::Tensor& mu,
                                                                const at::Tensor& logvar, const at::Tensor& aux_q,
                                                                const at::Tensor& aux_qd, const LogWeights& w,
-                                                               bool grad_terms, int64_t force_splits) {
+                                                               bool grad_terms, int64_t force_splits,
+                                                               int64_t grad_components) {
   using at::indexing::Slice;
   TORCH_CHECK(grad_terms, "tcvae: the forward ran with grad_terms=False: its outputs have no backward");
   TORCH_CHECK(aux_qd.dim() == 3 && aux_qd.size(2) == 4, "tcvae: aux_qd [M, D, 4] of the fused forward expected");
@@ -156,7 +157,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward(const at::Tensor&
   // qflag [MP / kFlagTile]: groups of queries that hold a row of the exact path (qm != 0)
   const at::Tensor qflag = pad_last((qm0 != 0).any(0).to(at::kInt), mp, 0.0).view({mp / kFlagTile, kFlagTile}).amax(1)
                                .contiguous();
-  const int64_t col_splits = force_splits > 0 ? std::min(force_splits, mp / kSplitTile) : L::splits(kp, mp, z);
+  // the columns that need d/dmu, d/dlogvar: the first grad_components (-1: all), padded to kPad
+  TORCH_CHECK(grad_components >= -1 && grad_components <= k, "tcvae: grad_components must be -1 or in [0, K=", k,
+              "], got ", grad_components);
+  const int64_t kg = grad_components < 0 ? k : grad_components, kpg = std::min(kp, padded(std::max<int64_t>(kg, 1)));
+  const int64_t col_splits = force_splits > 0 ? std::min(force_splits, mp / kSplitTile) : L::splits(kpg, mp, z);
   const auto opts = lay.z_t.options();
   at::Tensor gmu = at::zeros({col_splits, d, kp}, opts), glv = at::zeros({col_splits, d, kp}, opts);
   AT_DISPATCH_FLOATING_TYPES(acc, "tcvae_fused_backward", [&] {
@@ -166,10 +171,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward(const at::Tensor&
                            mp, kp, k, w.offset, int(d), scalar_t(w.d_self2()), scalar_t(w.d_next2()),
                            scalar_t(FamilyTraits<F>::kConst * kLog2E)};
     L::template backward_cols<scalar_t, F>(in, gmu.data_ptr<scalar_t>(), glv.data_ptr<scalar_t>(), col_splits,
-                                        (mp / kSplitTile + col_splits - 1) / col_splits * kSplitTile, z);
+                                        (mp / kSplitTile + col_splits - 1) / col_splits * kSplitTile, kpg, z);
   });
-  const at::Tensor grad_mu = slope_ln2 * (gmu.sum(0) * lay.comp.select(1, 0)).index({Slice(), Slice(0, k)}).t();
-  const at::Tensor grad_lv = kLn2 * glv.sum(0).index({Slice(), Slice(0, k)}).t();
+  // rows >= kg: not computed (their partials stay 0), zeroed here
+  const at::Tensor keep = (at::arange(kp, gmu.options().dtype(at::kLong)) < kg).to(gmu.scalar_type());
+  const at::Tensor grad_mu = slope_ln2 * (gmu.sum(0) * lay.comp.select(1, 0) * keep).index({Slice(), Slice(0, k)}).t();
+  const at::Tensor grad_lv = kLn2 * (glv.sum(0) * keep).index({Slice(), Slice(0, k)}).t();
   return {grad_z.to(z.scalar_type()), grad_mu.to(mu.scalar_type()), grad_lv.to(logvar.scalar_type())};
 }
 
@@ -189,10 +196,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward(const at::Tensor&
                                                                const at::Tensor& z, const at::Tensor& mu,
                                                                const at::Tensor& logvar, const at::Tensor& aux_q,
                                                                const at::Tensor& aux_qd, const LogWeights& w,
-                                                               bool grad_terms, int64_t force_splits, Family family) {
+                                                               bool grad_terms, int64_t force_splits, Family family,
+                                                               int64_t grad_components = -1) {
   return dispatch_family(family, [&](auto f) {
     return log_qz_backward<L, decltype(f)::value>(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, w, grad_terms,
-                                                  force_splits);
+                                                  force_splits, grad_components);
   });
 }
 

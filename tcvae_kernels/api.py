@@ -116,7 +116,8 @@ def _with_bank(be, z, mu, logvar, bank, opts: EstimatorOptions, offset: int, ind
     next terms, [M, D] densities, are added here with their weights; the next component of the last
     global query is the first bank row, or (an empty bank, whose K wraps) the batch's first
     component: that row's estimate is then the batch-only one. Exact up to rounding; the bank rows
-    carry no gradient."""
+    carry no gradient, and the backward computes none for them (``grad_components``: the columns of
+    the batch's M_global components only)."""
     m_global = mu.shape[0]
     bank.check_like(mu, "mu (the batch's components; under torch.autocast the estimate runs in float32, so push "
                         "float32 components)")
@@ -125,24 +126,28 @@ def _with_bank(be, z, mu, logvar, bank, opts: EstimatorOptions, offset: int, ind
     w = log_weights(opts.estimator, m_global + bank.filled, opts.dataset_size, offset)
     fam = opts.family
 
-    def fused(zq, cm, cl, weights):
+    def fused(zq, cm, cl, weights, grad_components=None):
+        kw = dict(deterministic=det, family=fam, grad_components=grad_components)
         if index is None:
-            return (*be.log_qz(zq, cm, cl, weights, deterministic=det, family=fam), None)
-        return be.log_qz_groups(zq, cm, cl, weights, index, deterministic=det, family=fam)
+            return (*be.log_qz(zq, cm, cl, weights, **kw), None)
+        return be.log_qz_groups(zq, cm, cl, weights, index, **kw)
 
     def grouped(l):  # [M, D] -> [M, G] sums over each group's dimensions
         return torch.stack([l[:, g].sum(dim=1) for g in index], dim=1)
 
     if opts.estimator != "mss":
-        q, qd, qg = fused(z, comp_mu, comp_lv, LogWeights(0.0, 0.0, 0.0, offset))
+        q, qd, qg = fused(z, comp_mu, comp_lv, LogWeights(0.0, 0.0, 0.0, offset), m_global)
         acc = q.dtype
         wo = w.w_other.to(acc)
         return _Estimate(q + wo, qd + wo, None if qg is None else qg + wo, w, (mu, logvar))
-    q, qd, qg = fused(z, comp_mu, comp_lv, LogWeights(float("-inf"), float("-inf"), 0.0, offset))
+    q, qd, qg = fused(z, comp_mu, comp_lv, LogWeights(float("-inf"), float("-inf"), 0.0, offset), m_global)
     acc = q.dtype
-    rows = torch.arange(z.shape[0], device=z.device) + offset  # s_i; next: s_i + 1 (< K: no wrap, S >= 1)
-    l_self = log_density(z.to(acc), comp_mu[rows].to(acc), comp_lv[rows].to(acc), fam)
-    l_next = log_density(z.to(acc), comp_mu[rows + 1].to(acc), comp_lv[rows + 1].to(acc), fam)
+    # s_i = offset + i; next: s_i + 1 (< K: no wrap, S >= 1), the first bank row after the batch's last.
+    # Slices of the batch (not of the [K, D] concatenation: their backward would fill [K, D] zeros).
+    rows = slice(offset, offset + z.shape[0])
+    nxt = slice(offset + 1, offset + z.shape[0] + 1)
+    l_self = log_density(z.to(acc), mu[rows].to(acc), logvar[rows].to(acc), fam)
+    l_next = log_density(z.to(acc), torch.cat([mu, bmu[:1]])[nxt].to(acc), torch.cat([logvar, blv[:1]])[nxt].to(acc), fam)
     ws, wn, wo = float(w.w_self), w.w_next.to(acc), w.w_other.to(acc)
 
     def combine(kernel, own, nxt):  # log(e^{w_o}·kernel + e^{w_s}·own + e^{w_n}·next), elementwise

@@ -171,8 +171,9 @@ class _Reference(Backend):
     def __init__(self, base2: bool = False):
         self.base2 = base2
 
-    def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal"):
-        return log_qz_reference(z, mu, logvar, weights, base2=self.base2, family=family)
+    def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal", grad_components=None):
+        return log_qz_reference(z, mu, logvar, weights, base2=self.base2, family=family,
+                                grad_components=grad_components)
 
 
 def gradient_l1_mass(z, mu, logvar, weights, up_q, up_d, log_qz, log_qz_dims, chunk_elements=1 << 22,

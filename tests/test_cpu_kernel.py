@@ -29,16 +29,22 @@ def test_auto_picks_the_cpu_kernel_for_cpu_tensors():
     assert select_backend("torch", z, mu, lv).name == "torch"
 
 
+@pytest.mark.parametrize("grad_components", [-1, 3], ids=["all-columns", "3-of-9-columns"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-def test_opcheck(dtype):
+def test_opcheck(dtype, grad_components):
+    """The op's schema, fake kernel and autograd; with grad_components the forward sums grad_z's
+    terms over the columns from 3 on (they also get through opcheck's autograd checks)."""
     z, mu, lv = make_inputs(7, 9, 3, dtype=dtype)
     for t in (z, mu, lv):
         t.requires_grad_()
-    args = (z, mu, lv, [-4.0, -3.5, -2.0], 0)
+    args = (z, mu, lv, [-4.0, -3.5, -2.0], 0, True, "normal", grad_components)
     torch.library.opcheck(torch.ops.tcvae.log_qz.default, args)
     q, qd, aq, aqd = torch.ops.tcvae.log_qz(*args)
-    bargs = (torch.randn_like(q), torch.randn_like(qd), z.detach(), mu.detach(), lv.detach(), aq, aqd, [-4.0, -3.5, -2.0], 0)
+    bargs = (torch.randn_like(q), torch.randn_like(qd), z.detach(), mu.detach(), lv.detach(), aq, aqd,
+             [-4.0, -3.5, -2.0], 0, True, "normal", grad_components)
     torch.library.opcheck(torch.ops.tcvae.log_qz_backward.default, bargs)
+    gargs = (z, mu, lv, [2], [-4.0, -3.5, -2.0], 0, "normal", True, grad_components)
+    torch.library.opcheck(torch.ops.tcvae.log_qz_groups.default, gargs)
 
 
 def test_torch_compile_fullgraph_decompose():

@@ -46,14 +46,16 @@ class Backend:
         return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
     def log_qz(self, z, mu, logvar, weights: LogWeights, deterministic: bool = False,
-               family: str = "normal") -> tuple[torch.Tensor, torch.Tensor]:
+               family: str = "normal", grad_components: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``deterministic``: results bitwise the same in every process (a backend whose launch
         configuration is autotuned fixes it; the others are deterministic anyway). ``family``: the
-        posterior family, reference.FAMILIES ("laplace": ``logvar`` holds the log-scale)."""
+        posterior family, reference.FAMILIES ("laplace": ``logvar`` holds the log-scale).
+        ``grad_components``: None (all), or n: only the first n components get d/dmu, d/dlogvar
+        (the others' rows are 0; they enter d/dz alone), so the backward skips their columns."""
         raise NotImplementedError
 
     def log_qz_groups(self, z, mu, logvar, weights: LogWeights, groups: list[list[int]], deterministic: bool = False,
-                      family: str = "normal"):
+                      family: str = "normal", grad_components: int | None = None):
         """``(log_qz [M], log_qz_dims [M, D], log_qz_groups [M, G])`` for a partition ``groups`` of
         the dimensions (index lists), ``log_qz_groups[i, g] = logsumexp_j(sum_{d in g} l[i,j,d] + w[i,j])``.
 
@@ -64,12 +66,12 @@ class Backend:
         once (summed in float16, partial gradients can overflow to ±inf and add up to NaN)."""
         acc = accumulation_dtype(z.dtype)
         z, mu, logvar = (t.to(acc) for t in (z, mu, logvar))
-        lqz, lqzd = self.log_qz(z, mu, logvar, weights, deterministic=deterministic, family=family)
+        kw = dict(deterministic=deterministic, family=family, grad_components=grad_components)
+        lqz, lqzd = self.log_qz(z, mu, logvar, weights, **kw)
 
         def joint(k, g):
             sel = torch.as_tensor(g, device=z.device)
-            return self.log_qz(z[:, sel], mu[:, sel], logvar[:, sel], weights, deterministic=deterministic,
-                               family=family)[0]
+            return self.log_qz(z[:, sel], mu[:, sel], logvar[:, sel], weights, **kw)[0]
 
         return lqz, lqzd, group_columns(groups, lqz, lqzd, joint)
 

@@ -26,11 +26,11 @@ class CudaBackend(ExtensionBackend):
 
 class _EmulatedCudaFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, mu, logvar, weights, splits, family):
+    def forward(ctx, z, mu, logvar, weights, splits, family, grad_components):
         q, qd, aq, aqd = torch.ops.tcvae._emulate_log_qz(z, mu, logvar, *weights.op_args(), splits,
                                                          any(ctx.needs_input_grad[:3]), family)
         ctx.save_for_backward(z, mu, logvar, aq, aqd)
-        ctx.weights, ctx.splits, ctx.family = weights, splits, family
+        ctx.weights, ctx.splits, ctx.family, ctx.grad_components = weights, splits, family, grad_components
         return q, qd
 
     @staticmethod
@@ -38,8 +38,8 @@ class _EmulatedCudaFn(torch.autograd.Function):
         z, mu, logvar, aq, aqd = ctx.saved_tensors
         gz, gmu, glv = torch.ops.tcvae._emulate_log_qz_backward(
             grad_q.contiguous(), grad_qd.contiguous(), z, mu, logvar, aq, aqd, *ctx.weights.op_args(), ctx.splits,
-            True, ctx.family)
-        return gz, gmu, glv, None, None, None
+            True, ctx.family, ctx.grad_components)
+        return gz, gmu, glv, None, None, None, None
 
 
 class CudaEmulationBackend(Backend):
@@ -58,5 +58,6 @@ class CudaEmulationBackend(Backend):
     def not_supported_reasons(self, z, mu, logvar):
         return [] if z.device.type == "cpu" else ["the emulation runs on CPU tensors"]
 
-    def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal"):
-        return _EmulatedCudaFn.apply(z, mu, logvar, weights, self.splits, family)
+    def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal", grad_components=None):
+        return _EmulatedCudaFn.apply(z, mu, logvar, weights, self.splits, family,
+                                     -1 if grad_components is None else int(grad_components))

@@ -1,9 +1,12 @@
 """Python side of the C++/CUDA custom ops ``torch.ops.tcvae.*`` (built from csrc/).
 
-``tcvae::log_qz(z, mu, logvar, weights, offset, grad_terms, family)
--> (log_qz [M], log_qz_dims [M, D], aux_q [M, 2], aux_qd [M, D, 2])`` in the accumulation dtype
+``tcvae::log_qz(z, mu, logvar, weights, offset, grad_terms, family, grad_components)
+-> (log_qz [M], log_qz_dims [M, D], aux_q [M, 2], aux_qd [M, D, A])`` in the accumulation dtype
 (float64 for float64 inputs, else float32); the aux tensors are the kernel's saved logsumexp states
-(base 2, split as max + rest so the backward's softmax weights stay exact at any magnitude).
+(base 2, split as max + rest so the backward's softmax weights stay exact at any magnitude) and the
+forward's sums of grad_z's terms (A = 5 on the CPU, 4 on CUDA). ``grad_components``: the backward
+computes d/dmu, d/dlogvar for the first so many components only (-1: all; the others' rows are 0,
+and they enter d/dz alone: a component bank's detached rows).
 ``tcvae::log_qz_backward(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, ...) -> (grad_z, grad_mu,
 grad_logvar)`` in the inputs' dtypes. ``weights, offset``: the estimator's log weights as
 :meth:`tcvae_kernels.LogWeights.op_args` lays them out (every op here takes them so); ``family``: "normal" or "laplace" (``logvar`` then holds the log-scale).
@@ -51,31 +54,33 @@ def cuda_build_reason() -> str:
 if LOAD_ERROR is None:
 
     @torch.library.register_fake("tcvae::log_qz")
-    def _log_qz_fake(z, mu, logvar, weights, offset, grad_terms=True, family="normal"):
+    def _log_qz_fake(z, mu, logvar, weights, offset, grad_terms=True, family="normal", grad_components=-1):
         torch._check(z.dim() == 2 and mu.dim() == 2 and mu.shape == logvar.shape)
         torch._check(z.shape[1] == mu.shape[1])
         acc = accumulation_dtype(z.dtype)
         m, d = z.shape
-        # aux_qd: (m, r) on the CPU; (m, r, tn, jn) on CUDA, whose forward also sums the grad_z terms
-        states = 4 if z.device.type == "cuda" else 2
+        # aux_qd: (m, r, tn, jn, jg) on the CPU (the grad_z sums over the columns its backward leaves
+        # out); (m, r, tn, jn) on CUDA (over all: its backward computes no grad_z)
+        states = 4 if z.device.type == "cuda" else 5
         return (z.new_empty((m,), dtype=acc), z.new_empty((m, d), dtype=acc),
                 z.new_empty((m, 2), dtype=acc), z.new_empty((m, d, states), dtype=acc))
 
     @torch.library.register_fake("tcvae::log_qz_backward")
     def _log_qz_backward_fake(grad_q, grad_qd, z, mu, logvar, aux_q, aux_qd, weights, offset, grad_terms=True,
-                              family="normal"):
+                              family="normal", grad_components=-1):
         return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)
 
     @torch.library.register_fake("tcvae::log_qz_groups")
-    def _log_qz_groups_fake(z, mu, logvar, group_ends, weights, offset, family="normal"):
+    def _log_qz_groups_fake(z, mu, logvar, group_ends, weights, offset, family="normal", grad_terms=True,
+                            grad_components=-1):
         q, qd, aq, _ = _log_qz_fake(z, mu, logvar, weights, offset)
-        aqd = z.new_empty((*qd.shape, 2), dtype=q.dtype)  # a CPU-only op: (m, r)
+        aqd = z.new_empty((*qd.shape, 5), dtype=q.dtype)  # a CPU-only op: (m, r, tn, jn, jg)
         g = len(group_ends)
         return q, qd, z.new_empty((z.shape[0], g), dtype=q.dtype), aq, aqd, z.new_empty((z.shape[0], g, 2), dtype=q.dtype)
 
     @torch.library.register_fake("tcvae::log_qz_groups_backward")
     def _log_qz_groups_backward_fake(grad_q, grad_qd, grad_qg, z, mu, logvar, aux_q, aux_qd, aux_qg, group_ends,
-                                     weights, offset, family="normal"):
+                                     weights, offset, family="normal", grad_terms=True, grad_components=-1):
         return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)
 
     # Under torch.autocast the ops compute in float32: float16/bfloat16 inputs are upcast and the
@@ -117,7 +122,8 @@ class ExtensionBackend(Backend):
             return []
         return [self.device_type]
 
-    def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal"):
+    def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal", grad_components=None):
         # both kernels are always deterministic (fixed-order reductions, no atomics)
-        q, qd, _, _ = torch.ops.tcvae.log_qz(z, mu, logvar, *weights.op_args(), needs_grad(z, mu, logvar), family)
+        q, qd, _, _ = torch.ops.tcvae.log_qz(z, mu, logvar, *weights.op_args(), needs_grad(z, mu, logvar), family,
+                                             -1 if grad_components is None else int(grad_components))
         return q, qd

@@ -41,9 +41,9 @@ class TritonBackend(Backend):
             why.append("backend 'triton' indexes components with 32-bit offsets: K·D must be < 2^31")
         return why
 
-    def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal"):
+    def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal", grad_components=None):
         from .triton_kernels import log_qz_op
 
         q, qd, _, _ = log_qz_op(z, mu, logvar, *weights.op_args(), bool(deterministic), needs_grad(z, mu, logvar),
-                                family)
+                                family, -1 if grad_components is None else int(grad_components))
         return q, qd

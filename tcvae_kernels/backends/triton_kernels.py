@@ -579,8 +579,8 @@ def _prepare(z, mu, logvar, w: LogWeights, laplace: bool = False):
 
 @torch.library.triton_op("tcvae_triton::log_qz", mutates_args=())
 def log_qz_op(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, weights: list[float], offset: int,
-              deterministic: bool, grad_terms: bool = True,
-              family: str = "normal") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              deterministic: bool, grad_terms: bool = True, family: str = "normal",
+              grad_components: int = -1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log_qz [M], log_qz_dims [M, D], aux_q [M, 2], aux_qd [M, D, 4]) in the compute dtype. aux_q
     is the joint (m, r) logsumexp state in base 2, aux_qd the marginal one, (qm, qr), followed by the
     two terms of grad_z that the forward sums on the way (``grad_terms``; zeros without it):
@@ -588,7 +588,8 @@ def log_qz_op(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, weights: 
     softmax weights over components. ``weights, offset``: the estimator's log weights as
     :meth:`tcvae_kernels.LogWeights.op_args` lays them out. ``deterministic``: launch with a fixed
     config instead of the autotuner's pick (:func:`_launch_config`). ``family``: "normal" or
-    "laplace" (``logvar`` the log-scale; u·s becomes sign(u)·s in tn and jn)."""
+    "laplace" (``logvar`` the log-scale; u·s becomes sign(u)·s in tn and jn). ``grad_components``:
+    for the backward (the first so many components get d/dmu, d/dlogvar; -1: all)."""
     acc = accumulation_dtype(z.dtype)
     m, d = z.shape
     k = mu.shape[0]
@@ -655,13 +656,13 @@ def _pad_rows(t: torch.Tensor, mp: int, value: float) -> torch.Tensor:
 @torch.library.triton_op("tcvae_triton::log_qz_backward", mutates_args=())
 def log_qz_backward_op(grad_q: torch.Tensor, grad_qd: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
                        logvar: torch.Tensor, aux_q: torch.Tensor, aux_qd: torch.Tensor, weights: list[float],
-                       offset: int, deterministic: bool, grad_terms: bool = True,
-                       family: str = "normal") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       offset: int, deterministic: bool, grad_terms: bool = True, family: str = "normal",
+                       grad_components: int = -1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_z, grad_mu, grad_logvar) in the inputs' dtypes, bitwise reproducible for one launch
     config (no atomics; ``deterministic``: a fixed one, :func:`_launch_config`).
     grad_z = -2 ln2 · (a·jn + b·tn) from the forward's sums (a, b: the upstream gradients of log_qz
     and log_qz_dims; Laplace: -ln2); grad_mu and grad_logvar from one pass that sums over queries
-    inside a thread."""
+    inside a thread, over the first ``grad_components`` components (-1: all; the other rows 0)."""
     if not grad_terms:
         raise RuntimeError("tcvae_triton::log_qz ran with grad_terms=False: its outputs have no backward")
     acc = accumulation_dtype(z.dtype)
@@ -680,14 +681,19 @@ def log_qz_backward_op(grad_q: torch.Tensor, grad_qd: torch.Tensor, z: torch.Ten
     qm = _pad_rows(qm0, mp, 0.0)  # [D, MP]
     qflag = _pad_rows((qm0 != 0).any(dim=0).to(torch.int32), mp, 0)  # rows of the exact path
     bq = _pad_rows((b0 * torch.exp2(-aux_qd[..., 1].to(acc))).t(), mp, 0.0)  # b·2^(-r)
-    col_splits = _num_splits(k, mp, z.device, "cols")
+    if not -1 <= grad_components <= k:
+        raise ValueError(f"grad_components must be -1 or in [0, K={k}], got {grad_components}")
+    kg = k if grad_components < 0 else grad_components  # the column blocks of the first kg components only
+    col_splits = _num_splits(max(kg, 1), mp, z.device, "cols")
     gmu = torch.zeros((col_splits, d, kp), dtype=acc, device=z.device)
     glv = torch.zeros((col_splits, d, kp), dtype=acc, device=z.device)
-    _launch("_bwd_cols_kernel" + ("+laplace" if laplace else ""), lambda meta: (triton.cdiv(kp, meta["BLOCK_K"]), col_splits),
+    _launch("_bwd_cols_kernel" + ("+laplace" if laplace else ""),
+            lambda meta: (max(1, triton.cdiv(kg, meta["BLOCK_K"])), col_splits),
             z_t, comp, csum, jm, jr, a, bq, qm, qflag, gmu, glv, mp, kp, k, d, offset, consts, col_splits,
             deterministic=deterministic)
-    grad_mu = slope_ln2 * (gmu.sum(dim=0) * comp[:, 0])[:, :k].t()  # sum_i G·slope(u)·s
-    grad_lv = LN2 * glv.sum(dim=0)[:, :k].t()
+    keep = (torch.arange(kp, device=z.device) < kg).to(acc)  # rows >= kg: not asked for (a bank's), 0
+    grad_mu = slope_ln2 * (gmu.sum(dim=0) * comp[:, 0] * keep)[:, :k].t()  # sum_i G·slope(u)·s
+    grad_lv = LN2 * (glv.sum(dim=0) * keep)[:, :k].t()
     return grad_z.to(z.dtype), grad_mu.to(mu.dtype), grad_lv.to(logvar.dtype)
 
 

@@ -235,3 +235,11 @@ def test_model_predicts_the_bank_shape(triton_reports):
     assert all(0 < f <= 1 for f in fills)
     big = [v["sm_fill"] for r in gr.predict(reports) for v in r["kernels"].values()]
     assert big and all(f == 1 for f in big)  # M = K = 16384 fills the machine
+    # the column backward over the batch's m components only (grad_components): m / k of its elements
+    limited = {r["D"]: r for r in gr.predict(reports, m=m, k=k, dims=dims, grad_components=m) if r["source"] == "triton"}
+    for r in rows:
+        new = limited[r["D"]]
+        assert new["forward_ms"] == r["forward_ms"]
+        assert new["fwd_bwd_ms"] < r["fwd_bwd_ms"]
+        cols, cols_all = new["kernels"]["_bwd_cols_kernel"], r["kernels"]["_bwd_cols_kernel"]
+        assert cols["sm_fill"] <= cols_all["sm_fill"]

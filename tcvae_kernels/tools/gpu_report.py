@@ -570,12 +570,16 @@ def programs(source: str, name: str, config: str, m: int, k: int, sms: int) -> i
 
 
 def predict(reports: list[KernelReport], arch: int = 90, m: int = 16384, k: int = 16384, dims=SIZES,
-            machine=H100, pick=min) -> list[dict]:
+            machine=H100, pick=min, grad_components: int | None = None) -> list[dict]:
     """For each source (triton: the best config per kernel, or the worst with ``pick=max``, which
     bounds whatever the autotuner keeps; cuda: float) and D: predicted forward and forward+backward
     times and their ratios to the MUFU floor. A launch of fewer programs than SMs (a small batch
     against a bank: M = 256, K = 16384) runs at that fraction of the machine: its clocks per
-    warp-element are divided by min(1, programs / SMs) (``sm_fill``)."""
+    warp-element are divided by min(1, programs / SMs) (``sm_fill``). ``grad_components``: the
+    leading components that get d/dmu, d/dlogvar (a bank's batch; None: all K): the column backward
+    sweeps M × grad_components elements, its clocks (per warp-element of the M × K sweep) scaled by
+    grad_components / K."""
+    kc = k if grad_components is None else grad_components
     rows = []
     for label, sweeps in SWEEPS.items():
         source = label.split()[0]
@@ -590,8 +594,10 @@ def predict(reports: list[KernelReport], arch: int = 90, m: int = 16384, k: int 
                 for r in cand:
                     if r.name == name:
                         clk, pipe = clocks_per_warp_element(r.per_element(d))
-                        fill = min(1.0, programs(source, name, r.config, m, k, machine["sms"]) / machine["sms"])
-                        opts.append((clk / fill, pipe, r.config, fill))
+                        cols = "cols" in name
+                        fill = min(1.0, programs(source, name, r.config, m, kc if cols else k, machine["sms"])
+                                   / machine["sms"])
+                        opts.append((clk / fill * (kc / k if cols else 1.0), pipe, r.config, fill))
                 if opts:
                     best[name] = pick(opts, key=lambda t: t[0])
             if len(best) < 3:
@@ -664,7 +670,8 @@ def main(argv=None) -> int:
         reports += found
     arch = 90 if 90 in args.arch else args.arch[0]
     preds = predict(reports, arch=arch)
-    bank = predict(reports, arch=arch, m=BANK_SHAPE[0], k=BANK_SHAPE[1], dims=BANK_SHAPE[2])
+    bank = predict(reports, arch=arch, m=BANK_SHAPE[0], k=BANK_SHAPE[1], dims=BANK_SHAPE[2],
+                   grad_components=BANK_SHAPE[0])
     if args.json:
         print(json.dumps({"kernels": [dataclasses.asdict(r) for r in reports], "predictions": preds,
                           "bank_predictions": bank,
@@ -676,7 +683,8 @@ def main(argv=None) -> int:
           f"(lower bounds; targets: forward <= {TARGETS['forward']}× floor, fwd+bwd <= {TARGETS['forward+backward']}×)\n")
     print(prediction_table(preds))
     print(f"\n## Predicted at a component bank's shape, M = {BANK_SHAPE[0]} queries × K = {BANK_SHAPE[1]} components "
-          "(split-K; fill: the share of SMs a launch occupies, where below 1)\n")
+          "(split-K; fill: the share of SMs a launch occupies, where below 1; the column backward over the "
+          f"batch's {BANK_SHAPE[0]} components only)\n")
     print(prediction_table(bank))
     spilled = [f"{r.source}:{r.name}[{r.config}]@sm_{r.arch}" for r in reports if r.stack or r.local_ops]
     print(f"\nkernels using local memory: {len(spilled)}" + (f" ({', '.join(spilled)})" if spilled else ""))

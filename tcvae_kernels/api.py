@@ -170,6 +170,10 @@ def _log_qz_acc(z, mu, logvar, opts: EstimatorOptions, *, need_own_component=Fal
     the accumulation dtype (groups: :meth:`Backend.log_qz_groups`). With a process group the
     components are those of the global batch (tcvae_kernels.distributed); with a materialized bank,
     those and the bank's (:func:`_with_bank`)."""
+    if opts.process_group is not None and z.ndim == 2 and z.shape[0] == 0:
+        from .distributed import gather_components  # an empty rank: raise on every rank, in the collective
+
+        gather_components(mu, logvar, opts.process_group)
     m, k, _ = check_inputs(z, mu, logvar)
     check_family(opts.family)
     check_bank(opts.bank, opts.family)

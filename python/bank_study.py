@@ -20,7 +20,10 @@ docs/estimators.md ("A component bank") and bench/RESULTS.md are this script's o
     python python/bank_study.py [--parts a b c d] [--steps 1400] [--seeds 0 1 2] [--bank 4096] [--out bench/bank_study]
     python python/bank_study.py --render bench/bank_study.json   # the tables of a saved run
 
-~19 minutes on 2 cores (bench/bank_study.md: the committed run).
+~19 minutes on 2 cores (bench/bank_study.md: the committed run). The staleness of a bank spanning
+64 steps (16,384 = N / 4 at N = 65,536, batch 256; bench/bank_study_span.md, ~2 minutes):
+
+    python python/bank_study.py --parts b --bank 16384 --train-size 65536 --out bench/bank_study_span
 """
 
 from __future__ import annotations

@@ -437,3 +437,29 @@ def test_regime_warning_recommends_the_bank(bank_size, advice):
     lv = torch.full_like(mu, -6.0)
     with pytest.warns(tk.EstimatorRegimeWarning, match=re.escape(advice)):
         loss(mu.clone(), mu, lv)
+
+
+@pytest.mark.parametrize("groups", [None, [[0, 2], [1]]], ids=["plain", "groups"])
+@pytest.mark.parametrize("family", ["normal", "laplace"])
+def test_gradcheck_float64_with_a_bank(family, groups):
+    """torch.autograd.gradcheck of the decomposition with a partly filled bank (the fused cpu
+    backend, whose backward computes the batch's columns only and takes the bank's d/dz terms from
+    the forward), both families (Laplace: z away from every mean's kink), MSS, float64."""
+    m, d = 5, 3
+    g = torch.Generator().manual_seed(11)
+    bank = tk.ComponentBank(9, family=family)
+    bank.push(torch.randn(6, d, generator=g, dtype=torch.float64), -1 + torch.rand(6, d, generator=g, dtype=torch.float64))
+    mu = torch.randn(m, d, generator=g, dtype=torch.float64)
+    lv = -1 + torch.rand(m, d, generator=g, dtype=torch.float64)
+    z = mu + 0.5 + torch.rand(m, d, generator=g, dtype=torch.float64)  # off every kink z = mu
+    leaves = [t.clone().requires_grad_() for t in (z, mu, lv)]
+
+    def objective(a, b, c):
+        kw = dict(dataset_size=100, bank=bank, backend="cpu", family=family)
+        if groups is None:
+            p = tk.decompose(a, b, c, **kw)
+            return 0.7 * p.mi + 3.0 * p.tc + 1.3 * p.dim_kl
+        p = tk.grouped_decompose(a, b, c, groups=groups, **kw)
+        return 0.7 * p.mi + 3.0 * p.tc_between + 2.0 * p.tc_within + 1.3 * p.dim_kl
+
+    assert torch.autograd.gradcheck(objective, leaves)

@@ -13,7 +13,7 @@ import torch
 
 from ._host import check_finite
 from ._validation import check_estimator_args, check_family, check_inputs, normalize_groups
-from .bank import check_bank
+from .bank import check_bank, check_bank_fits
 from .dispatch import select_backend
 from .estimators import LogWeights, log_weights
 from .options import EstimatorKwargs, EstimatorOptions, options_doc, resolve_options
@@ -193,10 +193,8 @@ def _log_qz_acc(z, mu, logvar, opts: EstimatorOptions, *, need_own_component=Fal
     bank = opts.bank if opts.bank is not None and opts.bank.materialized else None
     k = mu.shape[0] + (bank.size if bank is not None else 0)
     n = opts.dataset_size
-    if bank is not None and opts.estimator != "uniform" and n is not None and k > n:
-        raise ValueError(f"the batch ({mu.shape[0]} components) plus the bank (size {bank.size}) make K={k} components, "
-                         f"more than dataset_size={n}: with estimator={opts.estimator!r} each component stands for a "
-                         f"distinct data point; use a bank of at most {n - mu.shape[0]} (bank_size)")
+    if bank is not None:
+        check_bank_fits(mu.shape[0], bank.size, n, opts.estimator)
     check_estimator_args(opts.estimator, n, m, k, offset)
     if bank is not None and opts.estimator == "mss" and mu.shape[0] < 2:
         raise ValueError("estimator='mss' with a bank needs a (global) batch of at least 2 components: the first "

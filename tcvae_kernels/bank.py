@@ -255,6 +255,24 @@ class ComponentBank(nn.Module):
         return f"size={self.size}, family={self.family!r}{where}"
 
 
+def check_bank_fits(batch: int, bank_size: int, dataset_size, estimator: str) -> None:
+    """The one rule of a bank's size: a batch of ``batch`` components plus a bank of ``bank_size``
+    make K = batch + bank_size components, each a distinct data point under "mss"/"mws", so K <=
+    ``dataset_size`` ("uniform", a plain mixture, and an unknown dataset_size have no bound). The
+    losses check it with the smallest batch (1) when built, the functions with the call's batch.
+
+    Raises:
+        ValueError: K > dataset_size, naming the largest bank that fits."""
+    if estimator == "uniform" or not isinstance(dataset_size, int) or isinstance(dataset_size, bool):
+        return
+    k = batch + bank_size
+    if bank_size and k > dataset_size:
+        raise ValueError(f"the batch ({batch} component{'s' if batch != 1 else ''}) plus the bank (size {bank_size}) "
+                         f"make K={k} components, more than dataset_size={dataset_size}: with estimator={estimator!r} "
+                         f"each component stands for a distinct data point; use a bank of at most "
+                         f"{dataset_size - batch} (bank_size)")
+
+
 def check_bank(bank, family: str) -> None:
     """``bank`` is None or a ComponentBank of ``family`` (the options' ``bank=``)."""
     if bank is None:

@@ -28,7 +28,7 @@ from . import _host
 from ._validation import _check_int, accumulation_dtype, normalize_groups
 from .api import Decomposition, GroupedDecomposition, Groups, PriorArg, _decompose, _grouped_decompose, autocast_active
 from .reference import check_prior
-from .bank import ComponentBank
+from .bank import ComponentBank, check_bank_fits
 from .options import EstimatorOptions
 
 
@@ -109,7 +109,8 @@ class EstimatorRegimeWarning(UserWarning):
 
 
 #: The bank size the docs recommend, capped at dataset_size / 4 (docs/estimators.md, "A component
-#: bank": a 16k bank leaves 1-3 % TC bias at N = 50,000; stale entries cost nothing measurable).
+#: bank": a 16k bank leaves 1-3 % TC bias at N = 50,000; stale entries cost nothing measurable over
+#: a 16-step span, about half of the TC correction over 64, a 16k bank's span at batch 256).
 RECOMMENDED_BANK = 16384
 #: The TC losses warn (once per loss object) when the batch mean of the self share exceeds
 #: SELF_SHARE_WARNING while the batch is under SMALL_BATCH_FRACTION of dataset_size. Chosen from the
@@ -256,9 +257,7 @@ class BetaTCVAELoss(_LossState):
         _check_int("bank_size", bank_size, minimum=0)
         if bank_size and bank is not None:
             raise TypeError("pass bank_size= (the loss creates its bank) or bank= (a ComponentBank of yours), not both")
-        if bank_size and estimator != "uniform" and isinstance(dataset_size, int) and bank_size >= dataset_size:
-            raise ValueError(f"bank_size={bank_size} must be below dataset_size={dataset_size}: the batch plus the "
-                             f"bank must not exceed the data set (each component is a distinct data point)")
+        check_bank_fits(1, bank_size, dataset_size, estimator)  # with the smallest batch; each call checks its own
         self.options = EstimatorOptions(dataset_size=dataset_size, estimator=estimator, family=family, backend=backend,
                                         check_finite=bool(check_finite), deterministic=bool(deterministic),
                                         process_group=process_group,

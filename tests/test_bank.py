@@ -387,8 +387,12 @@ def test_the_first_call_moves_the_state_to_the_batch_device():
 
 
 def test_loss_bank_size_checks():
-    with pytest.raises(ValueError, match="below dataset_size"):
+    # the one rule (bank.check_bank_fits), at construction with the smallest batch
+    with pytest.raises(ValueError, match=r"the batch \(1 component\) plus the bank \(size 100\) make K=101 components, "
+                                         r"more than dataset_size=100.*at most 99 \(bank_size\)"):
         tk.BetaTCVAELoss(dataset_size=100, bank_size=100)
+    tk.BetaTCVAELoss(dataset_size=100, bank_size=99)
+    tk.BetaTCVAELoss(dataset_size=100, bank_size=100, estimator="uniform")  # a plain mixture: no bound
     with pytest.raises(ValueError, match="bank_size must be >= 0"):
         tk.BetaTCVAELoss(dataset_size=100, bank_size=-1)
     loss = tk.BetaTCVAELoss(dataset_size=100, bank_size=10)

@@ -7,6 +7,7 @@ truncated or cast.
 from __future__ import annotations
 
 import numbers
+from typing import Literal, get_args
 
 import torch
 
@@ -14,8 +15,9 @@ from .estimators import ESTIMATORS
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-#: the posterior families (``family=``; the formulas: tcvae_kernels.reference)
-FAMILIES = ("normal", "laplace")
+#: the posterior families (``family=``; the formulas: tcvae_kernels.reference): the one list, as its type
+Family = Literal["normal", "laplace"]
+FAMILIES: tuple[str, ...] = get_args(Family)
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import FLOAT_DTYPES, _check_int, check_family
+from ._validation import FLOAT_DTYPES, Family, _check_int, check_family
 
 _STORAGE = ("mu", "logvar")
 
@@ -62,7 +62,7 @@ class ComponentBank(nn.Module):
         64
     """
 
-    def __init__(self, size: int, family: str = "normal") -> None:
+    def __init__(self, size: int, family: Family = "normal") -> None:
         super().__init__()
         _check_int("size", size, minimum=1)
         check_family(family)

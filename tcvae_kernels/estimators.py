@@ -24,13 +24,14 @@ K is the number of components (the minibatch size when K = M), N the dataset siz
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 
-#: Names of the estimators, "mss" (minibatch stratified sampling), "mws" (minibatch weighted
-#: sampling) and "uniform" (the plain mixture, weight -log K).
-ESTIMATORS = ("mss", "mws", "uniform")
+#: Names of the estimators, "mss" (minibatch stratified sampling), "mws" (minibatch weighted sampling) and
+#: "uniform" (the plain mixture, weight -log K): the one list, as the type of ``estimator=``.
+Estimator = Literal["mss", "mws", "uniform"]
+ESTIMATORS: tuple[str, ...] = get_args(Estimator)
 
 
 class LogWeights(NamedTuple):

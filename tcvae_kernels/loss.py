@@ -25,10 +25,11 @@ from torch.nn import functional as F
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from . import _host
-from ._validation import _check_int, accumulation_dtype, normalize_groups
+from ._validation import Family, _check_int, accumulation_dtype, normalize_groups
 from .api import Decomposition, GroupedDecomposition, Groups, PriorArg, _decompose, _grouped_decompose, autocast_active
 from .reference import check_prior
 from .bank import ComponentBank, check_bank_fits
+from .estimators import Estimator
 from .options import EstimatorOptions
 
 
@@ -221,8 +222,8 @@ class BetaTCVAELoss(_LossState):
 
     # the fields of EstimatorOptions, readable and settable on the loss (tests/test_typing.py: all of them)
     dataset_size: _OptionField[int | None] = _OptionField()
-    estimator: _OptionField[str] = _OptionField()
-    family: _OptionField[str] = _OptionField()
+    estimator: _OptionField[Estimator] = _OptionField()
+    family: _OptionField[Family] = _OptionField()
     backend: _OptionField[str] = _OptionField()
     check_finite: _OptionField[bool] = _OptionField()
     deterministic: _OptionField[bool] = _OptionField()
@@ -235,7 +236,7 @@ class BetaTCVAELoss(_LossState):
         alpha: float = 1.0,
         beta: float = 6.0,
         gamma: float = 1.0,
-        estimator: str = "mss",
+        estimator: Estimator = "mss",
         backend: str = "auto",
         *,
         warmup_steps: int = 0,
@@ -244,7 +245,7 @@ class BetaTCVAELoss(_LossState):
         process_group: Any = None,
         warn_regime: bool = True,
         prior: PriorArg = "normal",
-        family: str = "normal",
+        family: Family = "normal",
         bank_size: int = 0,
         bank: ComponentBank | None = None,
     ) -> None:
@@ -404,10 +405,10 @@ class HFVAELoss(BetaTCVAELoss):
     """
 
     def __init__(self, dataset_size: int | None, groups: Groups, alpha: float = 1.0, beta: float = 6.0,
-                 beta_within: float = 1.0, gamma: float = 1.0, estimator: str = "mss", backend: str = "auto", *,
+                 beta_within: float = 1.0, gamma: float = 1.0, estimator: Estimator = "mss", backend: str = "auto", *,
                  warmup_steps: int = 0, check_finite: bool = False, deterministic: bool = False,
                  process_group: Any = None, warn_regime: bool = True, prior: PriorArg = "normal",
-                 family: str = "normal", bank_size: int = 0, bank: ComponentBank | None = None) -> None:
+                 family: Family = "normal", bank_size: int = 0, bank: ComponentBank | None = None) -> None:
         super().__init__(dataset_size, alpha, beta, gamma, estimator, backend, warmup_steps=warmup_steps,
                          check_finite=check_finite, deterministic=deterministic, process_group=process_group,
                          warn_regime=warn_regime, prior=prior, family=family, bank_size=bank_size, bank=bank)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, TypedDict, TypeVar
 
+from ._validation import Family
 from .bank import ComponentBank, check_bank
+from .estimators import Estimator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +52,8 @@ class EstimatorOptions:
     """
 
     dataset_size: int | None = None
-    estimator: str = "mss"
-    family: str = "normal"
+    estimator: Estimator = "mss"
+    family: Family = "normal"
     backend: str = "auto"
     check_finite: bool = False
     deterministic: bool = False
@@ -77,8 +79,8 @@ class EstimatorKwargs(TypedDict, total=False):
     error). Same names, types and meaning as the dataclass (tests/test_typing.py keeps them equal)."""
 
     dataset_size: int | None
-    estimator: str
-    family: str
+    estimator: Estimator
+    family: Family
     backend: str
     check_finite: bool
     deterministic: bool

@@ -72,3 +72,13 @@ def test_typed_mirrors_list_the_options():
     assert on_loss == list(fields)
     hints = typing.get_type_hints(tk.BetaTCVAELoss.__init__)
     assert set(fields) <= set(hints)
+
+
+def test_the_value_types_are_the_runtime_lists():
+    """``estimator=`` and ``family=`` are typed by the one list each (Literal types whose values are
+    the runtime tuples), so a type checker rejects a misspelled value (usage_bad.py)."""
+    from tcvae_kernels._validation import FAMILIES, Family
+    from tcvae_kernels.estimators import ESTIMATORS, Estimator
+
+    assert typing.get_args(Estimator) == ESTIMATORS == ("mss", "mws", "uniform")
+    assert typing.get_args(Family) == FAMILIES == ("normal", "laplace")

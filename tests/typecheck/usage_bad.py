@@ -17,3 +17,7 @@ tk.HFVAELoss(100, groups=[1, 1], warmup=5)  # E: call-arg
 s: str = tk.self_share(z, mu, lv, dataset_size=100)  # E: assignment
 tk.decompose(z, mu, lv, dataset_size=100, prior=3)  # E: arg-type
 tk.log_qz(z, mu, lv, dataset_size=100, family=1)  # E: arg-type
+tk.decompose(z, mu, lv, dataset_size=100, estimator="msss")  # E: arg-type
+tk.BetaTCVAELoss(dataset_size=100, family="gauss")  # E: arg-type
+tk.ComponentBank(16, family="gaussian")  # E: arg-type
+tk.EstimatorOptions(dataset_size=100, estimator="foo")  # E: arg-type

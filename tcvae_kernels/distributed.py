@@ -43,8 +43,8 @@ def gather_components(mu: torch.Tensor, logvar: torch.Tensor, process_group) -> 
         offset = sum_{r' < rank} M_r', the global index of this rank's first row.
 
     Raises:
-        ValueError (on every rank alike): the ranks' D differ, or a rank holds no rows (its
-        terms, means over its queries, would be 0/0; skip the step on every rank instead).
+        ValueError: the ranks' D differ, or a rank holds no rows (its terms, means over its
+            queries, would be 0/0; skip the step on every rank instead); raised on every rank alike.
         RuntimeError: torch.distributed is unavailable or not initialised.
     """
     dist = _dist()

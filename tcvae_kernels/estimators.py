@@ -31,6 +31,7 @@ import torch
 #: Names of the estimators, "mss" (minibatch stratified sampling), "mws" (minibatch weighted sampling) and
 #: "uniform" (the plain mixture, weight -log K): the one list, as the type of ``estimator=``.
 Estimator = Literal["mss", "mws", "uniform"]
+#: The estimators' names as a tuple, in that order (the values of :data:`Estimator`).
 ESTIMATORS: tuple[str, ...] = get_args(Estimator)
 
 

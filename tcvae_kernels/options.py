@@ -40,8 +40,9 @@ class EstimatorOptions:
             other backend is deterministic without it (docs/determinism.md).
         process_group: a torch.distributed group (e.g. ``torch.distributed.group.WORLD``): the
             components are the (mu, logvar) of every rank's batch, gathered differentiably, and the
-            weights are those of the global batch; this rank's queries are rows offset by
-            rank·M_local (see tcvae_kernels.distributed); ``dataset_size`` stays the size of the
+            weights are those of the global batch; this rank's queries are the rows after the
+            lower ranks' (their batch sizes may differ; see tcvae_kernels.distributed, and its
+            ``batch_share`` for DDP's averaging); ``dataset_size`` stays the size of the
             whole data set. None: this process's batch only.
         bank: a :class:`~tcvae_kernels.ComponentBank` of detached components of earlier batches
             (only read here): the components are the batch's (query i drawn from component i) then

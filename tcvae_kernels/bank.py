@@ -28,6 +28,7 @@ from torch import nn
 from ._validation import FLOAT_DTYPES, Family, _check_int, check_family
 
 _STORAGE = ("mu", "logvar")
+_COUNTERS = ("filled", "head", "pushes", "stamps")  # fill level, write position, push count, each row's push index
 
 
 class ComponentBank(nn.Module):
@@ -137,7 +138,7 @@ class ComponentBank(nn.Module):
         device = self.device if device is None else torch.device(device)
         for name in _STORAGE:  # in place (.data): a DistributedDataParallel built before keeps its references
             getattr(self, name).data = torch.zeros((self.size, dim), dtype=dtype, device=device)
-        for name in ("filled", "head", "pushes", "stamps"):
+        for name in _COUNTERS:
             setattr(self, name, getattr(self, name).to(device))
         self._materialized = True
 
@@ -186,7 +187,7 @@ class ComponentBank(nn.Module):
     def clear(self) -> None:
         """Forget every component (the fill level, write position and push count go to 0; the
         storage, its D, dtype and device stay)."""
-        for name in ("filled", "head", "pushes", "stamps"):
+        for name in _COUNTERS:
             getattr(self, name).zero_()
 
     def check_like(self, t: torch.Tensor, what: str) -> None:
@@ -214,7 +215,7 @@ class ComponentBank(nn.Module):
         storage takes the state's D and dtype on its own device; a state without storage (saved
         before anything was pushed) leaves this bank empty."""
         extra = state_dict.get(prefix + "_extra_state")
-        want = [prefix + k for k in (*_STORAGE, "filled", "head", "pushes", "stamps", "_extra_state")]
+        want = [prefix + k for k in (*_STORAGE, *_COUNTERS, "_extra_state")]
         if not isinstance(extra, dict) or "size" not in extra or any(k not in state_dict for k in want):
             got = sorted(k for k in state_dict if k.startswith(prefix))
             raise ValueError(f"not a ComponentBank state: expected the keys {want}, got {got}")

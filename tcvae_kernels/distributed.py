@@ -50,7 +50,7 @@ def gather_components(mu: torch.Tensor, logvar: torch.Tensor, process_group) -> 
     dist = _dist()
     world = dist.get_world_size(process_group)
     rank = dist.get_rank(process_group)
-    sizes = _batch_shapes(mu, process_group, world)
+    sizes = _batch_shapes(tuple(mu.shape), mu.device, process_group, world)
     if len({d for _, d in sizes}) != 1:
         raise ValueError(f"every rank must hold components of one D for the global-batch estimator, got shapes "
                          f"{[list(s) for s in sizes]} ([M_r, D] per rank)")
@@ -63,10 +63,10 @@ def gather_components(mu: torch.Tensor, logvar: torch.Tensor, process_group) -> 
     return both[:, :d], both[:, d:], sum(counts[:rank])
 
 
-def _batch_shapes(t: torch.Tensor, group, world: int) -> list[tuple[int, int]]:
-    """Every rank's [M_r, D], read on the host (one small collective)."""
+def _batch_shapes(shape: tuple[int, ...], device, group, world: int) -> list[tuple[int, ...]]:
+    """Every rank's ``shape``, read on the host (one small collective of a tensor on ``device``)."""
     dist = _dist()
-    shape = torch.tensor(list(t.shape), device=t.device, dtype=torch.int64)
+    shape = torch.tensor(list(shape), device=device, dtype=torch.int64)
     shapes = [torch.zeros_like(shape) for _ in range(world)]
     dist.all_gather(shapes, shape, group=group)
     return [tuple(int(v) for v in s.tolist()) for s in shapes]
@@ -93,8 +93,7 @@ def batch_share(batch_size: int, process_group, device=None) -> float:
         raise ValueError(f"batch_size must be a non-negative int (this rank's batch size), got {batch_size!r}")
     dist = _dist()
     world = dist.get_world_size(process_group)
-    sizes = _batch_shapes(torch.empty(batch_size, 0, device=device), process_group, world)
-    total = sum(m for m, _ in sizes)
+    total = sum(m for (m,) in _batch_shapes((batch_size,), device, process_group, world))
     if total == 0:
         raise ValueError("every rank's batch_size is 0")
     return world * batch_size / total
@@ -117,9 +116,9 @@ class _AllGatherRows(torch.autograd.Function):
         import torch.distributed as dist
 
         rank, top = dist.get_rank(group), max(counts)
-        padded = t if t.shape[0] == top else torch.cat([t, t.new_zeros((top - t.shape[0],) + tuple(t.shape[1:]))])
+        padded = _pad_rows(t, top)
         parts = [torch.empty_like(padded) for _ in counts]
-        dist.all_gather(parts, padded.contiguous(), group=group)
+        dist.all_gather(parts, padded, group=group)
         ctx.group = None if group is None or group is dist.group.WORLD else group
         ctx.counts, ctx.rank = tuple(counts), rank
         return torch.cat([p[:c] for p, c in zip(parts, counts)], dim=0)
@@ -132,13 +131,18 @@ class _AllGatherRows(torch.autograd.Function):
         counts, rank = ctx.counts, ctx.rank
         top = max(counts)
         pieces = grad.contiguous().split(list(counts), dim=0)
-        padded = torch.cat([torch.cat([p, p.new_zeros((top - p.shape[0],) + tuple(p.shape[1:]))]) for p in pieces])
+        padded = torch.cat([_pad_rows(p, top) for p in pieces])  # a copy: all_reduce works in place
         if dist.get_backend(group) == "nccl":
             out = padded.new_empty((top,) + tuple(padded.shape[1:]))
             dist.reduce_scatter_tensor(out, padded, group=group)
             return out[:counts[rank]], None, None
         dist.all_reduce(padded, group=group)
         return padded[rank * top: rank * top + counts[rank]], None, None
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``t`` with zero rows appended up to ``rows`` (``t`` itself when it has them)."""
+    return t if t.shape[0] == rows else torch.cat([t, t.new_zeros((rows - t.shape[0],) + tuple(t.shape[1:]))])
 
 
 def _all_gather_rows(t: torch.Tensor, group, counts) -> torch.Tensor:

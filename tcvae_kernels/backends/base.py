@@ -101,6 +101,11 @@ def needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def op_grad_components(grad_components: int | None) -> int:
+    """A backend's ``grad_components`` (None: all) as the ops take it (-1: all)."""
+    return -1 if grad_components is None else int(grad_components)
+
+
 
 #: name -> the constructed backend (built on first use) / its class, in registration order
 _REGISTRY: dict[str, Backend] = {}

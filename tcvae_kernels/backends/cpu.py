@@ -7,7 +7,7 @@ import itertools
 
 import torch
 
-from .base import group_columns, needs_grad, register_backend
+from .base import group_columns, needs_grad, op_grad_components, register_backend
 from .extension import ExtensionBackend
 
 
@@ -35,7 +35,7 @@ class CpuBackend(ExtensionBackend):
             z, mu, logvar = (t.index_select(1, perm) for t in (z, mu, logvar))
         q, qd, qg, *_ = torch.ops.tcvae.log_qz_groups(z, mu, logvar, ends, *weights.op_args(), family,
                                                       needs_grad(z, mu, logvar),
-                                                      -1 if grad_components is None else int(grad_components))
+                                                      op_grad_components(grad_components))
         if permuted:  # back to the caller's order of dimensions
             qd = qd.index_select(1, torch.as_tensor(sorted(range(d), key=order.__getitem__), device=z.device))
         return q, qd, group_columns(groups, q, qd, lambda k, g: qg[:, k])

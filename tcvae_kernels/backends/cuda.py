@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Backend, register_backend
+from .base import Backend, op_grad_components, register_backend
 from .extension import LOAD_ERROR, ExtensionBackend, build_info, cuda_build_reason
 
 
@@ -60,4 +60,4 @@ class CudaEmulationBackend(Backend):
 
     def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal", grad_components=None):
         return _EmulatedCudaFn.apply(z, mu, logvar, weights, self.splits, family,
-                                     -1 if grad_components is None else int(grad_components))
+                                     op_grad_components(grad_components))

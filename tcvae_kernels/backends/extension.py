@@ -24,7 +24,7 @@ import torch
 
 from .._autograd import make_backward, no_double_backward, setup_context, setup_nothing
 from .._validation import accumulation_dtype
-from .base import Backend, needs_grad
+from .base import Backend, needs_grad, op_grad_components
 
 try:
     from .. import _C  # noqa: F401  (loading the library registers the ops)
@@ -125,5 +125,5 @@ class ExtensionBackend(Backend):
     def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal", grad_components=None):
         # both kernels are always deterministic (fixed-order reductions, no atomics)
         q, qd, _, _ = torch.ops.tcvae.log_qz(z, mu, logvar, *weights.op_args(), needs_grad(z, mu, logvar), family,
-                                             -1 if grad_components is None else int(grad_components))
+                                             op_grad_components(grad_components))
         return q, qd

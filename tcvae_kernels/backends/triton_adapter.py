@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Backend, needs_grad, register_backend
+from .base import Backend, needs_grad, op_grad_components, register_backend
 
 
 @register_backend
@@ -45,5 +45,5 @@ class TritonBackend(Backend):
         from .triton_kernels import log_qz_op
 
         q, qd, _, _ = log_qz_op(z, mu, logvar, *weights.op_args(), bool(deterministic), needs_grad(z, mu, logvar),
-                                family, -1 if grad_components is None else int(grad_components))
+                                family, op_grad_components(grad_components))
         return q, qd

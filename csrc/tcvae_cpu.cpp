@@ -691,12 +691,9 @@ void check_group_ends(at::IntArrayRef group_ends, int64_t d) {
   }
 }
 
-// The components that get d/dmu, d/dlogvar: the first grad_components (-1: all; the rest, e.g. a
-// component bank's rows, only enter d/dz), padded to the SIMD width and capped at kp.
+// The columns that get d/dmu, d/dlogvar (grad_component_count), padded to the SIMD width and capped at kp.
 int64_t grad_columns(int64_t grad_components, int64_t k, int64_t kp, int64_t width) {
-  TORCH_CHECK(grad_components >= -1 && grad_components <= k, "tcvae: grad_components must be -1 or in [0, K=", k,
-              "], got ", grad_components);
-  const int64_t n = grad_components < 0 ? k : grad_components;
+  const int64_t n = grad_component_count(grad_components, k);
   return std::min(kp, (n + width - 1) / width * width);
 }
 

@@ -157,10 +157,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> log_qz_backward(const at::Tensor&
   // qflag [MP / kFlagTile]: groups of queries that hold a row of the exact path (qm != 0)
   const at::Tensor qflag = pad_last((qm0 != 0).any(0).to(at::kInt), mp, 0.0).view({mp / kFlagTile, kFlagTile}).amax(1)
                                .contiguous();
-  // the columns that need d/dmu, d/dlogvar: the first grad_components (-1: all), padded to kPad
-  TORCH_CHECK(grad_components >= -1 && grad_components <= k, "tcvae: grad_components must be -1 or in [0, K=", k,
-              "], got ", grad_components);
-  const int64_t kg = grad_components < 0 ? k : grad_components, kpg = std::min(kp, padded(std::max<int64_t>(kg, 1)));
+  // the columns that need d/dmu, d/dlogvar (grad_component_count), padded to kPad
+  const int64_t kg = grad_component_count(grad_components, k), kpg = std::min(kp, padded(std::max<int64_t>(kg, 1)));
   const int64_t col_splits = force_splits > 0 ? std::min(force_splits, mp / kSplitTile) : L::splits(kpg, mp, z);
   const auto opts = lay.z_t.options();
   at::Tensor gmu = at::zeros({col_splits, d, kp}, opts), glv = at::zeros({col_splits, d, kp}, opts);

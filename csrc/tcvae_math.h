@@ -138,6 +138,15 @@ LogWeights parse_log_weights(const Seq& w, int64_t offset) {
   return {double(w[0]), double(w[1]), double(w[2]), offset};
 }
 
+// How many leading components get d/dmu, d/dlogvar: an op's grad_components (-1: all K; the rest,
+// e.g. a component bank's rows, only enter d/dz) checked against K (host only).
+inline int64_t grad_component_count(int64_t grad_components, int64_t k) {
+  if (grad_components < -1 || grad_components > k)
+    throw std::invalid_argument("tcvae: grad_components must be -1 or in [0, K=" + std::to_string(k) + "], got " +
+                                std::to_string(grad_components));
+  return grad_components < 0 ? k : grad_components;
+}
+
 // The accumulation dtype (Python: tcvae_kernels._validation.accumulation_dtype): double stays
 // double, every other floating type accumulates in float. Templated on the enum (c10::ScalarType)
 // so that this header needs no ATen.

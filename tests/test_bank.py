@@ -467,3 +467,15 @@ def test_gradcheck_float64_with_a_bank(family, groups):
         return 0.7 * p.mi + 3.0 * p.tc_between + 2.0 * p.tc_within + 1.3 * p.dim_kl
 
     assert torch.autograd.gradcheck(objective, leaves)
+
+
+@pytest.mark.parametrize("backend, device", targets(fused_only=True, emulation=True))
+@pytest.mark.parametrize("bad", [-2, 6])
+def test_grad_components_out_of_range_is_a_value_error(backend, device, bad):
+    """Every fused backend's ops refuse a grad_components outside [-1, K] (here K = 5) with one
+    ValueError naming it (the CPU forward checks it, the GPU kernels' backward)."""
+    be = get_backend(backend) if isinstance(backend, str) else backend
+    z, mu, lv = (t.to(device).requires_grad_() for t in make_inputs(3, 5, 2))
+    with pytest.raises(ValueError, match=rf"grad_components must be -1 or in \[0, K=5\], got {bad}"):
+        q, qd = be.log_qz(z, mu, lv, log_weights("mws", 5, 50), grad_components=bad)
+        torch.autograd.grad(q.sum() + qd.sum(), (z, mu, lv))

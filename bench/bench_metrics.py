@@ -48,13 +48,13 @@ CASES = {
                                                             num_variance_estimate=10000)["eval_accuracy"]),
     "mig": (lambda rs: metrics.mig_histogram_score(represent, DATA, rs)["mig"],
             lambda rs: mig.compute_mig(DlibData(DATA), represent, rs, None, num_train=10000)["discrete_mig"]),
-    "dci": (lambda rs: metrics.dci(represent, DATA, rs)["disentanglement"],
+    "dci": (lambda rs: metrics.dci_score(represent, DATA, rs)["disentanglement"],
             lambda rs: dci.compute_dci(DlibData(DATA), represent, rs, None, num_train=10000,
                                        num_test=5000)["disentanglement"]),
     "sap": (lambda rs: metrics.sap_score(represent, DATA, rs)["sap"],
             lambda rs: sap_score.compute_sap(DlibData(DATA), represent, rs, None, num_train=10000, num_test=5000,
                                              continuous_factors=False)["SAP_score"]),
-    "modularity": (lambda rs: metrics.modularity_explicitness(represent, DATA, rs)["modularity"],
+    "modularity": (lambda rs: metrics.modularity_explicitness_score(represent, DATA, rs)["modularity"],
                    lambda rs: modularity_explicitness.compute_modularity_explicitness(
                        DlibData(DATA), represent, rs, None, num_train=10000, num_test=5000)["modularity_score"]),
 }

@@ -1,12 +1,12 @@
 """Time of the MIG entropy estimation at dSprites scale (N = 737,280 posteriors, D = 10):
-tcvae_kernels.evaluate (the fused op, K = N components, queries in chunks) against the chunked loop
+tcvae_kernels.dataset_estimates (the fused op, K = N components, queries in chunks) against the chunked loop
 of the authors' public code (``estimate_entropies``: 10 samples at a time, a [N, D, 10] tensor of log
 densities, then logsumexp over N), side by side in one run.
 
     .venv/bin/python bench/bench_mig.py [--samples 10000] [--compare-samples 500] [--device cpu]
 
 Both compute H(z_d) (marginal entropies, one pass over all N) and H(z_d | v_k) for the five factors
-(each value's subset, ``samples`` samples per value as in tcvae_kernels.evaluate). The chunked loop
+(each value's subset, ``samples`` samples per value as in tcvae_kernels.dataset_estimates). The chunked loop
 is timed at ``--compare-samples`` and extrapolated linearly in the number of samples (its cost is
 exactly linear: each 10-sample chunk does the same work); the fused path is timed at both sizes.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from tcvae_kernels import data as tkdata
-from tcvae_kernels import evaluate
+from tcvae_kernels import dataset_estimates
 from tcvae_kernels.reference import log_density
 
 
@@ -48,11 +48,11 @@ def run(fn_marginal, mu, lv, factors, sizes, samples, seed):
 
 
 def fused(mu, lv, samples, g):
-    return evaluate.marginal_entropies(mu, lv, samples=samples, generator=g)
+    return dataset_estimates.marginal_entropies(mu, lv, samples=samples, generator=g)
 
 
 def loop(mu, lv, samples, g):
-    z, _ = evaluate.sample_posteriors(mu, lv, samples, g)
+    z, _ = dataset_estimates.sample_posteriors(mu, lv, samples, g)
     return chunked_loop_marginal_entropies(z, mu, lv)
 
 
@@ -75,8 +75,8 @@ def main():
     mu, lv = mu.to(a.device), lv.to(a.device)
     sizes = data.factor_sizes
     # accuracy: the two estimators agree (same math) on one small case
-    z, _ = evaluate.sample_posteriors(mu[:5000], lv[:5000], 200, torch.Generator().manual_seed(1))
-    ours = -evaluate.mixture_log_density(z, mu[:5000], lv[:5000])[1].double().mean(0).cpu()
+    z, _ = dataset_estimates.sample_posteriors(mu[:5000], lv[:5000], 200, torch.Generator().manual_seed(1))
+    ours = -dataset_estimates.mixture_log_density(z, mu[:5000], lv[:5000])[1].double().mean(0).cpu()
     theirs = chunked_loop_marginal_entropies(z, mu[:5000], lv[:5000]).cpu()
     print(f"agreement on a 5000 × 200 case: max |ΔH| = {(ours - theirs).abs().max().item():.2e} nats")
     t_loop = run(loop, mu, lv, factors, sizes, a.compare_samples, 2)
@@ -88,9 +88,9 @@ def main():
     print("| method | samples per mixture | time |")
     print("|---|---|---|")
     print(f"| chunked loop (public code) | {a.compare_samples} | {t_loop:.1f} s |")
-    print(f"| tcvae_kernels.evaluate (fused op) | {a.compare_samples} | {t_fused_small:.1f} s |")
+    print(f"| tcvae_kernels.dataset_estimates (fused op) | {a.compare_samples} | {t_fused_small:.1f} s |")
     print(f"| chunked loop (public code) | {a.samples} | ≈ {t_loop * scale:.0f} s (extrapolated ×{scale:.0f}) |")
-    print(f"| tcvae_kernels.evaluate (fused op) | {a.samples} | {t_fused:.1f} s |")
+    print(f"| tcvae_kernels.dataset_estimates (fused op) | {a.samples} | {t_fused:.1f} s |")
     print(f"\nspeed-up at {a.compare_samples} samples, measured side by side: {t_loop / t_fused_small:.1f}×")
 
 

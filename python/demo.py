@@ -18,7 +18,8 @@ ramped linearly from 0 over the first 20% of the steps (without the ramp the β 
 collapsed for hundreds of steps), 1,400 steps, float32. ``--precision auto`` runs the four wide
 layers in bfloat16 where the hardware has it natively (the posterior heads stay float32; faster
 there, with other numbers).
-Reported per model: reconstruction (nats per image), the data-set TC (``tcvae_kernels.evaluate``: 4,096 samples against all N posteriors), active latents (posterior
+Reported per model: reconstruction (nats per image), the data-set TC
+(``tcvae_kernels.dataset_estimates``: 4,096 samples against all N posteriors), active latents (posterior
 means whose variance over the data exceeds 0.01), the sampling MIG (Chen et al.) and the histogram
 MIG (disentanglement_lib's, 20 bins) on the training subset, and the FactorVAE score (1,000 / 500
 votes). The last line printed starts with ``result:``; the line before it, ``targets:``, counts the
@@ -160,8 +161,8 @@ def evaluate(model, images, factors, shapes, a, seed, family: str = "normal") ->
     active latents and both MIGs on a fixed random subset of ``--eval-size`` training images."""
     mu_all, lv_all = encode(model, images, a.device)
     gen = torch.Generator().manual_seed(seed + 1)
-    full = tk.evaluate.full_decomposition(mu_all, lv_all, samples=a.eval_samples, generator=gen, family=family,
-                                          prior=a.prior if family == a.family else "normal")
+    full = tk.dataset_estimates.full_decomposition(mu_all, lv_all, samples=a.eval_samples, generator=gen,
+                                                   family=family, prior=a.prior if family == a.family else "normal")
     sub = np.sort(np.random.default_rng(4321).choice(len(images), size=min(a.eval_size, len(images)), replace=False))
     mu, lv, images, factors = mu_all[sub], lv_all[sub], images[sub], factors[sub]
     recon = 0.0
@@ -171,9 +172,9 @@ def evaluate(model, images, factors, shapes, a, seed, family: str = "normal") ->
         z = sample_z(m, v, family, gen)
         recon += F.binary_cross_entropy_with_logits(model.decode(z, x.shape[1:]), x, reduction="sum").item()
     active = int((mu.var(0) > 0.01).sum())
-    mig_s = metrics.mig(mu, lv, factors, shapes.factor_sizes, samples=a.eval_samples,
-                        generator=torch.Generator().manual_seed(seed + 2), family=family)
-    mig_h = metrics.mig_histogram(mu.numpy(), factors)
+    mig_s = metrics.mig_from_posteriors(mu, lv, factors, shapes.factor_sizes, samples=a.eval_samples,
+                                        generator=torch.Generator().manual_seed(seed + 2), family=family)
+    mig_h = metrics.mig_histogram_from_codes(mu.numpy(), factors)
 
     def represent(x):
         return model.encode(torch.from_numpy(x).to(a.device))[0].cpu().numpy()

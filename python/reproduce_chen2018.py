@@ -107,12 +107,14 @@ def run_one(model_name: str, beta: float, seed: int, shapes, a, out_dir: str) ->
             lvs.append(lv.double().cpu())
     mu, lv = torch.cat(mus), torch.cat(lvs)
     factors = shapes.index_to_factors(ev_index)
-    mig = metrics.mig(mu, lv, factors, shapes.factor_sizes, samples=a.eval_samples,
-                      generator=torch.Generator().manual_seed(seed))
-    full = tk.evaluate.full_decomposition(mu, lv, samples=a.eval_samples, generator=torch.Generator().manual_seed(seed))
+    mig = metrics.mig_from_posteriors(mu, lv, factors, shapes.factor_sizes, samples=a.eval_samples,
+                                      generator=torch.Generator().manual_seed(seed))
+    full = tk.dataset_estimates.full_decomposition(mu, lv, samples=a.eval_samples,
+                                                   generator=torch.Generator().manual_seed(seed))
     res = {"model": model_name, "beta": beta, "seed": seed, "steps": step, "resumed_from": resumed_from, "mig": mig["mig"],
            "mig_chen2018": float(np.mean(mig["per_factor"][1:])),  # the paper's average: shape left out
-           "mig_histogram": metrics.mig_histogram(mu.numpy(), factors)["mig"], "recon": recon_sum / len(ev_index),
+           "mig_histogram": metrics.mig_histogram_from_codes(mu.numpy(), factors)["mig"],
+           "recon": recon_sum / len(ev_index),
            "dataset_tc": full.tc.value, "active": int((mu.var(0) > 0.01).sum()),
            "train_seconds": time.perf_counter() - t0, "device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu"}
     json.dump(res, open(res_path, "w"), indent=1)

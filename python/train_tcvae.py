@@ -280,12 +280,12 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         index = tkdata.grid_subset(data, a.eval_strides)
         mu_all, lv_all = encode_all(model, data, index, device)
-        mig_result = metrics.mig(mu_all, lv_all, data.index_to_factors(index), data.factor_sizes,
-                                 samples=a.mig_samples, generator=torch.Generator().manual_seed(a.seed), progress=True,
-                                 family=a.family)
-        full = tk.evaluate.decomposition_from_samples(
-            *tk.evaluate.sample_posteriors(mu_all, lv_all, a.mig_samples, torch.Generator().manual_seed(a.seed + 1),
-                                           family=a.family),
+        mig_result = metrics.mig_from_posteriors(mu_all, lv_all, data.index_to_factors(index), data.factor_sizes,
+                                                 samples=a.mig_samples, generator=torch.Generator().manual_seed(a.seed),
+                                                 progress=True, family=a.family)
+        full = tk.dataset_estimates.decomposition_from_samples(
+            *tk.dataset_estimates.sample_posteriors(mu_all, lv_all, a.mig_samples,
+                                                    torch.Generator().manual_seed(a.seed + 1), family=a.family),
             mu_all, lv_all, progress=True, family=a.family, prior=loss_fn.prior if hasattr(loss_fn, "prior") else "normal")
 
         def represent(x):

@@ -8,14 +8,16 @@ Public API::
     self_share(z, mu, logvar, *, dataset_size, ...) -> [M]: the estimator's regime (loss.last.self_share)
     EstimatorOptions(dataset_size, estimator, backend, ...): the options above, as one object (options=)
     ComponentBank(size): detached components of recent batches, more components for the estimates (bank=)
-    BetaTCVAELoss(dataset_size, alpha=1.0, beta=6.0, gamma=1.0, estimator="mss", backend="auto")
-    BetaVAELoss(beta), FactorVAELoss(gamma, latent_dim=...), HFVAELoss(dataset_size, groups, ...)
+    BetaTCVAELoss(*, alpha=1.0, beta=6.0, gamma=1.0, ..., **options): the options as keywords (dataset_size=N, ...)
+    BetaVAELoss(beta), FactorVAELoss(gamma, latent_dim=...), HFVAELoss(*, groups, ..., **options)
     grouped_decompose(z, mu, logvar, groups=..., dataset_size=...) -> GroupedDecomposition
     available_backends(), compiled_backends(), backend_status()
 
 The math is written once, in :mod:`tcvae_kernels.reference`. Layout: the public API and the losses
-here; ``backends/`` (each backend beside its kernel, registered with its device priorities),
-``evaluation/`` (data, dataset-level estimates, metrics), ``tools/`` (check, bench, gpu-report).
+here; the modules ``data`` (ground-truth data sets), ``dataset_estimates`` (MI / TC / dim-KL and
+latent entropies over a whole data set) and ``metrics`` (disentanglement metrics), public as
+``tk.data``, ``tk.dataset_estimates``, ``tk.metrics``; ``backends/`` (each backend beside its kernel,
+registered with its device priorities), ``tools/`` (the commands check, bench).
 """
 
 from .api import (
@@ -48,7 +50,7 @@ from .loss import (
     default_discriminator,
     permute_dims,
 )
-from .evaluation import data, evaluate, metrics
+from . import data, dataset_estimates, metrics
 
 from ._version import __version__
 
@@ -86,6 +88,6 @@ __all__ = [
     "FactorVAETerms",
     "EstimatorRegimeWarning",
     "data",
-    "evaluate",
+    "dataset_estimates",
     "metrics",
 ]

@@ -11,7 +11,7 @@ import torch
 
 import tcvae_kernels as tk
 from tcvae_kernels import data as tkdata
-from tcvae_kernels import evaluate, metrics
+from tcvae_kernels import dataset_estimates, metrics
 from tcvae_kernels.estimators import log_weights
 
 from helpers import brute_force, fresh_seed
@@ -75,8 +75,8 @@ def test_dataset_decomposition_matches_brute_force_float64():
     n, d, s = 23, 3, 17
     mu = torch.randn(n, d, generator=g, dtype=torch.float64)
     lv = -1 + torch.rand(n, d, generator=g, dtype=torch.float64)
-    z, idx = evaluate.sample_posteriors(mu, lv, s, g)
-    got = evaluate.decomposition_from_samples(z, idx, mu, lv, chunk=5)
+    z, idx = dataset_estimates.sample_posteriors(mu, lv, s, g)
+    got = dataset_estimates.decomposition_from_samples(z, idx, mu, lv, chunk=5)
     q, qd = brute_force(z, mu, lv, log_weights("uniform", n, None))
     lqzx = torch.tensor([sum(-0.5 * ((z[i, k] - mu[idx[i], k]) ** 2 * math.exp(-lv[idx[i], k]) + lv[idx[i], k]
                                      + math.log(2 * math.pi)) for k in range(d)) for i in range(s)], dtype=torch.float64)
@@ -94,15 +94,15 @@ def test_entropies_of_a_factorised_gaussian_mixture():
     sigma2 = 0.25
     lv = torch.full_like(mu, math.log(sigma2))
     g = torch.Generator().manual_seed(fresh_seed())
-    h_cond = evaluate.conditional_entropies(mu, lv, f, (3, 4), samples=4000, generator=g)
+    h_cond = dataset_estimates.conditional_entropies(mu, lv, f, (3, 4), samples=4000, generator=g)
     h_gauss = 0.5 * math.log(2 * math.pi * math.e * sigma2)
     # z_d given v_d is one Gaussian: exact; given the other factor, a mixture of 3 or 4 separated ones
     assert h_cond[0, 0].item() == pytest.approx(h_gauss, abs=0.05)  # MC stderr ≈ 0.7/sqrt(4000·4/12)
     assert h_cond[1, 1].item() == pytest.approx(h_gauss, abs=0.05)
     assert h_cond[1, 0].item() == pytest.approx(h_gauss + math.log(3), abs=0.05)
-    h = evaluate.marginal_entropies(mu, lv, samples=4000, generator=g)
+    h = dataset_estimates.marginal_entropies(mu, lv, samples=4000, generator=g)
     assert h[1].item() == pytest.approx(h_gauss + math.log(4), abs=0.05)
-    assert evaluate.factor_entropies(f, (3, 4)).tolist() == pytest.approx([math.log(3), math.log(4)])
+    assert dataset_estimates.factor_entropies(f, (3, 4)).tolist() == pytest.approx([math.log(3), math.log(4)])
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -152,11 +152,11 @@ def _codes(name, n=3000):
 
 def test_mig_histogram_known_answers():
     f, c = _codes("identity")
-    assert metrics.mig_histogram(c, f)["mig"] > 0.95  # binning is exact for ≤ 20 values per factor
+    assert metrics.mig_histogram_from_codes(c, f)["mig"] > 0.95  # binning is exact for ≤ 20 values per factor
     f, c = _codes("hadamard")
-    assert metrics.mig_histogram(c, f)["mig"] < 0.35  # measured ≈ 0.2
+    assert metrics.mig_histogram_from_codes(c, f)["mig"] < 0.35  # measured ≈ 0.2
     f, c = _codes("constant")
-    assert metrics.mig_histogram(c, f)["mig"] == 0.0
+    assert metrics.mig_histogram_from_codes(c, f)["mig"] == 0.0
 
 
 def test_mig_sampling_estimator_known_answers():
@@ -165,7 +165,7 @@ def test_mig_sampling_estimator_known_answers():
     for name, lo, hi in [("identity", 0.9, 1.01), ("hadamard", 0.0, 0.35), ("constant", 0.0, 0.05)]:
         f, c = _codes(name, 1500)
         mu = torch.tensor(c, dtype=torch.float64)
-        res = metrics.mig(mu, torch.full_like(mu, math.log(1e-4)), f, DATA.factor_sizes, samples=800, generator=g)
+        res = metrics.mig_from_posteriors(mu, torch.full_like(mu, math.log(1e-4)), f, DATA.factor_sizes, samples=800, generator=g)
         assert lo <= res["mig"] <= hi, (name, res["mig"])
         assert res["mi"].shape == (4, 4)
 
@@ -173,7 +173,7 @@ def test_mig_sampling_estimator_known_answers():
 # ----------------------------------------------------------------------------- the demo program
 
 
-@pytest.mark.slow  # an end-to-end run of the example (its parts: the data, evaluate and metrics tests)
+@pytest.mark.slow  # an end-to-end run of the example (its parts: the data, dataset_estimates and metrics tests)
 def test_demo_training_loop_runs_a_few_steps(tmp_path):
     spec = importlib.util.spec_from_file_location("train_tcvae", os.path.join(ROOT, "python", "train_tcvae.py"))
     mod = importlib.util.module_from_spec(spec)
@@ -199,13 +199,13 @@ def test_demo_training_loop_runs_a_few_steps(tmp_path):
 
 def test_dci_known_answers():
     kw = dict(num_train=1000, num_test=500)
-    ident = metrics.dci(ENCODERS["identity"], DATA, _rng(), **kw)
+    ident = metrics.dci_score(ENCODERS["identity"], DATA, _rng(), **kw)
     # each factor is read off its own dim: importance diagonal (measured D, C > 0.99)
     assert ident["disentanglement"] > 0.95 and ident["completeness"] > 0.95
     assert ident["informativeness_test"] == 1.0
-    had = metrics.dci(ENCODERS["hadamard"], DATA, _rng(), **kw)
+    had = metrics.dci_score(ENCODERS["hadamard"], DATA, _rng(), **kw)
     assert had["disentanglement"] < 0.6 and had["completeness"] < 0.6  # measured ≈ 0.3
-    const = metrics.dci(ENCODERS["constant"], DATA, _rng(), **kw)
+    const = metrics.dci_score(ENCODERS["constant"], DATA, _rng(), **kw)
     assert const["disentanglement"] == pytest.approx(0.0, abs=1e-9)
     assert const["completeness"] == pytest.approx(0.0, abs=1e-9)
 
@@ -222,26 +222,26 @@ def test_sap_known_answers():
 
 def test_modularity_explicitness_known_answers():
     kw = dict(num_train=1000, num_test=500)
-    ident = metrics.modularity_explicitness(ENCODERS["identity"], DATA, _rng(), **kw)
+    ident = metrics.modularity_explicitness_score(ENCODERS["identity"], DATA, _rng(), **kw)
     assert ident["modularity"] > 0.99 and ident["explicitness_test"] > 0.95
-    had = metrics.modularity_explicitness(ENCODERS["hadamard"], DATA, _rng(), **kw)
+    had = metrics.modularity_explicitness_score(ENCODERS["hadamard"], DATA, _rng(), **kw)
     assert had["modularity"] < ident["modularity"] - 0.2  # measured ≈ 0.5
-    const = metrics.modularity_explicitness(ENCODERS["constant"], DATA, _rng(), **kw)
+    const = metrics.modularity_explicitness_score(ENCODERS["constant"], DATA, _rng(), **kw)
     assert const["modularity"] == 0.0 and const["explicitness_test"] == pytest.approx(0.5)
 
 
 def test_mig_chen2018_average_leaves_out_shape():
     f = tkdata.Shapes().sample_factors(4000, _rng())
     codes = np.concatenate([f[:, 1:] / np.array([5.0, 39.0, 31.0, 31.0]), np.zeros((4000, 2))], axis=1)
-    full = metrics.mig_histogram(codes, f)  # shape is coded nowhere: its gap is ≈ 0
-    chen = metrics.mig_histogram(codes, f, average="chen2018_dsprites")
+    full = metrics.mig_histogram_from_codes(codes, f)  # shape is coded nowhere: its gap is ≈ 0
+    chen = metrics.mig_histogram_from_codes(codes, f, average="chen2018_dsprites")
     assert full["per_factor"][0] < 0.01 and chen["mig"] > 0.8  # 20 bins hold at most log 20 of log 40, log 32
     assert chen["mig"] == pytest.approx(np.mean(full["per_factor"][1:]), abs=1e-15)
     assert full["mig"] == pytest.approx(np.mean(full["per_factor"]), abs=1e-15)
     with pytest.raises(ValueError, match="average must be one of"):
-        metrics.mig_histogram(codes, f, average="paper")
+        metrics.mig_histogram_from_codes(codes, f, average="paper")
     with pytest.raises(ValueError, match="5 dSprites factors"):
-        metrics.mig_histogram(codes[:, :3], f[:, :3], average="chen2018_dsprites")
+        metrics.mig_histogram_from_codes(codes[:, :3], f[:, :3], average="chen2018_dsprites")
 
 
 def test_observed_data_incomplete_grid_and_evaluate():
@@ -261,8 +261,8 @@ def test_observed_data_incomplete_grid_and_evaluate():
     assert (f2[:, 1] == f1[:, 1]).all() and all(tuple(r) in seen for r in f2.tolist())
     with pytest.raises(ValueError, match="never observed"):
         data.sample_observations_from_factors(np.array([[0, 1, 0, 0]]))
-    small = {m: {"num_train": 400, "num_test": 200} for m in ("dci", "sap", "modularity")}
-    small.update(beta_vae={"num_train": 200, "num_eval": 100}, mig={"num_train": 1000},
+    small = {m: {"num_train": 400, "num_test": 200} for m in ("dci", "sap", "modularity_explicitness")}
+    small.update(beta_vae={"num_train": 200, "num_eval": 100}, mig_histogram={"num_train": 1000},
                  factor_vae={"num_train": 200, "num_eval": 100, "num_variance_estimate": 500})
     res = metrics.evaluate(ENCODERS["identity"], data, options=small, progress=False)
     assert set(res) == set(metrics.METRICS)

@@ -94,15 +94,15 @@ def test_mig_histogram_float32_codes_on_bin_edges():
     f = np.random.default_rng(1).integers(0, 21, size=(3000, 3))
     z = (f[:, [0, 1, 2, 0]] * 0.1 / 20).astype(np.float32)
     lib = mig._compute_mig(z.T, f.T)["discrete_mig"]
-    assert abs(metrics.mig_histogram(z, f)["mig"] - lib) <= 1e-12
-    assert abs(metrics.mig_histogram(z.astype(np.float64), f)["mig"] - lib) > 1e-2  # the cast would show
+    assert abs(metrics.mig_histogram_from_codes(z, f)["mig"] - lib) <= 1e-12
+    assert abs(metrics.mig_histogram_from_codes(z.astype(np.float64), f)["mig"] - lib) > 1e-2  # the cast would show
 
 
 def test_dci():
     rep = encoder(np.float64)
     ra, rb = np.random.RandomState(11), np.random.RandomState(11)
     np.random.seed(0)  # both sides' boosted trees draw from numpy's global state (random_state=None)
-    ours = metrics.dci(rep, DATA, ra, num_train=600, num_test=300)
+    ours = metrics.dci_score(rep, DATA, ra, num_train=600, num_test=300)
     np.random.seed(0)
     lib = dci.compute_dci(DlibData(DATA), rep, rb, None, num_train=600, num_test=300, batch_size=16)
     for key in ("disentanglement", "completeness", "informativeness_train", "informativeness_test"):
@@ -124,7 +124,7 @@ def test_sap(continuous):
 def test_modularity_explicitness():
     rep = encoder(np.float64)
     ra, rb = np.random.RandomState(17), np.random.RandomState(17)
-    ours = metrics.modularity_explicitness(rep, DATA, ra, num_train=800, num_test=400)
+    ours = metrics.modularity_explicitness_score(rep, DATA, ra, num_train=800, num_test=400)
     lib = modularity_explicitness.compute_modularity_explicitness(DlibData(DATA), rep, rb, None, num_train=800,
                                                                    num_test=400, batch_size=16)
     assert abs(ours["modularity"] - lib["modularity_score"]) <= 1e-12

@@ -47,7 +47,7 @@ def test_blocks_not_run_say_why():
             assert re.match(r"# not run: \S.{10,}", first), b.id
 
 
-@pytest.mark.parametrize("module", ["tcvae_kernels.api", "tcvae_kernels.loss", "tcvae_kernels.options", "tcvae_kernels.evaluation.evaluate",
+@pytest.mark.parametrize("module", ["tcvae_kernels.api", "tcvae_kernels.loss", "tcvae_kernels.options", "tcvae_kernels.dataset_estimates",
                                     "tcvae_kernels.estimators"])
 def test_docstring_examples(module):
     mod = importlib.import_module(module)
@@ -71,11 +71,11 @@ def test_every_public_name_has_a_docstring():
 
 def _public_functions():
     from tcvae_kernels import distributed
-    from tcvae_kernels.evaluation import data, evaluate, metrics
+    from tcvae_kernels import data, dataset_estimates, metrics
     from tcvae_kernels.integrations import pythae
 
     out = [(f"tk.{n}", getattr(tk, n)) for n in tk.__all__ if inspect.isfunction(getattr(tk, n))]
-    for mod in (evaluate, metrics, data, distributed, pythae):
+    for mod in (dataset_estimates, metrics, data, distributed, pythae):
         out += [(f"{mod.__name__}.{n}", f) for n, f in vars(mod).items()
                 if inspect.isfunction(f) and not n.startswith("_") and f.__module__ == mod.__name__]
     return out

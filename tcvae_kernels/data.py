@@ -8,7 +8,7 @@ images. Images are rendered on demand with numpy (deterministic: the same factor
 pixels), so the whole grid never needs to be stored.
 
 Any subclass of :class:`GroundTruthData` that sets ``factor_sizes`` and implements
-``sample_observations_from_factors(factors, rng)`` works with :mod:`tcvae_kernels.evaluation.metrics`;
+``sample_observations_from_factors(factors, rng)`` works with :mod:`tcvae_kernels.metrics`;
 :class:`ObservedData` wraps observations whose factor grid is incomplete.
 """
 

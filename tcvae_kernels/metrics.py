@@ -2,20 +2,29 @@
 score, MIG, DCI, SAP, Modularity/Explicitness — with disentanglement_lib 1.5's algorithms and
 defaults (cross-checked against the real package in CI: ``tests/test_dlib_crosscheck.py``), plus
 Chen et al.'s sampling MIG. ``represent`` maps observations [n, ...] (numpy) to codes [n, D]
-(numpy); ``data`` is a :class:`tcvae_kernels.evaluation.data.GroundTruthData` (complete grids such as
-``Shapes``, or :class:`~tcvae_kernels.evaluation.data.ObservedData` for incomplete ones); ``rng`` is a
+(numpy); ``data`` is a :class:`tcvae_kernels.data.GroundTruthData` (complete grids such as
+``Shapes``, or :class:`~tcvae_kernels.data.ObservedData` for incomplete ones); ``rng`` is a
 ``np.random.Generator`` or a ``np.random.RandomState`` (with a RandomState every metric draws
 exactly what disentanglement_lib draws from the same state). Codes sampled for a metric come in
 batches of 16 (the library's ``batch_size``), factors uniform over the grid.
 
-* :func:`mig` — Mutual Information Gap (Chen et al. 2018), the sampling estimator:
-  ``I(z_d; v_k) = H(z_d) - H(z_d | v_k)`` from the encoder posteriors (tcvae_kernels.evaluate),
-  ``MIG = mean_k (I_(1)k - I_(2)k) / H(v_k)`` with I_(1), I_(2) the largest and second largest
-  mutual information of factor k over the latent dims. ``average="chen2018_dsprites"``: the
-  mean over every factor but shape (the first), as the paper's dSprites numbers.
-* :func:`mig_histogram` — disentanglement_lib's MIG: each code dim discretised into 20 equal-width
-  bins (edges in the codes' own dtype, as ``np.histogram``), discrete mutual information, the same
-  gap; :func:`mig_histogram_score` samples 10,000 codes first (the library's ``compute_mig``).
+Names: ``<name>_score(represent, data, rng, ...)`` samples what it needs through ``represent``
+and ``data`` as the library does; ``<name>_from_codes(...)`` scores given codes and factors (the
+``_score`` form samples codes and calls it; β-VAE and FactorVAE sample observations with one
+factor held fixed, so they have no codes-level form). :data:`METRICS` names each ``_score`` by its
+name less ``_score``: the names :func:`evaluate` takes and returns. :func:`mig_from_posteriors` has
+no ``_score`` form and is not in :data:`METRICS`: Chen et al.'s estimator reads the encoder
+posteriors (mu, logvar) of data points with known factors, not codes from ``represent``.
+
+* :func:`mig_from_posteriors` — Mutual Information Gap (Chen et al. 2018), the sampling estimator:
+  ``I(z_d; v_k) = H(z_d) - H(z_d | v_k)`` from the encoder posteriors
+  (:mod:`tcvae_kernels.dataset_estimates`), ``MIG = mean_k (I_(1)k - I_(2)k) / H(v_k)`` with
+  I_(1), I_(2) the largest and second largest mutual information of factor k over the latent
+  dims. ``average="chen2018_dsprites"``: the mean over every factor but shape (the first), as the
+  paper's dSprites numbers.
+* :func:`mig_histogram_score` — disentanglement_lib's MIG (``compute_mig``): 10,000 sampled codes,
+  each dim discretised into 20 equal-width bins (edges in the codes' own dtype, as
+  ``np.histogram``), discrete mutual information, the same gap (:func:`mig_histogram_from_codes`).
 * :func:`factor_vae_score` — Kim & Mnih (2018): global variances of 10,000 codes; dims whose
   global *standard deviation* is below 0.05 are pruned; a vote is
   ``argmin_d var_batch(z_d) / var_global(z_d)`` over a batch of 64 observations sharing one fixed
@@ -24,7 +33,7 @@ batches of 16 (the library's ``batch_size``), factors uniform over the grid.
 * :func:`beta_vae_score` — Higgins et al. (2017): a point is the mean over 64 pairs of
   ``|z(x1) - z(x2)|`` where x1, x2 share factor k, labelled k; scikit-learn's ``LogisticRegression``
   (defaults) on 10,000 points; score = accuracy on 5,000 new points.
-* :func:`dci` — Eastwood & Williams (2018): one ``GradientBoostingClassifier`` (defaults) per
+* :func:`dci_score` — Eastwood & Williams (2018): one ``GradientBoostingClassifier`` (defaults) per
   factor on 10,000 codes; importance R [D, K] = ``|feature_importances_|``;
   ``disentanglement = Σ_d ρ_d (1 - H_K(P_d·))`` with ``P_dk = R_dk / Σ_k R_dk``,
   ``ρ_d = Σ_k R_dk / Σ R``; ``completeness = Σ_k ρ_k (1 - H_D(P̃_·k))`` with
@@ -34,7 +43,7 @@ batches of 16 (the library's ``batch_size``), factors uniform over the grid.
   ``LinearSVC(C=0.01, class_weight="balanced")`` predicting factor k from code d (discrete
   factors, the library's default), or R² = cov(z_d, v_k)² / (var z_d · var v_k) for continuous
   ones; ``SAP = mean_k (S_(1)k - S_(2)k)``; 10,000 train / 5,000 test codes.
-* :func:`modularity_explicitness` — Ridgeway & Mozer (2018): with m [D, K] the discrete mutual
+* :func:`modularity_explicitness_score` — Ridgeway & Mozer (2018): with m [D, K] the discrete mutual
   information of 20-bin codes and factors, ``modularity = mean_d 1 - (Σ_k m_dk² - max_k m_dk²) /
   (max_k m_dk² (K - 1))`` (0 where a dim carries none); explicitness = mean over factors of the
   one-vs-rest ROC-AUC of a ``LogisticRegression`` on standardised codes (train and test).
@@ -50,9 +59,49 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import evaluate as _dataset
+from . import dataset_estimates as _dataset
 from .data import _integers
-from ..progress import progress as _progress
+from .progress import progress as _progress
+
+#: Docstring paragraphs several functions share, written once: :func:`_doc` puts each in place of
+#: its ``{name}`` (the Args lines of the sampling and of the codes-level metrics).
+_SHARED_DOC = {
+    "sampling": "represent, data, rng: the codes' source, the data set and the random stream (module docstring).",
+    "codes": ("codes_train, codes_test: [N, D], float.\n"
+              "        factors_train, factors_test: integer factor values [N, K]."),
+}
+
+#: The whole docstring of a ``<name>_score`` that samples train and test codes for its ``_from_codes``.
+_TRAIN_TEST_DOC = """{title} of sampled codes, as disentanglement_lib's ``{library}``: :func:`{from_codes}` of
+    ``num_train`` training and ``num_test`` test codes.
+
+    Args:
+        {sampling}
+        num_train, num_test: codes sampled for each.
+        batch_size: codes per call of ``represent``.
+        {extra}: as in :func:`{from_codes}`.
+        progress: a progress line over the batches.
+
+    Returns:
+        As :func:`{from_codes}`.
+    """
+
+
+def _doc(fn):
+    """Fills the ``{sampling}`` and ``{codes}`` placeholders of ``fn``'s docstring (:data:`_SHARED_DOC`)."""
+    for name, text in _SHARED_DOC.items():
+        fn.__doc__ = fn.__doc__.replace("{" + name + "}", text)
+    return fn
+
+
+def _train_test_doc(title: str, library: str, from_codes: Callable, extra: str):
+    """Writes the docstring of a ``<name>_score`` from :data:`_TRAIN_TEST_DOC`: ``title`` (what it
+    scores), the library function it reproduces, its ``_from_codes`` and the keywords it passes on."""
+    def fill(fn):
+        fn.__doc__ = _TRAIN_TEST_DOC.format(title=title, library=library, from_codes=from_codes.__name__,
+                                            extra=extra, sampling=_SHARED_DOC["sampling"])
+        return fn
+    return fill
 
 
 def _gap(mi: np.ndarray, entropies: np.ndarray) -> np.ndarray:
@@ -83,15 +132,16 @@ def _average(gaps: np.ndarray, h_v: np.ndarray, average: str) -> float:
     return float(gaps[keep].mean()) if keep.any() else 0.0
 
 
-def mig(mu, logvar, factors, factor_sizes, *, samples: int = 10000, generator=None, backend: str = "auto",
-        progress: bool = False, average: str = "all", family: str = "normal") -> dict:
+def mig_from_posteriors(mu, logvar, factors, factor_sizes, *, samples: int = 10000, generator=None,
+                        backend: str = "auto", progress: bool = False, average: str = "all",
+                        family: str = "normal") -> dict:
     """Sampling MIG (Chen et al. 2018) from the encoder posteriors of data points with known factors.
 
     Args:
         mu, logvar: the posteriors [N, D] (tensors).
         factors: integer factor values [N, K], factor k in [0, factor_sizes[k]).
         factor_sizes: K values.
-        samples: Monte Carlo samples per entropy (:mod:`tcvae_kernels.evaluation.evaluate`).
+        samples: Monte Carlo samples per entropy (:mod:`tcvae_kernels.dataset_estimates`).
         generator: a CPU ``torch.Generator`` (None: the global RNG).
         backend: as for :func:`tcvae_kernels.log_qz`.
         progress: progress lines for the entropy estimates.
@@ -157,7 +207,7 @@ def _discrete_mi_matrix(disc: np.ndarray, factors: np.ndarray) -> np.ndarray:
                      for d in range(disc.shape[1])])
 
 
-def mig_histogram(codes: np.ndarray, factors: np.ndarray, *, bins: int = 20, average: str = "all") -> dict:
+def mig_histogram_from_codes(codes: np.ndarray, factors: np.ndarray, *, bins: int = 20, average: str = "all") -> dict:
     """disentanglement_lib's MIG from codes: each dimension binned into ``bins`` equal-width bins
     (edges in the codes' own dtype), discrete mutual information with each factor, the gap.
 
@@ -165,7 +215,7 @@ def mig_histogram(codes: np.ndarray, factors: np.ndarray, *, bins: int = 20, ave
         codes: [N, D], float.
         factors: integer factor values [N, K].
         bins: bins per code dimension.
-        average: as in :func:`mig`.
+        average: as in :func:`mig_from_posteriors`.
 
     Returns:
         ``{"mig": float, "per_factor": [K], "mi": [K, D]}`` (nats).
@@ -184,13 +234,14 @@ def _represent(represent, x) -> np.ndarray:
     return z if np.issubdtype(z.dtype, np.floating) else z.astype(np.float64)
 
 
+@_doc
 def factor_codes(represent: Callable, data, n: int, rng, *, batch_size: int = 16, progress: bool = False,
                  desc: str = "codes") -> tuple[np.ndarray, np.ndarray]:
     """Codes of observations with uniformly sampled factors, drawn in batches as
     disentanglement_lib's ``generate_batch_factor_code`` (the same stream).
 
     Args:
-        represent, data, rng: the codes' source, the data set and the random stream (module docstring).
+        {sampling}
         n: observations.
         batch_size: observations per call of ``represent``.
         progress, desc: a progress line over the batches, and its label.
@@ -212,25 +263,27 @@ def factor_codes(represent: Callable, data, n: int, rng, *, batch_size: int = 16
     return np.concatenate(codes), np.concatenate(factors)
 
 
+@_doc
 def mig_histogram_score(represent: Callable, data, rng, *, num_train: int = 10000, bins: int = 20,
                         batch_size: int = 16, average: str = "all", progress: bool = False) -> dict:
-    """disentanglement_lib's ``compute_mig``: :func:`mig_histogram` of ``num_train`` sampled codes.
+    """disentanglement_lib's ``compute_mig``: :func:`mig_histogram_from_codes` of ``num_train`` sampled codes.
 
     Args:
-        represent, data, rng: the codes' source, the data set and the random stream (module docstring).
+        {sampling}
         num_train: codes sampled.
-        bins, average: as in :func:`mig_histogram`.
+        bins, average: as in :func:`mig_histogram_from_codes`.
         batch_size: codes per call of ``represent``.
         progress: a progress line over the batches.
 
     Returns:
-        As :func:`mig_histogram`.
+        As :func:`mig_histogram_from_codes`.
     """
     codes, factors = factor_codes(represent, data, num_train, rng, batch_size=batch_size, progress=progress,
                                   desc="MIG codes")
-    return mig_histogram(codes, factors, bins=bins, average=average)
+    return mig_histogram_from_codes(codes, factors, bins=bins, average=average)
 
 
+@_doc
 def factor_vae_score(represent: Callable, data, rng, *, batch_size: int = 64, num_train: int = 10000,
                      num_eval: int = 5000, num_variance_estimate: int = 10000, prune_threshold: float = 0.05,
                      progress: bool = False) -> dict:
@@ -240,7 +293,7 @@ def factor_vae_score(represent: Callable, data, rng, *, batch_size: int = 64, nu
     one factor, labelled with it; the majority-vote classifier's accuracy.
 
     Args:
-        represent, data, rng: the codes' source, the data set and the random stream (module docstring).
+        {sampling}
         batch_size: observations per vote.
         num_train, num_eval: votes to train and to evaluate the classifier on.
         num_variance_estimate: codes for the global variances.
@@ -293,6 +346,7 @@ def _single_threaded():
     return threadpool_limits(1)
 
 
+@_doc
 def beta_vae_score(represent: Callable, data, rng, *, batch_size: int = 64, num_train: int = 10000,
                    num_eval: int = 5000, standardize: bool = False, progress: bool = False) -> dict:
     """β-VAE score (Higgins et al. 2017), as disentanglement_lib's ``compute_beta_vae_sklearn``: a
@@ -302,7 +356,7 @@ def beta_vae_score(represent: Callable, data, rng, *, batch_size: int = 64, num_
     (features of small spread are regularised to chance).
 
     Args:
-        represent, data, rng: the codes' source, the data set and the random stream (module docstring).
+        {sampling}
         batch_size: pairs per point.
         num_train, num_eval: points to train and to evaluate on.
         standardize: scale the features by the training points' mean and standard deviation first
@@ -368,12 +422,12 @@ def _entropy_rows(p: np.ndarray, base: int) -> np.ndarray:
     return stats.entropy(p.T, base=base)
 
 
+@_doc
 def dci_from_codes(codes_train, factors_train, codes_test, factors_test, *, random_state=None) -> dict:
     """DCI (Eastwood & Williams 2018) from codes and factors (formulas in the module docstring).
 
     Args:
-        codes_train, codes_test: [N, D], float.
-        factors_train, factors_test: integer factor values [N, K].
+        {codes}
         random_state: the gradient-boosting trees' (None: numpy's global state, as the library).
 
     Returns:
@@ -405,31 +459,19 @@ def dci_from_codes(codes_train, factors_train, codes_test, factors_test, *, rand
             "importance": importance}
 
 
-def dci(represent: Callable, data, rng, *, num_train: int = 10000, num_test: int = 5000, batch_size: int = 16,
-        random_state=None, progress: bool = False) -> dict:
-    """DCI of sampled codes, as disentanglement_lib's ``compute_dci``: :func:`dci_from_codes` of
-    ``num_train`` training and ``num_test`` test codes.
-
-    Args:
-        represent, data, rng: the codes' source, the data set and the random stream (module docstring).
-        num_train, num_test: codes sampled for each.
-        batch_size: codes per call of ``represent``.
-        random_state: as in :func:`dci_from_codes`.
-        progress: a progress line over the batches.
-
-    Returns:
-        As :func:`dci_from_codes`.
-    """
+@_train_test_doc("DCI", "compute_dci", dci_from_codes, "random_state")
+def dci_score(represent: Callable, data, rng, *, num_train: int = 10000, num_test: int = 5000, batch_size: int = 16,
+              random_state=None, progress: bool = False) -> dict:
     (ct, ft), (ce, fe) = _train_test(represent, data, rng, num_train, num_test, batch_size, progress, "DCI")
     return dci_from_codes(ct, ft, ce, fe, random_state=random_state)
 
 
+@_doc
 def sap_from_codes(codes_train, factors_train, codes_test, factors_test, *, continuous_factors: bool = False) -> dict:
     """SAP (Kumar et al. 2018) from codes and factors (formulas in the module docstring).
 
     Args:
-        codes_train, codes_test: [N, D], float.
-        factors_train, factors_test: factor values [N, K].
+        {codes}
         continuous_factors: score by R² instead of a classifier's accuracy.
 
     Returns:
@@ -455,25 +497,14 @@ def sap_from_codes(codes_train, factors_train, codes_test, factors_test, *, cont
     return {"sap": float(np.mean(gap)), "score_matrix": score}
 
 
+@_train_test_doc("SAP", "compute_sap", sap_from_codes, "continuous_factors")
 def sap_score(represent: Callable, data, rng, *, num_train: int = 10000, num_test: int = 5000, batch_size: int = 16,
               continuous_factors: bool = False, progress: bool = False) -> dict:
-    """SAP of sampled codes, as disentanglement_lib's ``compute_sap``: :func:`sap_from_codes` of
-    ``num_train`` training and ``num_test`` test codes.
-
-    Args:
-        represent, data, rng: the codes' source, the data set and the random stream (module docstring).
-        num_train, num_test: codes sampled for each.
-        batch_size: codes per call of ``represent``.
-        continuous_factors: as in :func:`sap_from_codes`.
-        progress: a progress line over the batches.
-
-    Returns:
-        As :func:`sap_from_codes`.
-    """
     (ct, ft), (ce, fe) = _train_test(represent, data, rng, num_train, num_test, batch_size, progress, "SAP")
     return sap_from_codes(ct, ft, ce, fe, continuous_factors=continuous_factors)
 
 
+@_doc
 def modularity_explicitness_from_codes(codes_train, factors_train, codes_test, factors_test, *,
                                        bins: int = 20) -> dict:
     """Modularity and explicitness (Ridgeway & Mozer 2018) from codes and factors (formulas in the
@@ -481,8 +512,7 @@ def modularity_explicitness_from_codes(codes_train, factors_train, codes_test, f
     divides by zero there).
 
     Args:
-        codes_train, codes_test: [N, D], float.
-        factors_train, factors_test: integer factor values [N, K].
+        {codes}
         bins: bins per code dimension for the mutual information.
 
     Returns:
@@ -519,35 +549,25 @@ def modularity_explicitness_from_codes(codes_train, factors_train, codes_test, f
             "explicitness_test": float(np.mean(roc_test)), "mi": mi}
 
 
-def modularity_explicitness(represent: Callable, data, rng, *, num_train: int = 10000, num_test: int = 5000,
-                            batch_size: int = 16, bins: int = 20, progress: bool = False) -> dict:
-    """Modularity and explicitness of sampled codes, as disentanglement_lib's
-    ``compute_modularity_explicitness``: :func:`modularity_explicitness_from_codes` of
-    ``num_train`` training and ``num_test`` test codes.
-
-    Args:
-        represent, data, rng: the codes' source, the data set and the random stream (module docstring).
-        num_train, num_test: codes sampled for each.
-        batch_size: codes per call of ``represent``.
-        bins: as in :func:`modularity_explicitness_from_codes`.
-        progress: a progress line over the batches.
-
-    Returns:
-        As :func:`modularity_explicitness_from_codes`.
-    """
+@_train_test_doc("Modularity and explicitness", "compute_modularity_explicitness",
+                 modularity_explicitness_from_codes, "bins")
+def modularity_explicitness_score(represent: Callable, data, rng, *, num_train: int = 10000, num_test: int = 5000,
+                                  batch_size: int = 16, bins: int = 20, progress: bool = False) -> dict:
     (ct, ft), (ce, fe) = _train_test(represent, data, rng, num_train, num_test, batch_size, progress, "Modularity")
     return modularity_explicitness_from_codes(ct, ft, ce, fe, bins=bins)
 
 
-#: name -> (function, the headline numbers of its result)
-METRICS = {
-    "beta_vae": (beta_vae_score, ("eval_accuracy",)),
-    "factor_vae": (factor_vae_score, ("eval_accuracy",)),
-    "mig": (mig_histogram_score, ("mig",)),
-    "dci": (dci, ("disentanglement", "completeness", "informativeness_test")),
-    "sap": (sap_score, ("sap",)),
-    "modularity": (modularity_explicitness, ("modularity", "explicitness_test")),
-}
+#: The metrics :func:`evaluate` runs: name -> (its ``_score`` function, the headline numbers of its
+#: result). A name is its function's less ``_score`` (``dci_score`` -> "dci"), written nowhere else:
+#: the names :func:`evaluate` takes (``metrics=``, ``options=``) and the keys of its result.
+METRICS = {fn.__name__.removesuffix("_score"): (fn, headline) for fn, headline in (
+    (beta_vae_score, ("eval_accuracy",)),
+    (factor_vae_score, ("eval_accuracy",)),
+    (mig_histogram_score, ("mig",)),
+    (dci_score, ("disentanglement", "completeness", "informativeness_test")),
+    (sap_score, ("sap",)),
+    (modularity_explicitness_score, ("modularity", "explicitness_test")),
+)}
 
 
 class Evaluation(dict):
@@ -569,8 +589,8 @@ def evaluate(represent: Callable, data, metrics=tuple(METRICS), *, seed: int = 0
 
     Args:
         represent: observations [n, ...] (numpy) -> codes [n, D] (numpy).
-        data: a :class:`~tcvae_kernels.evaluation.data.GroundTruthData`; for a data set whose
-            factor grid is incomplete wrap it in :class:`~tcvae_kernels.evaluation.data.ObservedData`
+        data: a :class:`~tcvae_kernels.data.GroundTruthData`; for a data set whose
+            factor grid is incomplete wrap it in :class:`~tcvae_kernels.data.ObservedData`
             (sampling then draws observed combinations only).
         metrics: names from :data:`METRICS`.
         seed: the RandomState seed of every metric.

@@ -25,10 +25,10 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from ..progress import progress as _progress
-from ..api import log_qz
-from .._validation import check_family
-from ..reference import log_density, log_prior
+from .progress import progress as _progress
+from .api import log_qz
+from .families import get_family
+from .reference import log_density, log_prior
 
 
 class Estimate(NamedTuple):
@@ -56,7 +56,11 @@ def _check(mu, logvar):
 
 
 def sample_posteriors(mu, logvar, samples: int, generator: torch.Generator | None = None, *, family: str = "normal"):
-    """Samples of the aggregate posterior q(z) = (1/N)·Σ_n q(z | x_n).
+    """Samples of the aggregate posterior q(z) = (1/N)·Σ_n q(z | x_n), which every dataset-level
+    estimate here draws: idx uniform over the N posteriors, then the family's sampler
+    (:meth:`tcvae_kernels.families.PosteriorFamily.sample`): ``z = mu + exp(logvar / 2)·ε`` with
+    ε ~ N(0, 1) (normal) or ``z = mu + exp(b)·(E1 - E2)`` with E1, E2 ~ Exp(1), whose difference is
+    Laplace(0, 1) (laplace, b the log-scale).
 
     Args:
         mu, logvar: the N encoder posteriors [N, D] (``family="laplace"``: logvar holds the log-scale).
@@ -71,17 +75,12 @@ def sample_posteriors(mu, logvar, samples: int, generator: torch.Generator | Non
         TypeError, ValueError: mu/logvar not tensors of one [N, D] shape; samples < 1; an unknown family.
     """
     _check(mu, logvar)
-    check_family(family)
+    fam = get_family(family)
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     n = mu.shape[0]
     idx = torch.randint(0, n, (samples,), generator=generator).to(mu.device)
-    if family == "laplace":  # Laplace(0, 1) noise: the difference of two Exp(1)
-        u = torch.rand(2, samples, mu.shape[1], generator=generator, dtype=mu.dtype).to(mu.device)
-        eps = torch.log1p(-u[1]) - torch.log1p(-u[0])
-        return mu[idx] + torch.exp(logvar[idx]) * eps, idx
-    eps = torch.randn(samples, mu.shape[1], generator=generator, dtype=mu.dtype).to(mu.device)
-    return mu[idx] + torch.exp(0.5 * logvar[idx]) * eps, idx
+    return fam.sample(mu[idx], logvar[idx], generator), idx
 
 
 @torch.no_grad()
@@ -167,10 +166,10 @@ def full_decomposition(mu, logvar, *, samples: int = 10000, generator=None, chun
 
     Example:
         >>> import torch
-        >>> from tcvae_kernels import evaluate
+        >>> from tcvae_kernels import dataset_estimates
         >>> mu, logvar = torch.randn(200, 3), torch.full((200, 3), -2.0)
         >>> g = torch.Generator().manual_seed(0)
-        >>> full = evaluate.full_decomposition(mu, logvar, samples=500, generator=g, backend="torch")
+        >>> full = dataset_estimates.full_decomposition(mu, logvar, samples=500, generator=g, backend="torch")
         >>> full.samples, full.mi.value > 0
         (500, True)
     """

@@ -20,12 +20,11 @@ import argparse
 import datetime
 import platform
 import statistics
-import time
 
 import torch
 
 from tcvae_kernels.api import normalize_groups
-from tcvae_kernels.tools.benchmark import dense_mss_log_weights, make_inputs
+from tcvae_kernels.tools.benchmark import dense_mss_log_weights, make_inputs, repeat_times
 from tcvae_kernels.backends.base import Backend, get_backend
 from tcvae_kernels.estimators import log_weights
 from tcvae_kernels.reference import log_density
@@ -78,12 +77,7 @@ def make_call(fn, mode, inputs):
 
 def median_ms(call, min_time, min_reps=3, max_reps=50):
     call()  # warm-up (compiles)
-    times, start = [], time.perf_counter()
-    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < min_time):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return statistics.median(repeat_times(call, "cpu", min_time, max_reps, min_reps)) * 1e3
 
 
 def main(argv=None):

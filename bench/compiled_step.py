@@ -35,13 +35,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
+from tcvae_kernels.tools.benchmark import sync  # noqa: E402
+
 MODES = ("eager", "compile", "fullgraph", "reduce-overhead")
 DATASET_SIZE = 16384  # the demo's training subset
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def make_run(mode: str, device: torch.device, batch: int, bank: int, steps: int, seed: int):
@@ -104,10 +101,10 @@ def run(mode: str, device: torch.device, batch: int, bank: int, steps: int, warm
              torch.randn(batch, 10, generator=g).to(device)) for _ in range(4)]
     losses, times = [], []
     for i in range(steps):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         loss = step(*pool[i % len(pool)])
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
         losses.append(float(loss))
         if i == 0:

@@ -3,7 +3,7 @@
 For M = K = 16384 (``--m``), D ∈ {10, 32, 64}, float32, MSS weights: runs the forward without
 gradient terms (evaluation), the forward with them (training) and the backward of every available
 GPU backend (cuda, triton) under ``torch.profiler`` and reports per kernel the median device time
-over ``--reps`` calls, the time ``python -m tcvae_kernels gpu-report`` predicts for it (the model's
+over ``--reps`` calls, the time ``bench/gpu_report.py`` predicts for it (the model's
 clocks per element, with this GPU's SM count and the clock given by ``--clock-ghz``), their ratio,
 and the measured time as a multiple of the measured MUFU floor: M·K·(D+1) exp2 at the rate of
 ``tcvae_kernels.tools.exp2_peak`` (per sweep; the training step has two sweeps' worth).
@@ -28,19 +28,19 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import torch  # noqa: E402
 
+import gpu_report as gr  # noqa: E402  (bench/, beside this file)
+
 
 def report_name(source: str, kernel: str, grad_terms: bool) -> str | None:
     """The report's name of a profiled kernel (Triton: the function's name, which does not tell the
-    family: the calls here are the Normal's; CUDA: the demangled template, read as gpu-report reads
+    family: the calls here are the Normal's; CUDA: the demangled template, read as gpu_report reads
     the fatbin's, family included)."""
     if source == "triton":
         for k in ("_fwd_kernel", "_bwd_cols_kernel", "_marginal_exact_kernel"):
             if kernel.startswith(k):
                 return k + ("+grad" if k == "_fwd_kernel" and grad_terms else "")
         return None
-    from tcvae_kernels.tools.gpu_report import _cuda_name
-
-    got = _cuda_name(kernel)
+    got = gr._cuda_name(kernel)
     return got[0] if got else None
 
 
@@ -110,8 +110,6 @@ def table(rows: list[dict], device: str, sms: int, clock_ghz: float, m: int, pea
 
 def dry_run(args) -> int:
     """Everything but the GPU: the mapping of profiler names, the table, the output files."""
-    from tcvae_kernels.tools import gpu_report  # noqa: F401  (imports as on the GPU machine)
-
     cuda = "void tcvae::fused::(anonymous namespace)::forward_kernel<float, true, (tcvae::Family)0>(int, float*)"
     assert report_name("cuda", cuda, True) == "forward_kernel+grad", report_name("cuda", cuda, True)
     assert report_name("triton", "_bwd_cols_kernel_0d1d", True) == "_bwd_cols_kernel"
@@ -140,7 +138,6 @@ def main(argv=None) -> int:
         print("bench/gpu_kernels.py needs a CUDA GPU", file=sys.stderr)
         return 2
     import tcvae_kernels as tk
-    from tcvae_kernels.tools import gpu_report as gr
 
     dev = torch.device("cuda")
     props = torch.cuda.get_device_properties(dev)

@@ -2,7 +2,7 @@
 
 Compiles the CUDA forward (csrc/tcvae_fused.h, float, without gradient terms) for sm_90 with nvcc
 for several shares (-DTCVAE_POLY_EVERY=N: one exp2 in N of the 32 per tile row), reads the machine
-code with the same analysis as ``python -m tcvae_kernels gpu-report`` and prints the model's time
+code with the same analysis as ``bench/gpu_report.py`` and prints the model's time
 per element and its ratio to the MUFU floor at M = K = 16384. A prediction of the throughput
 model, not a measurement: each polynomial exp2 moves one MUFU op off the special-function unit
 (16/clk/SM) at the price of ~12 issue slots (4 warp instructions/clk/SM).
@@ -19,7 +19,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from tcvae_kernels.tools import gpu_report as gr  # noqa: E402
+import gpu_report as gr  # noqa: E402  (bench/, beside this file)
 
 KERNEL = r"""
 #include "tcvae_fused.h"

@@ -10,7 +10,7 @@ docs/estimators.md ("A component bank") and bench/RESULTS.md are this script's o
     1e-3, β ramped over the first 20 % of the steps. At checkpoints, on the batch about to be
     trained on: TC and MI estimated without the bank, with the loss's bank as it is (stale: pushed
     by earlier encoders) and with the same data points re-encoded by the current encoder (fresh),
-    beside the data-set value (tk.evaluate, all N posteriors); the bank's mean age in steps.
+    beside the data-set value (tk.dataset_estimates, all N posteriors); the bank's mean age in steps.
 (c) effect: β-TCVAE with and without the bank at the same β, ``--seeds`` seeds: data-set TC,
     reconstruction (nats per image), active latents at the end.
 (d) cost: one training step with and without the bank, timed side by side (alternating); the
@@ -46,10 +46,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tcvae_kernels as tk  # noqa: E402
 from tcvae_kernels import data as tkdata  # noqa: E402
 from tcvae_kernels.reference import log_qz_x_and_log_pz  # noqa: E402
-from tcvae_kernels.testing import correlated_posteriors  # noqa: E402
+from tcvae_kernels.tools.benchmark import materialized_log_qz, reset_peak_rss, rss_bytes  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- (a) bias
+
+
+def correlated_posteriors(n: int, sigma: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """N Normal posteriors (mu [N, 8], logvar [N, 8], float64) in D = 8: five active latents whose
+    means follow an AR(1) chain with ρ = 0.9 (corr(d, d') = 0.9^|d-d'|) and posterior std ``sigma``,
+    three inactive ones (mean 0, variance 1: the prior). The data of the component bank's bias table
+    (this script, docs/estimators.md) and of its test (tests/test_bank.py)."""
+    active, d = 5, 8
+    idx = torch.arange(active, dtype=torch.float64)
+    corr = 0.9 ** (idx[:, None] - idx[None]).abs()
+    mu = torch.zeros(n, d, dtype=torch.float64)
+    mu[:, :active] = torch.randn(n, active, generator=generator, dtype=torch.float64) @ torch.linalg.cholesky(corr).T
+    lv = torch.zeros(n, d, dtype=torch.float64)
+    lv[:, :active] = 2 * math.log(sigma)
+    return mu, lv
 
 
 def _mi_tc(z, mu, lv, lqz, lqzd):
@@ -130,7 +145,7 @@ def checkpoint(model, images, idx, loss_fn, recent, n, gen):
         row["mi_fresh"], row["tc_fresh"] = _mi_tc(z, mu, lv, *tk.log_qz(z, mu, lv, bank=fresh, **opts))
         row["bank_age"] = bank.ages().double().mean().item()
     mu_all, lv_all = encode_all(model, images)
-    full = tk.evaluate.full_decomposition(mu_all, lv_all, samples=2048, generator=torch.Generator().manual_seed(7))
+    full = tk.dataset_estimates.full_decomposition(mu_all, lv_all, samples=2048, generator=torch.Generator().manual_seed(7))
     row["mi_dataset"], row["tc_dataset"] = full.mi.value, full.tc.value
     return row
 
@@ -175,7 +190,7 @@ def step_once(model, opt, loss_fn, x):
 @torch.no_grad()
 def final_scores(model, images, seed):
     mu, lv = encode_all(model, images)
-    full = tk.evaluate.full_decomposition(mu, lv, samples=4096, generator=torch.Generator().manual_seed(seed + 1))
+    full = tk.dataset_estimates.full_decomposition(mu, lv, samples=4096, generator=torch.Generator().manual_seed(seed + 1))
     sub = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(4321))[:4096]
     x = images[sub].float()
     m, v = model.encode(x)
@@ -218,7 +233,6 @@ def penalty_cost(m=256, ks=(256, 4352, 16384), d=10, n=50_000, reps=5):
     """The penalty alone (TC, forward + backward): fused with the bank against the materialized
     [M, K, D] formula on the concatenated components; the latter's peak memory (RSS rise)."""
     from tcvae_kernels.estimators import log_weights, weight_matrix
-    from tcvae_kernels.tools.benchmark import _reset_peak_rss, _rss_bytes, materialized_log_qz
 
     g = torch.Generator().manual_seed(0)
     rows = []
@@ -244,15 +258,15 @@ def penalty_cost(m=256, ks=(256, 4352, 16384), d=10, n=50_000, reps=5):
         row = {"M": m, "K": k, "D": d}
         for key, fn in (("fused", fused), ("materialized", dense)):
             fn()
-            base = _rss_bytes("VmRSS")
-            _reset_peak_rss()
+            base = rss_bytes("VmRSS")
+            reset_peak_rss()
             ts = []
             for _ in range(reps):
                 t = time.perf_counter()
                 fn()
                 ts.append(time.perf_counter() - t)
             row[f"{key}_ms"] = 1e3 * statistics.median(ts)
-            row[f"{key}_peak_mib"] = max(0, _rss_bytes("VmHWM") - base) / 2**20
+            row[f"{key}_peak_mib"] = max(0, rss_bytes("VmHWM") - base) / 2**20
         rows.append(row)
     return rows
 

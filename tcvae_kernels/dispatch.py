@@ -22,7 +22,9 @@ import warnings
 import torch
 
 from . import backends as _backends  # noqa: F401  (importing the package registers every backend)
-from .backends.base import Backend, auto_order, backend_names, get_backend
+from .backends.base import Backend, auto_order, backend_names, check_backend_name, get_backend
+from .estimators import log_weights
+from .testing import check_backend
 
 
 class BackendNotSupportedError(ValueError):
@@ -96,11 +98,6 @@ def backend_reasons(name: str, z, mu, logvar) -> list[str]:
     return [_missing_reason(name)] if be is None else be.reasons(z, mu, logvar)
 
 
-def check_backend_name(backend) -> None:
-    if not isinstance(backend, str) or (backend != "auto" and backend not in backend_names()):
-        raise ValueError(f"backend must be 'auto' or one of {backend_names()}, got {backend!r}")
-
-
 def select_backend(backend: str, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> Backend:
     """Resolve the ``backend`` argument to a Backend that can run on the given inputs."""
     check_backend_name(backend)
@@ -151,9 +148,6 @@ def self_check_failure(be: Backend, device, dtype: torch.dtype) -> str | None:
 
 
 def _run_self_check(be: Backend, device: torch.device, dtype: torch.dtype) -> str | None:
-    from .estimators import log_weights
-    from .testing import check_backend
-
     g = torch.Generator().manual_seed(20261201)
     m, d = 300, 5  # several row blocks and component tiles: tiles with and without the self weights
     mu = torch.randn(m, d, generator=g, dtype=torch.float64)

@@ -129,7 +129,7 @@ def backends(device="cpu", *, fused_only=False, emulation: bool | tuple[int, ...
     if objects:
         out = [get_backend(b) for b in out]
     if emulation and device == "cpu" and extension.LOAD_ERROR is None:
-        from tcvae_kernels.backends.cuda import CudaEmulationBackend
+        from cuda_emulation import CudaEmulationBackend
 
         out += [CudaEmulationBackend(splits=s) for s in ((2,) if emulation is True else emulation)]
     return out

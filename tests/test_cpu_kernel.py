@@ -1,6 +1,7 @@
 """The C++ CPU op: torch.library contract (opcheck, torch.compile), dispatch, threads."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -68,12 +69,13 @@ def test_torch_compile_fullgraph_decompose():
 
 
 # Run in a fresh process per thread count: the op with upstream gradients on saved inputs, printing
-# the SHA-256 of every output's and gradient's bytes. argv: inputs file, thread count.
+# the SHA-256 of every output's and gradient's bytes. argv: inputs file, thread count, tests/.
 _THREADS_SCRIPT = r"""
 import hashlib, json, sys
 import torch
 torch.set_num_threads(int(sys.argv[2]))
-from tcvae_kernels.backends.cuda import CudaEmulationBackend
+sys.path.append(sys.argv[3])
+from cuda_emulation import CudaEmulationBackend
 from tcvae_kernels.backends.base import get_backend
 from tcvae_kernels.estimators import log_weights
 cases, out = torch.load(sys.argv[1]), {}
@@ -108,7 +110,8 @@ def test_results_do_not_depend_on_the_thread_count(tmp_path):
     torch.save(cases, inputs)
     hashes = {}
     for threads in (1, 2, 3):
-        run = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(inputs), str(threads)],
+        run = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(inputs), str(threads),
+                              os.path.dirname(os.path.abspath(__file__))],
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
         used, digests = run.stdout.strip().splitlines()[-1].split(" ", 1)

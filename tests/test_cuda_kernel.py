@@ -8,11 +8,11 @@ import torch
 
 import tcvae_kernels as tk
 from tcvae_kernels.backends import extension
-from tcvae_kernels.backends.cuda import CudaEmulationBackend
 from tcvae_kernels.dispatch import backend_reasons
 from tcvae_kernels.estimators import LogWeights, log_weights
 from tcvae_kernels.testing import check_backend, random_inputs
 
+from cuda_emulation import CudaEmulationBackend
 from helpers import assert_ok, fresh_seed, make_inputs
 
 pytestmark = pytest.mark.skipif(extension.LOAD_ERROR is not None, reason=f"extension not built: {extension.LOAD_ERROR}")

@@ -1,4 +1,4 @@
-"""Facts about the compiled GPU code, checked without a GPU (python -m tcvae_kernels gpu-report):
+"""Facts about the compiled GPU code, checked without a GPU (bench/gpu_report.py):
 every Triton kernel compiles for sm_80 and sm_90 with every config the autotuner may pick; no
 float32 kernel (Triton, CUDA) uses local memory; no barrier sits in an innermost loop; and the
 throughput model predicts the targets (forward within 1.25x of the MUFU floor, the training step
@@ -6,6 +6,8 @@ within 1.5x of two sweeps' floor) for every config the autotuner may pick. Plant
 that each check can fail."""
 
 import dataclasses
+import os
+import sys
 
 import pytest
 import torch
@@ -13,7 +15,8 @@ import torch
 from tcvae_kernels.backends import extension
 
 triton = pytest.importorskip("triton")
-from tcvae_kernels.tools import gpu_report as gr  # noqa: E402
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import gpu_report as gr  # noqa: E402  (bench/: contributor tooling, not in the package)
 
 try:
     gr.tool("cuobjdump")

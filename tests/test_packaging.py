@@ -114,6 +114,43 @@ def test_wheel_builds_and_installs_into_a_fresh_venv(tmp_path):
     assert out.startswith("ok") and "'cuda'" not in out  # a CPU-only wheel, and it says so
 
 
+def _shipped_modules() -> list[str]:
+    """The Python modules a wheel of this tree ships: pyproject.toml's packages as setuptools expands
+    them (``packages.find``, what setup.py's build installs), each with its own .py files."""
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    packages = read_configuration(os.path.join(ROOT, "pyproject.toml"), expand=True)["tool"]["setuptools"]["packages"]
+    out = []
+    for pkg in packages:
+        for f in sorted(os.listdir(os.path.join(ROOT, *pkg.split(".")))):
+            if f.endswith(".py"):
+                out.append(pkg if f == "__init__.py" else f"{pkg}.{f[:-3]}")
+    return out
+
+
+#: what users import or run: the package, its commands (``python -m tcvae_kernels check|bench``) and
+#: the documented integration (README.md, docs/getting-started.md)
+ENTRY_POINTS = ("tcvae_kernels", "tcvae_kernels.__main__", "tcvae_kernels.integrations.pythae")
+
+
+def test_the_wheel_ships_only_what_the_package_runs():
+    """Every module the wheel ships is imported (at module level or inside a function) from what
+    users import or run; contributor tooling (the GPU code's analysis and its planted kernels, the
+    CUDA emulation backend, the studies' data) lives in bench/, tests/ or python/, not in the wheel."""
+    from import_graph import import_graph, package_modules, reached
+
+    shipped = _shipped_modules()
+    assert "tcvae_kernels.backends.base" in shipped and "tcvae_kernels.tools.check" in shipped, shipped
+    used = reached(import_graph(package_modules()), ENTRY_POINTS)
+    assert set(ENTRY_POINTS) <= set(shipped)
+    unused = [m for m in shipped if m not in used]
+    assert not unused, f"the wheel ships modules nothing of the package imports: {unused}"
+    tooling = {f[:-3] for d in ("bench", "tests") for f in os.listdir(os.path.join(ROOT, d)) if f.endswith(".py")}
+    assert {"gpu_report", "planted", "cuda_emulation"} <= tooling  # where they live
+    twice = [m for m in shipped if m.rpartition(".")[2] in tooling]
+    assert not twice, f"contributor tooling of bench/ or tests/ in the wheel too: {twice}"
+
+
 def _setup_module():
     import importlib.util
 

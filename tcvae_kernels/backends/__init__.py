@@ -4,7 +4,7 @@
     torch_ref.py       ``torch``: the pure-PyTorch reference (any device)
     extension.py       the C++/CUDA extension's ops (csrc/): loading, fake kernels, autograd
     cpu.py             ``cpu``: the fused C++ kernel
-    cuda.py            ``cuda``: the fused CUDA kernels (and their CPU emulation, tests only)
+    cuda.py            ``cuda``: the fused CUDA kernels
     triton_adapter.py  ``triton``: the adapter of triton_kernels.py (imported on first use)
 """
 

@@ -106,7 +106,6 @@ def op_grad_components(grad_components: int | None) -> int:
     return -1 if grad_components is None else int(grad_components)
 
 
-
 #: name -> the constructed backend (built on first use) / its class, in registration order
 _REGISTRY: dict[str, Backend] = {}
 _LOADERS: dict[str, Callable[[], Backend]] = {}
@@ -128,6 +127,12 @@ def backend_names() -> tuple[str, ...]:
         The names a user may pass as ``backend=`` besides "auto", in registration order.
     """
     return tuple(_LOADERS)
+
+
+def check_backend_name(backend) -> None:
+    """Raise ValueError unless ``backend`` is "auto" or a registered backend name."""
+    if not isinstance(backend, str) or (backend != "auto" and backend not in backend_names()):
+        raise ValueError(f"backend must be 'auto' or one of {backend_names()}, got {backend!r}")
 
 
 def auto_order(device_type: str) -> tuple[str, ...]:

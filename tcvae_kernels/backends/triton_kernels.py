@@ -26,7 +26,7 @@ Backward: ``_fwd_kernel+grad`` sums grad_z's two terms (tn, jn) on its way; ``_b
 (a program owns components, the reduction over queries in-thread) gives grad_mu and grad_logvar.
 
 Runs unchanged under ``TRITON_INTERPRET=1`` on CPU tensors (how CI tests it, at small sizes);
-``python -m tcvae_kernels gpu-report`` compiles every kernel and config for sm_80/sm_90 and reads
+``bench/gpu_report.py`` compiles every kernel and config for sm_80/sm_90 and reads
 the machine code (registers, local memory, barriers, instructions per element).
 """
 
@@ -42,6 +42,7 @@ import triton.language as tl
 from .._autograd import make_backward, no_double_backward, setup_context, setup_nothing
 from .._validation import accumulation_dtype
 from ..estimators import LogWeights
+from ..families import LAPLACE, get_family
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -57,7 +58,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #: "cols": column backward, tiles [BLOCK_M, BLOCK_K], a thread owning BLOCK_K/(32·num_warps)
 #: components. Every entry compiles without local memory and without barriers in its loops for
 #: float32 at sm_80 and sm_90 (tests/test_gpu_code.py). maxnreg: ptxas otherwise stops at 128 or
-#: 192 registers and spills. Pruned (gpu-report): rows 256×32 and cols 32×256 / 64×128 (local
+#: 192 registers and spills. Pruned (bench/gpu_report.py): rows 256×32 and cols 32×256 / 64×128 (local
 #: memory at 255 registers).
 CONFIGS = [
     dict(rows=dict(BLOCK_M=128, BLOCK_K=32, num_warps=4, maxnreg=255),
@@ -641,9 +642,8 @@ def log_qz_op(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, weights: 
 
 
 def _is_laplace(family: str) -> bool:
-    if family not in ("normal", "laplace"):
-        raise ValueError(f"family must be 'normal' or 'laplace', got {family!r}")
-    return family == "laplace"
+    """The kernels' LAPLACE constant for ``family`` (ValueError for an unknown one)."""
+    return get_family(family) is LAPLACE
 
 
 def _pad_rows(t: torch.Tensor, mp: int, value: float) -> torch.Tensor:

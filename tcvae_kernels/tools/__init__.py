@@ -1,3 +1,4 @@
-"""Tooling, not needed to compute a loss: ``python -m tcvae_kernels check`` (check.py: every backend
-against the reference), ``bench`` (benchmark.py), ``gpu-report`` (gpu_report.py: the compiled GPU
-code read without a GPU; _planted.py: deliberately bad kernels its tests catch)."""
+"""The user commands, not needed to compute a loss: ``python -m tcvae_kernels check`` (check.py: every
+backend against the reference) and ``bench`` (benchmark.py, with exp2_peak.py: the GPU's measured
+exp2 throughput). Contributor tooling (the compiled GPU code's analysis, the other benchmarks) lives
+in bench/."""

@@ -40,7 +40,14 @@ import time
 
 import torch
 
+from ..api import log_qz
+from ..backends.base import backend_names
+from ..bank import ComponentBank
+from ..dispatch import backend_reasons
+from ..estimators import log_weights, weight_matrix
+from ..progress import progress
 from ..reference import LOG_2PI, log_density
+from ..testing import random_inputs
 
 QUICK_SIZES = [256, 1024]
 QUICK_DIMS = [10]
@@ -56,8 +63,6 @@ COMPARATORS = ("eager", "compile", "keops")
 
 def dense_mss_log_weights(m: int, n: int, dtype, device) -> torch.Tensor:
     """[M, M] MSS log weights as public code builds them (but with the self weight on the diagonal)."""
-    from ..estimators import log_weights, weight_matrix
-
     return weight_matrix(log_weights("mss", m, n), m, m, dtype=dtype, device=device)
 
 
@@ -103,8 +108,6 @@ def keops_log_qz(z, mu, logvar, w):
 def build_method(method: str, m: int, n: int, dtype, device, bank=None):
     """A callable (z, mu, logvar) -> (log_qz, log_qz_dims) for one method and batch size; ``bank``:
     None or the banked components (mu, logvar) [K − M, D] that follow the batch's."""
-    from ..estimators import log_weights, weight_matrix
-
     k = m + (0 if bank is None else bank[0].shape[0])
     if method in COMPARATORS:
 
@@ -120,9 +123,6 @@ def build_method(method: str, m: int, n: int, dtype, device, bank=None):
             return lambda z, mu, lv: fn(z, *joint(mu, lv), log_w)
         w = log_weights("mss", k, n)
         return lambda z, mu, lv: keops_log_qz(z, *joint(mu, lv), w)
-    from ..api import log_qz
-    from ..bank import ComponentBank
-
     cb = None
     if bank is not None:
         cb = ComponentBank(bank[0].shape[0])
@@ -140,8 +140,6 @@ def method_unavailable(method: str, device: str) -> str | None:
         return None
     if method in ("eager", "compile"):
         return None
-    from ..dispatch import backend_reasons
-
     probe = torch.zeros(2, 1, device=device)
     why = backend_reasons(method, probe, probe, probe)
     return "; ".join(why) if why else None
@@ -158,9 +156,12 @@ def estimated_bytes(method: str, mode: str, m: int, d: int, itemsize: int, k: in
 
 
 # ----------------------------------------------------------------------------- measuring
+# (the one set of timing and memory helpers: bench/'s scripts use these)
 
 
-def _rss_bytes(field: str) -> int:
+def rss_bytes(field: str) -> int:
+    """This process's ``field`` of /proc/self/status in bytes: "VmRSS" (resident now), "VmHWM"
+    (peak resident since the last :func:`reset_peak_rss`); 0 where there is none."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -168,7 +169,9 @@ def _rss_bytes(field: str) -> int:
     return 0
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (VmHWM) to its RSS now (/proc/self/clear_refs); False where the
+    kernel does not allow it."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -177,9 +180,23 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _sync(device):
-    if device.startswith("cuda"):
+def sync(device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU); ``device``: a name or torch.device."""
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
+
+
+def repeat_times(call, device, min_time: float, max_reps: int, min_reps: int = 3) -> list[float]:
+    """Seconds of each call of ``call()`` (synchronized with ``device``): at least ``min_reps`` calls
+    and until ``min_time`` seconds have passed, at most ``max_reps``."""
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < min_time):
+        t0 = time.perf_counter()
+        call()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 def _available_bytes(device: str) -> int:
@@ -212,8 +229,6 @@ def make_inputs(m, d, device, dtype, k=None):
     """Benchmark inputs (:func:`tcvae_kernels.testing.random_inputs`): z_i drawn from component i,
     logvar in [-2, 0], a seed fixed by the shape: [z, mu, logvar] [M, D], and with ``k`` > M the
     banked components (mu, logvar) [K − M, D] (None without)."""
-    from ..testing import random_inputs
-
     k = m if k is None else k
     g = torch.Generator().manual_seed(m * 1000 + d + 7919 * (k - m))
     z, mu, lv = random_inputs(k, k, d, dtype=dtype, device=device, generator=g, logvar_range=(-2.0, 0.0))
@@ -225,24 +240,18 @@ def measure(fn, mode, inputs, device, min_time, max_reps, min_reps=3):
     """Median seconds and peak extra bytes of one call of ``fn`` in ``mode`` ("fwd" or "fwdbwd")."""
     call = make_call(fn, mode, inputs)
     call()  # warm-up (compiles, JITs, allocates)
-    _sync(device)
+    sync(device)
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = _rss_bytes("VmRSS")
-        _reset_peak_rss()
+        base = rss_bytes("VmRSS")
+        reset_peak_rss()
     call()
-    _sync(device)
-    peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda") else _rss_bytes("VmHWM")) - base
-    times = []
-    start = time.perf_counter()
-    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < min_time):
-        t0 = time.perf_counter()
-        call()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    sync(device)
+    peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda") else rss_bytes("VmHWM")) - base
+    times = repeat_times(call, device, min_time, max_reps, min_reps)
     return statistics.median(times), max(0, peak), len(times)
 
 
@@ -262,11 +271,11 @@ def exp_throughput(device: str, dtype, n: int = 1 << 18) -> float:
     inner = 64
     times = []
     for _ in range(7):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for _ in range(inner):
             torch.exp(x, out=y)
-        _sync(device)
+        sync(device)
         times.append((time.perf_counter() - t0) / inner)
     return n / statistics.median(times[1:])
 
@@ -285,8 +294,6 @@ def worker(spec: dict) -> list[dict]:
             pykeops.set_build_folder(spec["keops_cache"])
     if method == "exp":
         return [{"method": "exp", "exp_per_s": exp_throughput(device, dtype)}]
-    from ..progress import progress
-
     records = []
     cells = [(d, m) for d in spec["dims"] for m in spec["sizes"]]
     for d, m in progress(cells, desc=f"[bench] {method}", unit="size"):
@@ -467,8 +474,6 @@ def main(argv=None) -> int:
     if a.methods:
         methods = a.methods
     else:
-        from ..backends.base import backend_names
-
         methods = ["eager", "compile", "keops"] + [b for b in backend_names() if b != "torch"] + ["torch"]
         methods = [m for m in methods if method_unavailable(m, a.device) is None]
         if a.device == "cpu":

@@ -1,5 +1,5 @@
 """The GPU's exp2 throughput (the MUFU peak), measured by a Triton kernel on register-resident
-values: the floor the benchmarks and ``gpu-report`` compare the kernels' exponentials with
+values: the floor the benchmarks and ``bench/gpu_report.py`` compare the kernels' exponentials with
 (``torch.exp`` is memory-bound on a GPU)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``python -m tcvae_kernels gpu-report``: what the GPU kernels compile to, read without a GPU.
+"""``python bench/gpu_report.py``: what the GPU kernels compile to, read without a GPU.
 
 Compiles every Triton kernel with every config the autotuner may pick, for each architecture
 (``triton.compile`` with a ``GPUTarget``: no GPU needed), reads the CUDA kernels from the built
@@ -47,6 +47,9 @@ import os
 import re
 import subprocess
 import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # the package from this tree when it is not installed
 
 #: Per-SM rates (warp instructions per clock) of the model, H100 SXM (sm_90).
 RATES = {"issue": 4.0, "fma": 4.0, "alu": 2.0, "mufu": 0.5, "conv": 0.5, "shfl": 1.0, "lsu": 1.0}
@@ -407,7 +410,7 @@ def _in_subprocess(archs, planted: bool, jobs: int | None = None) -> list[Kernel
     """Under TRITON_INTERPRET=1 (the CPU test session) kernels are interpreted functions that cannot
     be compiled: compile in a fresh process without it and read its JSON."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-m", "tcvae_kernels", "gpu-report", "--json", "--no-cuda", "--arch", *map(str, archs)]
+    cmd = [sys.executable, os.path.join(HERE, "gpu_report.py"), "--json", "--no-cuda", "--arch", *map(str, archs)]
     cmd += ["--jobs", str(jobs)] if jobs else []
     out = subprocess.run(cmd + (["--planted"] if planted else []), capture_output=True, text=True, env=env,
                          check=True).stdout
@@ -415,10 +418,10 @@ def _in_subprocess(archs, planted: bool, jobs: int | None = None) -> list[Kernel
 
 
 def planted_reports(arch: int = 90) -> list[KernelReport]:
-    """The deliberately bad kernels of ``_planted`` (a spilling one, one with a barrier in its loop)."""
+    """The deliberately bad kernels of ``bench/planted.py`` (a spilling one, one with a barrier in its loop)."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return [r for r in _in_subprocess((arch,), True) if r.name.startswith("_planted")]
-    from ._planted import PLANTED
+    from planted import PLANTED  # bench/, beside this file
 
     return [cubin_report("triton", name, arch, "planted", compile_triton(fn, cx, nw, arch), None)
             for name, (fn, cx, nw) in PLANTED.items()]
@@ -426,7 +429,7 @@ def planted_reports(arch: int = 90) -> list[KernelReport]:
 
 def _triton_report(name: str, c: dict, arch: int, dtype: str) -> KernelReport:
     """Compile kernel ``name`` of ``triton_kernels.KERNELS`` with tile config ``c`` for ``arch``; its report."""
-    from ..backends import triton_kernels as tkn
+    from tcvae_kernels.backends import triton_kernels as tkn
 
     fn, _, fixed = tkn.KERNELS[name]
     cub = compile_triton(fn, {"BLOCK_M": c["BLOCK_M"], "BLOCK_K": c["BLOCK_K"], **fixed}, c["num_warps"], arch, dtype,
@@ -440,7 +443,7 @@ def triton_reports(archs=(80, 90), dtype: str = "fp32", kernels=None, jobs: int 
     compiled by ``jobs`` processes (default: one per core; 1: in this process), in that order."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return [r for r in _in_subprocess(archs, False, jobs) if not kernels or r.name in kernels]
-    from ..backends import triton_kernels as tkn
+    from tcvae_kernels.backends import triton_kernels as tkn
 
     work = []
     for name, (_, kind, _) in tkn.KERNELS.items():
@@ -476,7 +479,9 @@ CUDA_KERNELS = {f"{k}{f}": v for f in ("", "+laplace") for k, v in
 
 
 def extension_path() -> str | None:
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the package: tcvae_kernels/_C*.so
+    import tcvae_kernels
+
+    here = os.path.dirname(os.path.abspath(tcvae_kernels.__file__))  # the package: tcvae_kernels/_C*.so
     found = sorted(glob.glob(os.path.join(here, "_C*.so")))
     return found[0] if found else None
 
@@ -555,7 +560,7 @@ def programs(source: str, name: str, config: str, m: int, k: int, sms: int) -> i
         return -(-a // b)
 
     if source == "triton":
-        from ..backends.triton_kernels import CONFIGS
+        from tcvae_kernels.backends.triton_kernels import CONFIGS
 
         bm, bk, _ = (int(x) for x in config.rstrip("w").split("x"))
         block = bk if cols_kernel else bm
@@ -648,7 +653,7 @@ def prediction_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tcvae_kernels gpu-report", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python bench/gpu_report.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="compute capabilities (80 90)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of markdown tables")
     ap.add_argument("--d", type=int, default=32, help="D of the per-element columns (default 32)")

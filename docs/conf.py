@@ -21,7 +21,9 @@ myst_enable_extensions = ["dollarmath"]
 # API reference: every public name, from its docstring (Google style, napoleon)
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
-autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": False}
+autodoc_default_options = {"members": True, "undoc-members": False,
+                           # nn.Module's hooks, which the modules implement for torch, not for users
+                           "exclude-members": "extra_repr, get_extra_state, set_extra_state, initialize_parameters"}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_custom_sections = [("Options", "params_style")]  # EstimatorOptions and the {options} it fills

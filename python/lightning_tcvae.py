@@ -60,7 +60,7 @@ class LitBetaTCVAE(pl.LightningModule):
     def setup(self, stage: str) -> None:
         # Under DDP, estimate q(z) from the global batch: the loss gathers (mu, logvar) of every rank.
         if self.trainer.world_size > 1 and dist.is_initialized():
-            self.loss_fn.process_group = dist.group.WORLD
+            self.loss_fn.options = self.loss_fn.options.replace(process_group=dist.group.WORLD)
             if self.trainer.global_rank == 0:
                 print(f"q(z) estimated from the global batch of {self.trainer.world_size} ranks", flush=True)
 

@@ -6,23 +6,29 @@ truncated or cast.
 
 from __future__ import annotations
 
+import math
 import numbers
-from typing import Literal, get_args
 
 import torch
 
 from .estimators import ESTIMATORS
+from .families import FAMILIES, Family, get_family  # noqa: F401  (the family names and their type)
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-#: the posterior families (``family=``; the formulas: tcvae_kernels.reference): the one list, as its type
-Family = Literal["normal", "laplace"]
-FAMILIES: tuple[str, ...] = get_args(Family)
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; float32/float16/bfloat16 accumulate in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def autocast_active(z: torch.Tensor) -> bool:
+    """Whether a torch.autocast region is active for z's device type (never on a device type that
+    autocast does not know, such as "meta")."""
+    try:
+        return torch.is_autocast_enabled(z.device.type)
+    except RuntimeError:
+        return False
 
 
 def check_inputs(z, mu, logvar) -> tuple[int, int, int]:
@@ -79,10 +85,8 @@ def check_estimator(estimator, dataset_size) -> None:
 
 
 def check_family(family) -> None:
-    """Validate the posterior family name (FAMILIES)."""
-    if not isinstance(family, str) or family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES} (the posterior family of mu and the third argument: "
-                         f"log-variance for 'normal', log-scale for 'laplace'), got {family!r}")
+    """Validate the posterior family name (tcvae_kernels.families.get_family's ValueError)."""
+    get_family(family)
 
 
 def check_estimator_args(estimator, dataset_size, num_queries: int, num_components: int, offset: int = 0) -> None:
@@ -107,6 +111,25 @@ def check_estimator_args(estimator, dataset_size, num_queries: int, num_componen
                 f"estimator='mss' needs each query to be drawn from its own component: queries "
                 f"{offset}..{offset + m - 1} must index the K={k} components (M <= K)"
             )
+
+
+def check_weight(name: str, value) -> float:
+    """A loss weight: a finite real number, as a float (TypeError / ValueError naming ``name``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+def check_batch(z, mu, logvar) -> None:
+    """A batch of the losses: z, mu, logvar 2-D tensors of one shape [M, D] (ValueError naming the argument)."""
+    for name, t in (("z", z), ("mu", mu), ("logvar", logvar)):
+        if not isinstance(t, torch.Tensor) or t.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D tensor [M, D]")
+    if not (z.shape == mu.shape == logvar.shape):
+        raise ValueError(f"z, mu, logvar must share one shape [M, D], got {tuple(z.shape)}, {tuple(mu.shape)}, "
+                         f"{tuple(logvar.shape)}")
 
 
 def _check_int(name: str, value, *, minimum: int) -> None:

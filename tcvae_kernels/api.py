@@ -7,32 +7,21 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol, Union, Unpack
+from typing import NamedTuple, Union, Unpack
 
 import torch
 
 from ._host import check_finite
-from ._validation import check_estimator_args, check_family, check_inputs, normalize_groups
+from ._validation import autocast_active, check_estimator_args, check_family, check_inputs, normalize_groups
 from .bank import check_bank, check_bank_fits
 from .dispatch import select_backend
 from .estimators import LogWeights, log_weights
 from .options import EstimatorKwargs, EstimatorOptions, options_doc, resolve_options
-from .reference import log_density, log_qz_x_and_log_pz
+from .reference import Prior, PriorArg, log_density, log_qz_x_and_log_pz  # noqa: F401  (Prior: tk.Prior)
 
 
 #: a partition of the D dimensions: sizes ``[2, 3, 5]`` or index lists ``[[0, 3], [1, 2, 4]]``
 Groups = Union[Sequence[int], Sequence[Sequence[int]]]
-
-
-class Prior(Protocol):
-    """A prior p(z) for the dimension-wise KL: anything with ``log_prob(z [M, D]) -> [M] or [M, D]``
-    (a ``torch.distributions.Distribution``, a learned flow module)."""
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor: ...
-
-
-#: ``prior=``: "normal" (standard Normal, the default), "laplace" (standard Laplace) or a :class:`Prior`
-PriorArg = Union[str, Prior]
 
 
 class LogQz(NamedTuple):
@@ -70,15 +59,6 @@ class GroupedDecomposition(NamedTuple):
     tc_between: torch.Tensor
     tc_within: torch.Tensor
     dim_kl: torch.Tensor
-
-
-def autocast_active(z: torch.Tensor) -> bool:
-    """Whether a torch.autocast region is active for z's device type (never on a device type that
-    autocast does not know, such as "meta")."""
-    try:
-        return torch.is_autocast_enabled(z.device.type)
-    except RuntimeError:
-        return False
 
 
 def _under_autocast(fn):

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import FLOAT_DTYPES, Family, _check_int, check_family
+from ._validation import FLOAT_DTYPES, Family, _check_int, autocast_active, check_family
 
 _STORAGE = ("mu", "logvar")
 _COUNTERS = ("filled", "head", "pushes", "stamps")  # fill level, write position, push count, each row's push index
@@ -143,6 +143,17 @@ class ComponentBank(nn.Module):
         self._materialized = True
 
     @torch.no_grad()
+    def prepare(self, mu: torch.Tensor) -> None:
+        """Ready the bank for an estimate with the batch's components ``mu`` [M, D] (the losses
+        call it once, at their first call): moved to mu's device if it is elsewhere and, without
+        storage yet, given storage for mu's D in the dtype the estimate pushes (float32 for
+        float16/bfloat16 inside autocast, else mu's)."""
+        if self.device != mu.device:
+            self.to(mu.device)
+        if not self.materialized:
+            half = mu.dtype in (torch.float16, torch.bfloat16)
+            self.materialize(mu.shape[1], torch.float32 if half and autocast_active(mu) else mu.dtype, mu.device)
+
     def push(self, mu: torch.Tensor, logvar: torch.Tensor, *, check_finite: bool = False) -> None:
         """Append the rows of ``mu``, ``logvar`` [M, D] (detached copies), overwriting the oldest
         when full; of a push of more than ``size`` rows only the last ``size`` are kept. O(M·D):

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
-import numbers
 import warnings
-from typing import Any, Generic, NamedTuple, TypeVar, overload
+from typing import Any, NamedTuple, Unpack
 
 import torch
 from torch import nn
@@ -25,29 +23,11 @@ from torch.nn import functional as F
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from . import _host
-from ._validation import Family, _check_int, accumulation_dtype, normalize_groups
-from .api import Decomposition, GroupedDecomposition, Groups, PriorArg, _decompose, _grouped_decompose, autocast_active
+from ._validation import _check_int, accumulation_dtype, check_batch, check_weight, normalize_groups
+from .api import Decomposition, GroupedDecomposition, Groups, PriorArg, _decompose, _grouped_decompose
 from .reference import check_prior
 from .bank import ComponentBank, check_bank_fits
-from .estimators import Estimator
-from .options import EstimatorOptions
-
-
-def _check_weight(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
-
-
-def _check_batch(z, mu, logvar):
-    for name, t in (("z", z), ("mu", mu), ("logvar", logvar)):
-        if not isinstance(t, torch.Tensor) or t.ndim != 2:
-            raise ValueError(f"{name} must be a 2-D tensor [M, D]")
-    if not (z.shape == mu.shape == logvar.shape):
-        raise ValueError(f"z, mu, logvar must share one shape [M, D], got {tuple(z.shape)}, {tuple(mu.shape)}, "
-                         f"{tuple(logvar.shape)}")
+from .options import EstimatorKwargs, EstimatorOptions, options_doc, resolve_options
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -79,11 +59,7 @@ class _LossState(LazyModuleMixin, nn.Module):
             self.step = self.step.to(dev)
         bank = self._modules.get("bank")
         if bank is not None:
-            if bank.device != dev:
-                bank.to(dev)
-            if not bank.materialized:
-                half = mu.dtype in (torch.float16, torch.bfloat16)
-                bank.materialize(mu.shape[1], torch.float32 if half and autocast_active(mu) else mu.dtype, dev)
+            bank.prepare(mu)
 
     def _replicate_for_data_parallel(self):  # replicas of an initialised loss (LazyModuleMixin refuses any)
         return nn.Module._replicate_for_data_parallel(self)
@@ -138,12 +114,22 @@ class _WithSelfShare:
 
 class BetaTCVAETerms(_WithSelfShare, Decomposition):
     """``loss.last`` of :class:`BetaTCVAELoss`: the detached :class:`~tcvae_kernels.Decomposition`
-    ``(mi, tc, dim_kl)`` (a 3-tuple, as before) and ``self_share``, the batch mean of
-    :func:`tcvae_kernels.self_share` from the same pass (detached)."""
+    ``(mi, tc, dim_kl)`` (a 3-tuple: ``mi, tc, dim_kl = loss.last``) with one more attribute.
+
+    Attributes:
+        mi, tc, dim_kl: the batch means of the three terms (0-dim tensors, before the weights).
+        self_share: the batch mean of :func:`tcvae_kernels.self_share` from the same pass (0-dim).
+    """
 
 
 class HFVAETerms(_WithSelfShare, GroupedDecomposition):
-    """``loss.last`` of :class:`HFVAELoss`: the detached GroupedDecomposition and ``self_share``."""
+    """``loss.last`` of :class:`HFVAELoss`: the detached :class:`~tcvae_kernels.GroupedDecomposition`
+    ``(mi, tc_between, tc_within, dim_kl)`` with one more attribute.
+
+    Attributes:
+        mi, tc_between, tc_within, dim_kl: the batch means of the terms (0-dim tensors, before the weights).
+        self_share: the batch mean of :func:`tcvae_kernels.self_share` from the same pass (0-dim).
+    """
 
 
 def _terms(cls, parts, share: torch.Tensor):
@@ -152,26 +138,7 @@ def _terms(cls, parts, share: torch.Tensor):
     return out
 
 
-T = TypeVar("T")
-
-
-class _OptionField(Generic[T]):
-    """``loss.<name>``: a field of ``loss.options``; setting it replaces the options (validated)."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    @overload
-    def __get__(self, obj: None, owner: type | None = None) -> _OptionField[T]: ...
-    @overload
-    def __get__(self, obj: object, owner: type | None = None) -> T: ...
-    def __get__(self, obj, owner=None):
-        return self if obj is None else getattr(obj.options, self.name)
-
-    def __set__(self, obj: Any, value: T) -> None:
-        obj.options = dataclasses.replace(obj.options, **{self.name: value}).validate()
-
-
+@options_doc
 class BetaTCVAELoss(_LossState):
     """β-TCVAE KL penalty ``α·MI + β·TC + γ·dim_KL`` (Chen et al. 2018), batch means.
 
@@ -181,34 +148,41 @@ class BetaTCVAELoss(_LossState):
         loss = recon_loss + loss_fn(z, mu, logvar)     # z ~ N(mu, exp(logvar)), [M, D]
         print(loss_fn.last.tc)                         # detached MI / TC / dim-KL of that call
 
+    Every argument is a keyword. The estimator options (``dataset_size``, ``estimator``, ...) are
+    the fields of :class:`~tcvae_kernels.EstimatorOptions`, held as ``loss.options``; change them
+    with ``loss.options = loss.options.replace(estimator="mws")`` (validated). With a process group
+    the returned penalty is this rank's mean (DDP's gradient averaging makes it the global mean);
+    with ``family="laplace"`` the loss is called as ``loss_fn(z, mu, logscale)``.
+
     Args:
-        dataset_size, estimator, family, backend, check_finite, deterministic, process_group: how q(z) is
-            estimated, the fields of :class:`tcvae_kernels.EstimatorOptions` (held as
-            ``loss.options``; "mss" needs ``dataset_size``). With a process group the returned
-            penalty is this rank's mean; DDP's gradient averaging makes it the global mean.
-            ``family="laplace"``: the loss is called as ``loss_fn(z, mu, logscale)`` (the log-scale of a
-            Laplace posterior, not a log-variance).
-        alpha, beta, gamma: weights of MI, TC and dimension-wise KL (paper: 1, β, 1).
-        prior: p(z) of the dimension-wise KL: "normal" (N(0, I)), "laplace" (standard Laplace) or an
-            object with ``log_prob(z)`` returning [M] or [M, D] (a learned one trains: a module is
-            registered as a submodule of the loss, so its parameters are in ``loss.parameters()``).
+        alpha: weight of the index-code mutual information MI (paper: 1).
+        beta: weight of the total correlation TC (the paper's β).
+        gamma: weight of the dimension-wise KL (paper: 1).
         warmup_steps: if > 0, β and γ ramp linearly from 0 to their values over that many
             training-mode calls (KL warm-up, as in the authors' code); the step count is the buffer
             ``loss.step``, saved in ``state_dict`` so resumed runs continue the schedule.
-        bank_size: 0 (off), or the size of a :class:`~tcvae_kernels.ComponentBank` the loss owns
-            (``loss.bank``): each call estimates q(z) with the batch's components plus the bank's
-            (K = M + len(bank)), and each training-mode call then pushes the (global) batch's
-            detached components, so a component never meets its own query twice. It removes most of
-            the minibatch bias for no network memory (docs/estimators.md, "A component bank":
-            measured bias, staleness and cost); M + bank_size <= dataset_size. A submodule:
-            saved in ``state_dict``, moved by ``.to()`` (and, at the first call, to the batch's device).
-        bank: instead of ``bank_size``, a :class:`~tcvae_kernels.ComponentBank` of your own (the
-            loss reads and pushes it the same way; ``loss.bank``).
         warn_regime: warn once (:class:`EstimatorRegimeWarning`) when the batch mean of the self
             share exceeds ``SELF_SHARE_WARNING`` with a batch (plus bank) under ``SMALL_BATCH_FRACTION`` of
             ``dataset_size`` (checked every ``REGIME_CHECK_EVERY`` training calls): the TC estimate
             is then unreliable, often negative. ``loss.last.self_share`` holds the value of every
             call either way.
+        prior: p(z) of the dimension-wise KL: "normal" (N(0, I)), "laplace" (standard Laplace) or an
+            object with ``log_prob(z)`` returning [M] or [M, D] (a learned one trains: a module is
+            registered as a submodule of the loss, so its parameters are in ``loss.parameters()``).
+        bank_size: 0 (off), or the size of a :class:`~tcvae_kernels.ComponentBank` the loss owns
+            (``loss.bank``; instead of the option ``bank=``, a bank of your own): each call
+            estimates q(z) with the batch's components plus the bank's (K = M + len(bank)), and each
+            training-mode call then pushes the (global) batch's detached components, so a component
+            never meets its own query twice. It removes most of the minibatch bias for no network
+            memory (docs/estimators.md, "A component bank"); M + bank_size <= dataset_size. A
+            submodule: saved in ``state_dict``, moved by ``.to()`` (and, at the first call, to the
+            batch's device).
+{options}
+
+    Raises:
+        TypeError: a positional argument, an unknown keyword, ``bank_size`` with ``bank``, a weight
+            that is no real number.
+        ValueError: an invalid option, weight, prior or bank size, naming it.
 
     Example:
         >>> import torch, tcvae_kernels as tk
@@ -220,34 +194,21 @@ class BetaTCVAELoss(_LossState):
         (0, 0, 0)
     """
 
-    # the fields of EstimatorOptions, readable and settable on the loss (tests/test_typing.py: all of them)
-    dataset_size: _OptionField[int | None] = _OptionField()
-    estimator: _OptionField[Estimator] = _OptionField()
-    family: _OptionField[Family] = _OptionField()
-    backend: _OptionField[str] = _OptionField()
-    check_finite: _OptionField[bool] = _OptionField()
-    deterministic: _OptionField[bool] = _OptionField()
-    process_group: _OptionField[Any] = _OptionField()
-    bank: _OptionField[ComponentBank | None] = _OptionField()
+    last: BetaTCVAETerms | None
+    """The detached terms of the last call (None before the first)."""
 
     def __init__(
         self,
-        dataset_size: int | None,
+        *,
         alpha: float = 1.0,
         beta: float = 6.0,
         gamma: float = 1.0,
-        estimator: Estimator = "mss",
-        backend: str = "auto",
-        *,
         warmup_steps: int = 0,
-        check_finite: bool = False,
-        deterministic: bool = False,
-        process_group: Any = None,
         warn_regime: bool = True,
         prior: PriorArg = "normal",
-        family: Family = "normal",
         bank_size: int = 0,
-        bank: ComponentBank | None = None,
+        options: EstimatorOptions | None = None,
+        **estimator_options: Unpack[EstimatorKwargs],
     ) -> None:
         super().__init__()
         self._init_state(warmup_steps)
@@ -256,24 +217,25 @@ class BetaTCVAELoss(_LossState):
         self._host_calls = 0
         self._host_key = _host.register(self._host_regime)
         _check_int("bank_size", bank_size, minimum=0)
-        if bank_size and bank is not None:
-            raise TypeError("pass bank_size= (the loss creates its bank) or bank= (a ComponentBank of yours), not both")
-        check_bank_fits(1, bank_size, dataset_size, estimator)  # with the smallest batch; each call checks its own
-        self.options = EstimatorOptions(dataset_size=dataset_size, estimator=estimator, family=family, backend=backend,
-                                        check_finite=bool(check_finite), deterministic=bool(deterministic),
-                                        process_group=process_group,
-                                        bank=ComponentBank(bank_size, family) if bank_size else bank).validate()
-        self.alpha = _check_weight("alpha", alpha)
-        self.beta = _check_weight("beta", beta)
-        self.gamma = _check_weight("gamma", gamma)
+        opts = resolve_options(options, dict(estimator_options))
+        if bank_size:
+            if opts.bank is not None:
+                raise TypeError("pass bank_size= (the loss creates its bank) or bank= (a ComponentBank of yours), "
+                                "not both")
+            check_bank_fits(1, bank_size, opts.dataset_size, opts.estimator)  # the smallest batch; each call checks its own
+            opts = opts.replace(bank=ComponentBank(bank_size, opts.family))
+        self.options = opts
+        self.alpha = check_weight("alpha", alpha)
+        self.beta = check_weight("beta", beta)
+        self.gamma = check_weight("gamma", gamma)
         check_prior(prior)
         self.prior = prior
-        self.last: BetaTCVAETerms | None = None
+        self.last = None
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # an option field (``loss.bank = None`` too) goes to its descriptor, not to nn.Module's
-        # registry (which would set the submodule alone, behind the options' back)
-        if isinstance(getattr(type(self), name, None), _OptionField):
+        # a property (``loss.bank = None`` too) goes to its setter, not to nn.Module's registry
+        # (which would set the submodule alone, behind the options' back)
+        if isinstance(getattr(type(self), name, None), property):
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
@@ -286,11 +248,23 @@ class BetaTCVAELoss(_LossState):
 
     @options.setter
     def options(self, value: EstimatorOptions) -> None:
+        if not isinstance(value, EstimatorOptions):
+            raise TypeError(f"options must be a tcvae_kernels.EstimatorOptions, got {type(value).__name__}")
         self._options = value.validate()
         if value.bank is None:
             self._modules.pop("bank", None)
         else:
             self._modules["bank"] = value.bank
+
+    @property
+    def bank(self) -> ComponentBank | None:
+        """The component bank the estimates read and training calls push (``options.bank``), or None;
+        setting it replaces the options."""
+        return self._options.bank
+
+    @bank.setter
+    def bank(self, value: ComponentBank | None) -> None:
+        self.options = self._options.replace(bank=value)
 
     def current_weights(self) -> tuple[float, float, float]:
         """(α, β, γ) in effect for the next call, after warm-up annealing (reads ``step`` on the host)."""
@@ -298,11 +272,26 @@ class BetaTCVAELoss(_LossState):
         return self.alpha, self.beta * r, self.gamma * r
 
     def forward(self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """The penalty ``α·MI + β·TC + γ·dim_KL`` (a scalar in the accumulation dtype) for queries
-        ``z`` drawn from the batch's posteriors ``(mu, logvar)`` [M, D]; ``.last`` holds its terms. In
-        training mode the call also checks the estimator's regime (every ``REGIME_CHECK_EVERY``
-        calls), pushes the (global) batch into the bank and advances the warm-up: all of it in place,
-        so a compiled step does the same."""
+        """The penalty ``α·MI + β·TC + γ·dim_KL`` of a batch; ``.last`` holds its terms.
+
+        In training mode the call also checks the estimator's regime (every ``REGIME_CHECK_EVERY``
+        calls), pushes the (global) batch into the bank and advances the warm-up: all of it in
+        place, so a compiled step does the same.
+
+        Args:
+            z: [M, D], z_i drawn from the posterior of row i of ``(mu, logvar)``.
+            mu: [M, D], the batch's posterior means.
+            logvar: [M, D], their log-variances (``family="laplace"``: log-scales).
+
+        Returns:
+            A 0-dim tensor, the batch mean of the penalty, in the accumulation dtype (float32 for
+            float16/bfloat16 and under autocast, float64 for float64); differentiable w.r.t. all three.
+
+        Raises:
+            ValueError: as :func:`tcvae_kernels.decompose`, e.g. a malformed shape, a batch plus
+                bank larger than ``dataset_size``, non-finite input with ``check_finite``.
+            TypeError: as :func:`tcvae_kernels.decompose`, e.g. inputs of different dtypes or devices.
+        """
         parts, share, batch = _decompose(z, mu, logvar, self.options, self.prior)
         b, g = self._ramped(self.beta, parts.tc), self._ramped(self.gamma, parts.tc)
         self.last = _terms(BetaTCVAETerms, parts, share)
@@ -377,10 +366,11 @@ class BetaTCVAELoss(_LossState):
         return f"the component bank (bank_size={bank.size}) once it has filled"
 
     def extra_repr(self) -> str:
+        o = self.options
         return (
-            f"dataset_size={self.dataset_size}, alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, "
-            f"estimator={self.estimator!r}, family={self.family!r}, backend={self.backend!r}, "
-            f"warmup_steps={self.warmup_steps}" + ("" if self.bank is None else f", bank_size={self.bank.size}")
+            f"dataset_size={o.dataset_size}, alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, "
+            f"estimator={o.estimator!r}, family={o.family!r}, backend={o.backend!r}, "
+            f"warmup_steps={self.warmup_steps}" + ("" if o.bank is None else f", bank_size={o.bank.size}")
         )
 
 
@@ -397,27 +387,38 @@ class HFVAELoss(BetaTCVAELoss):
     """Grouped (HFVAE-style) penalty ``α·MI + β·TC_between + β_within·TC_within + γ·dim_KL``
     (Esmaeili et al. 2019) for a partition of the latent dimensions into groups.
 
-    ``groups``: sizes ``[2, 3, 5]`` (contiguous) or index lists ``[[0, 3], [1, 2, 4]]``. TC_between
-    is the total correlation between the groups, TC_within the sum of each group's own total
-    correlation (:func:`tcvae_kernels.grouped_decompose`). With groups of one dimension TC_within is
-    0 and the loss equals :class:`BetaTCVAELoss` (α, β, γ). ``warmup_steps`` ramps β, β_within and γ.
-    Other arguments as for :class:`BetaTCVAELoss`; ``.last`` is a GroupedDecomposition.
+    TC_between is the total correlation between the groups, TC_within the sum of each group's own
+    total correlation (:func:`tcvae_kernels.grouped_decompose`). With groups of one dimension
+    TC_within is 0 and the loss equals :class:`BetaTCVAELoss` (α, β, γ).
+
+    Args:
+        groups: the partition of the D latent dimensions: sizes ``[2, 3, 5]`` (contiguous) or index
+            lists ``[[0, 3], [1, 2, 4]]``.
+        beta_within: weight of TC_within (``beta`` weighs TC_between; ``warmup_steps`` ramps β,
+            β_within and γ).
+        alpha, beta, gamma, warmup_steps, warn_regime, prior, bank_size, options, estimator_options:
+            as for :class:`BetaTCVAELoss` (every argument a keyword).
+
+    Raises:
+        ValueError: a malformed partition; otherwise as :class:`BetaTCVAELoss`.
     """
 
-    def __init__(self, dataset_size: int | None, groups: Groups, alpha: float = 1.0, beta: float = 6.0,
-                 beta_within: float = 1.0, gamma: float = 1.0, estimator: Estimator = "mss", backend: str = "auto", *,
-                 warmup_steps: int = 0, check_finite: bool = False, deterministic: bool = False,
-                 process_group: Any = None, warn_regime: bool = True, prior: PriorArg = "normal",
-                 family: Family = "normal", bank_size: int = 0, bank: ComponentBank | None = None) -> None:
-        super().__init__(dataset_size, alpha, beta, gamma, estimator, backend, warmup_steps=warmup_steps,
-                         check_finite=check_finite, deterministic=deterministic, process_group=process_group,
-                         warn_regime=warn_regime, prior=prior, family=family, bank_size=bank_size, bank=bank)
-        self.beta_within = _check_weight("beta_within", beta_within)
+    last: HFVAETerms | None  # type: ignore[assignment]
+    """The detached terms of the last call (None before the first)."""
+
+    def __init__(self, *, groups: Groups, alpha: float = 1.0, beta: float = 6.0, beta_within: float = 1.0,
+                 gamma: float = 1.0, warmup_steps: int = 0, warn_regime: bool = True, prior: PriorArg = "normal",
+                 bank_size: int = 0, options: EstimatorOptions | None = None,
+                 **estimator_options: Unpack[EstimatorKwargs]) -> None:
+        super().__init__(alpha=alpha, beta=beta, gamma=gamma, warmup_steps=warmup_steps, warn_regime=warn_regime,
+                         prior=prior, bank_size=bank_size, options=options, **estimator_options)
+        self.beta_within = check_weight("beta_within", beta_within)
         self.groups = groups
         normalize_groups(groups, _implied_dims(groups))  # a valid partition (checked against D per call)
 
     def forward(self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """The penalty ``α·MI + β·TC_between + β_within·TC_within + γ·dim_KL``; as :meth:`BetaTCVAELoss.forward`."""
+        """The penalty ``α·MI + β·TC_between + β_within·TC_within + γ·dim_KL`` of a batch z, mu,
+        logvar [M, D] (a 0-dim tensor); otherwise as :meth:`BetaTCVAELoss.forward`."""
         parts, share, batch = _grouped_decompose(z, mu, logvar, self.options, self.groups, self.prior)
         b, bw, g = (self._ramped(w, parts.mi) for w in (self.beta, self.beta_within, self.gamma))
         self.last = _terms(HFVAETerms, parts, share)
@@ -442,13 +443,13 @@ class BetaVAELoss(_LossState):
 
     def __init__(self, beta: float = 4.0, *, warmup_steps: int = 0):
         super().__init__()
-        self.beta = _check_weight("beta", beta)
+        self.beta = check_weight("beta", beta)
         self._init_state(warmup_steps)
         self.last: BetaVAETerms | None = None
 
     def forward(self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """``β·mean_i KL(q(z|x_i) ‖ N(0, I))`` (β after warm-up); advances the warm-up in training mode."""
-        _check_batch(z, mu, logvar)
+        check_batch(z, mu, logvar)
         kl = gaussian_kl(mu, logvar).mean()
         self.last = BetaVAETerms(kl.detach())
         b = self._ramped(self.beta, kl)
@@ -525,7 +526,7 @@ class FactorVAELoss(nn.Module):
 
     def __init__(self, gamma: float = 6.4, discriminator: nn.Module | None = None, latent_dim: int | None = None):
         super().__init__()
-        self.gamma = _check_weight("gamma", gamma)
+        self.gamma = check_weight("gamma", gamma)
         if discriminator is None:
             if latent_dim is None:
                 raise ValueError("pass latent_dim (for the default discriminator) or a discriminator module")
@@ -547,7 +548,7 @@ class FactorVAELoss(nn.Module):
         return (logits[:, 0] - logits[:, 1]).mean()
 
     def forward(self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        _check_batch(z, mu, logvar)
+        check_batch(z, mu, logvar)
         kl = gaussian_kl(mu, logvar).mean()
         # the VAE step must not move the discriminator: it runs on detached copies of its parameters
         # (a functional call: no flag flipped on the parameters, so a compiled step has nothing to guard)

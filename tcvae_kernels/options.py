@@ -3,18 +3,21 @@
 The public functions (:func:`~tcvae_kernels.log_qz`, :func:`~tcvae_kernels.decompose`,
 :func:`~tcvae_kernels.total_correlation`, :func:`~tcvae_kernels.grouped_decompose`) and the losses
 (:class:`~tcvae_kernels.BetaTCVAELoss`, :class:`~tcvae_kernels.HFVAELoss`) take the fields of
-:class:`EstimatorOptions` as keywords, or one ``options=EstimatorOptions(...)``; the fields, their
-defaults and their documentation are written here only; :class:`EstimatorKwargs` gives type checkers
-the same fields as the functions' ``**options`` (a test keeps the two equal) and
-:func:`options_doc` fills the options part of their docstrings.
+:class:`EstimatorOptions` as keywords (``**options: Unpack[EstimatorKwargs]``), or one
+``options=EstimatorOptions(...)``. The fields, their types, defaults and documentation are written
+here only. Adding an option is one edit here: the field with its ``Options:`` line, and the same
+name and type in :class:`EstimatorKwargs`, the static mirror type checkers need for ``**options``
+(PEP 692 unpacks only a TypedDict; tests/test_typing.py keeps the two equal); every function and
+loss forwards ``**options`` and :func:`options_doc` fills their docstrings.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, TypedDict, TypeVar
+from typing import Any, Callable, TypedDict, TypeVar, Unpack
 
-from ._validation import Family
+from ._validation import Family, check_estimator, check_family
+from .backends.base import check_backend_name
 from .bank import ComponentBank, check_bank
 from .estimators import Estimator
 
@@ -63,15 +66,28 @@ class EstimatorOptions:
 
     def validate(self) -> "EstimatorOptions":
         """Check the fields that do not depend on a batch (estimator, dataset_size, family, backend
-        name, the bank's type and family); the per-batch checks run on each call. Returns self."""
-        from ._validation import check_estimator, check_family
-        from .dispatch import check_backend_name
+        name, the bank's type and family); the per-batch checks run on each call. Returns self.
 
+        Raises:
+            ValueError: an unknown estimator, family or backend name, a missing dataset_size, a bank
+                of another family.
+            TypeError: a bank that is no ComponentBank."""
         check_estimator(self.estimator, self.dataset_size)
         check_family(self.family)
         check_backend_name(self.backend)
         check_bank(self.bank, self.family)
         return self
+
+    def replace(self, **changes: Unpack["EstimatorKwargs"]) -> "EstimatorOptions":
+        """A copy with the given fields changed, validated: ``loss.options = loss.options.replace(estimator="mws")``.
+
+        Raises:
+            TypeError: a keyword that is no option.
+            ValueError: as :meth:`validate`."""
+        unknown = sorted(set(changes) - set(OPTION_NAMES))
+        if unknown:
+            raise TypeError(f"unexpected option(s) {unknown}; the options are {list(OPTION_NAMES)}")
+        return dataclasses.replace(self, **changes).validate()
 
 
 class EstimatorKwargs(TypedDict, total=False):

@@ -1,4 +1,6 @@
-r"""Pure-PyTorch reference backend: the ground truth every fused backend is tested against.
+r"""The reference: the math, written once, and its literal pure-PyTorch evaluation, the ground truth
+every fused backend is tested against (the backend "torch", ``backends/torch_ref.py``, runs it);
+and the priors of the dimension-wise KL.
 
 The math (written once, here)
 -----------------------------
@@ -49,7 +51,7 @@ The estimator's regime: the share of q(z_i)'s mass that its own component carrie
 Near 1 (posteriors sharp against the spacing of the batch), log_qz ≈ log_qz_x + w_self: MI ≈
 -w_self - const (log N for MSS) and the TC estimate is biased low, often negative.
 
-This backend evaluates the formulas literally on row chunks of ``z`` ([C, K, D] at a time) so
+The reference evaluates the formulas literally on row chunks of ``z`` ([C, K, D] at a time) so
 memory stays O(C·K·D) at any M; when gradients are needed each chunk is checkpointed
 (recomputed in the backward pass), so autograd is exact and the backward's memory is bounded too.
 It runs on any device; float16/bfloat16 inputs are computed in float32.
@@ -58,15 +60,14 @@ It runs on any device; float16/bfloat16 inputs are computed in float32.
 from __future__ import annotations
 
 import math
+from typing import Protocol, Union
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ._validation import FAMILIES, accumulation_dtype  # noqa: F401  (FAMILIES: the family names)
+from ._validation import accumulation_dtype
 from .estimators import LogWeights, weight_matrix
-
-LOG_2PI = math.log(2.0 * math.pi)
-LOG_2 = math.log(2.0)
+from .families import FAMILIES, LOG_2PI, Family, get_family  # noqa: F401  (LOG_2PI: the benchmarks' formula)
 
 #: Elements of the [C, K, D] chunk tensor evaluated at once (about 16 MiB in float32).
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
@@ -74,10 +75,9 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 22
 
 def log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, family: str = "normal") -> torch.Tensor:
     """Elementwise l = log N(z; mu, exp(logvar)), or for "laplace" log Laplace(z; mu, exp(logscale))
-    with ``logvar`` holding the log-scale (module docstring); broadcasting."""
-    if family == "laplace":
-        return -(z - mu).abs() * torch.exp(-logvar) - logvar - LOG_2
-    return -0.5 * ((z - mu) ** 2 * torch.exp(-logvar) + logvar + LOG_2PI)
+    with ``logvar`` holding the log-scale (module docstring); broadcasting. The family's
+    :meth:`~tcvae_kernels.families.PosteriorFamily.log_density`."""
+    return get_family(family).log_density(z, mu, logvar)
 
 
 def _chunk(z_c: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, w_c: torch.Tensor, family: str = "normal"):
@@ -147,7 +147,19 @@ def log_qz_reference(
     return torch.cat(outs_q), torch.cat(outs_d)
 
 
-PRIORS = ("normal", "laplace")
+#: The named priors, the standard member (mu = 0, log-parameter 0) of each posterior family.
+PRIORS = FAMILIES
+
+
+class Prior(Protocol):
+    """A prior p(z) for the dimension-wise KL: anything with ``log_prob(z [M, D]) -> [M] or [M, D]``
+    (a ``torch.distributions.Distribution``, a learned flow module)."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor: ...
+
+
+#: ``prior=``: "normal" (standard Normal, the default), "laplace" (standard Laplace) or a :class:`Prior`
+PriorArg = Union[Family, Prior]
 
 
 def check_prior(prior) -> None:
@@ -175,7 +187,8 @@ def log_prior(z: torch.Tensor, prior="normal") -> torch.Tensor:
     """
     check_prior(prior)
     if isinstance(prior, str):
-        return (-0.5 * (z * z + LOG_2PI)).sum(dim=1) if prior == "normal" else (-z.abs() - LOG_2).sum(dim=1)
+        zero = z.new_zeros(())
+        return get_family(prior).log_density(z, zero, zero).sum(dim=1)
     lp = prior.log_prob(z)
     if not isinstance(lp, torch.Tensor) or lp.shape not in (z.shape, z.shape[:1]):
         raise ValueError(f"prior.log_prob(z) must return [M] or [M, D] = {list(z.shape)} for z [M, D], "

@@ -1,6 +1,6 @@
-"""Cross-checking a backend against the float64 reference (used by the tests and by
-``python -m tcvae_kernels check``), on inputs from :func:`random_inputs` (the one generator of
-random cases: tests, ``check``, the benchmarks).
+"""Cross-checking a backend against the float64 reference (used by the dispatcher's one-time
+self-check of the GPU backends, by ``python -m tcvae_kernels check`` and by the tests), on inputs
+from :func:`random_inputs` (the one generator of random cases: tests, ``check``, the benchmarks).
 
 Tolerance rule, per input dtype (errors are max-abs over all elements):
 
@@ -49,8 +49,10 @@ from dataclasses import dataclass
 import torch
 
 from .backends.base import Backend, get_backend
-from .estimators import LogWeights
-from .reference import log_qz_reference
+from .backends.torch_ref import ReferenceBackend
+from .estimators import LogWeights, weight_matrix
+from .families import get_family
+from .reference import log_density
 
 EPS32 = torch.finfo(torch.float32).eps
 
@@ -80,11 +82,9 @@ def random_inputs(m: int, k: int, d: int, *, kind: str = "normal", dtype: torch.
     src[: min(m, k)] = torch.arange(min(m, k))
     if kind == "extreme":
         z = mu[src] + 1e3 * torch.sign(torch.randn(m, d, generator=g, dtype=f64))
-    elif family == "laplace":  # Laplace(0, 1) = difference of two Exp(1)
-        e1, e2 = (-torch.log1p(-torch.rand(m, d, generator=g, dtype=f64)) for _ in range(2))
-        z = mu[src] + torch.exp(logvar[src]) * (e1 - e2)
     else:
-        z = mu[src] + torch.exp(0.5 * logvar[src]) * torch.randn(m, d, generator=g, dtype=f64)
+        fam = get_family(family)
+        z = mu[src] + fam.scale(logvar[src]) * fam.noise((m, d), g, f64)
     z, mu, logvar = (t.to(dtype=dtype, device=device) for t in (z, mu, logvar))
     if kind == "noncontiguous":  # [D, M] storage seen as [M, D]; mu a column slice of a wider tensor
         z = z.t().contiguous().t()
@@ -110,21 +110,6 @@ class CheckResult:
         """The quantity closest to (or furthest past) its bound: (name, error, allowed)."""
         name = max(self.errors, key=lambda k: self.errors[k] / max(self.allowed[k], 1e-300))
         return name, self.errors[name], self.allowed[name]
-
-
-def correlated_posteriors(n: int, sigma: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """N Normal posteriors (mu [N, 8], logvar [N, 8], float64) in D = 8: five active latents whose
-    means follow an AR(1) chain with ρ = 0.9 (corr(d, d') = 0.9^|d-d'|) and posterior std ``sigma``,
-    three inactive ones (mean 0, variance 1: the prior). The data of the component bank's bias table
-    (python/bank_study.py, docs/estimators.md) and of its test."""
-    active, d = 5, 8
-    idx = torch.arange(active, dtype=torch.float64)
-    corr = 0.9 ** (idx[:, None] - idx[None]).abs()
-    mu = torch.zeros(n, d, dtype=torch.float64)
-    mu[:, :active] = torch.randn(n, active, generator=generator, dtype=torch.float64) @ torch.linalg.cholesky(corr).T
-    lv = torch.zeros(n, d, dtype=torch.float64)
-    lv[:, :active] = 2 * math.log(sigma)
-    return mu, lv
 
 
 def _forward_backward(fn, z, mu, logvar, ups, grads: bool):
@@ -162,20 +147,6 @@ NAMES = ("log_qz", "log_qz_dims", "grad_z", "grad_mu", "grad_logvar")
 GROUP_NAMES = ("log_qz", "log_qz_dims", "log_qz_groups", "grad_z", "grad_mu", "grad_logvar")
 
 
-class _Reference(Backend):
-    """The reference (base e or base 2) as a Backend, for its grouped evaluation (the default one:
-    each group's joint on its dimension slice)."""
-
-    name = "reference"
-
-    def __init__(self, base2: bool = False):
-        self.base2 = base2
-
-    def log_qz(self, z, mu, logvar, weights, deterministic=False, family="normal", grad_components=None):
-        return log_qz_reference(z, mu, logvar, weights, base2=self.base2, family=family,
-                                grad_components=grad_components)
-
-
 def gradient_l1_mass(z, mu, logvar, weights, up_q, up_d, log_qz, log_qz_dims, chunk_elements=1 << 22,
                      groups=None, up_g=None, log_qz_groups=None, family="normal"):
     """Max over elements of sum_k |t_k| for grad_z, grad_mu, grad_logvar (float64, chunked over rows).
@@ -183,9 +154,6 @@ def gradient_l1_mass(z, mu, logvar, weights, up_q, up_d, log_qz, log_qz_dims, ch
     With G = a·P + b·Q (+ c·R for groups; reference.py): grad_z[i,d] sums |G·diff·e^-lv| over j,
     grad_mu[j,d] the same over i, grad_logvar[j,d] sums |G·(0.5·diff²·e^-lv - 0.5)| over i
     (laplace: |G·e^-b| and |G·(|diff|·e^-b - 1)|)."""
-    from .reference import log_density
-    from .estimators import weight_matrix
-
     z, mu, logvar = (t.detach().double() for t in (z, mu, logvar))
     up_q, up_d, log_qz, log_qz_dims = (t.detach().double() for t in (up_q, up_d, log_qz, log_qz_dims))
     m, d = z.shape
@@ -258,7 +226,7 @@ def check_backend(
         return _forward_backward(fn, *args, ups, grads)
 
     got = run(be, z.dtype)
-    truth = run(_Reference(), torch.float64)
+    truth = run(ReferenceBackend(), torch.float64)
     errors, allowed, ref_err = {}, {}, {}
     masses = (None,) * len(names)  # L1 masses of the gradient sums (float32 rule only)
     if grads and z.dtype != torch.float64:
@@ -286,7 +254,7 @@ def check_backend(
     # the reference's own error in the input precision (gradients rounded to z.dtype like ours),
     # evaluated with exponents in base e and in base 2; in float64 the base-e evaluation is the truth
     for base2 in (True,) if z.dtype == torch.float64 else (False, True):
-        ref = run(_Reference(base2), z.dtype)
+        ref = run(ReferenceBackend(base2), z.dtype)
         for i, (r_, t_) in enumerate(zip(ref, truth)):
             # its rounding error where it is finite (a NaN or an overflow of the reference is not
             # rounding, and grants no allowance)
@@ -308,7 +276,7 @@ def check_backend(
                     u = 2 * torch.rand(t64.shape, generator=g, dtype=torch.float64) - 1
                     delta = eps * u * (t64.abs() if j < 2 else 1 + t64.abs())
                     pert.append((t64 + delta).to(z.device))
-                out = run_on(_Reference(), pert)
+                out = run_on(ReferenceBackend(), pert)
                 for i, (o_, t_) in enumerate(zip(out, truth)):
                     d = (o_ - t_).abs()
                     d = d[torch.isfinite(d)]

@@ -229,10 +229,16 @@ def test_one_options_object_serves_every_entry_point():
 def test_loss_holds_its_options_and_validates_changes():
     loss = tk.BetaTCVAELoss(dataset_size=100, backend="torch")
     assert loss.options == tk.EstimatorOptions(dataset_size=100, backend="torch")
-    loss.estimator = "mws"  # attribute access still works and replaces the options object
-    assert loss.options.estimator == "mws" and loss.estimator == "mws"
+    loss.options = loss.options.replace(estimator="mws")  # a validated copy
+    assert loss.options.estimator == "mws"
     with pytest.raises(ValueError, match="estimator must be one of"):
-        loss.estimator = "nope"
+        loss.options = loss.options.replace(estimator="nope")
     with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
-        loss.backend = "gpu"
+        loss.options = loss.options.replace(backend="gpu")
+    with pytest.raises(TypeError, match="unexpected option"):
+        loss.options.replace(betta=2.0)
+    with pytest.raises(TypeError, match="options must be a tcvae_kernels.EstimatorOptions"):
+        loss.options = {"estimator": "mss"}
     assert loss.options.estimator == "mws"  # a refused change leaves the options as they were
+    with pytest.raises(TypeError, match="positional"):
+        tk.BetaTCVAELoss(100)  # every argument is a keyword: no silent alpha=100

@@ -30,7 +30,7 @@ def _loss(kind):
     if kind == "betatcvae-bank":
         return tk.BetaTCVAELoss(dataset_size=1000, warmup_steps=4, bank_size=40)
     if kind == "hfvae-bank":
-        return tk.HFVAELoss(1000, groups=[1, 3], warmup_steps=4, bank_size=40, family="laplace", warn_regime=False)
+        return tk.HFVAELoss(dataset_size=1000, groups=[1, 3], warmup_steps=4, bank_size=40, family="laplace", warn_regime=False)
     if kind == "betavae":
         return tk.BetaVAELoss(4.0, warmup_steps=4)
     return tk.FactorVAELoss(latent_dim=D, discriminator=torch.nn.Sequential(torch.nn.Linear(D, 8), torch.nn.ReLU(),

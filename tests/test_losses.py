@@ -14,8 +14,8 @@ def test_hfvae_with_singleton_groups_is_beta_tcvae_exactly():
     z, mu, lv = make_inputs(12, 12, 4, dtype=torch.float32)
     a = [t.clone().requires_grad_() for t in (z, mu, lv)]
     b = [t.clone().requires_grad_() for t in (z, mu, lv)]
-    hf = tk.HFVAELoss(1000, groups=[1, 1, 1, 1], alpha=0.7, beta=5.0, beta_within=3.0, gamma=2.0)(*a)
-    tc = tk.BetaTCVAELoss(1000, alpha=0.7, beta=5.0, gamma=2.0)(*b)
+    hf = tk.HFVAELoss(dataset_size=1000, groups=[1, 1, 1, 1], alpha=0.7, beta=5.0, beta_within=3.0, gamma=2.0)(*a)
+    tc = tk.BetaTCVAELoss(dataset_size=1000, alpha=0.7, beta=5.0, gamma=2.0)(*b)
     assert torch.equal(hf, tc)
     for x, y in zip(torch.autograd.grad(hf, a), torch.autograd.grad(tc, b)):
         assert torch.equal(x, y)
@@ -23,7 +23,7 @@ def test_hfvae_with_singleton_groups_is_beta_tcvae_exactly():
 
 def test_hfvae_weights_each_term():
     z, mu, lv = make_inputs(8, 8, 5)
-    fn = tk.HFVAELoss(300, groups=[[0, 1], [2, 3, 4]], alpha=1.0, beta=2.0, beta_within=3.0, gamma=4.0)
+    fn = tk.HFVAELoss(dataset_size=300, groups=[[0, 1], [2, 3, 4]], alpha=1.0, beta=2.0, beta_within=3.0, gamma=4.0)
     loss = fn(z, mu, lv)
     p = fn.last
     assert loss.item() == pytest.approx((p.mi + 2 * p.tc_between + 3 * p.tc_within + 4 * p.dim_kl).item(), abs=1e-10)

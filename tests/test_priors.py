@@ -85,8 +85,8 @@ def test_a_learned_prior_trains_through_the_loss():
 
 def test_hfvae_takes_the_prior():
     z, mu, lv = make_inputs(10, 10, 4)
-    a = tk.HFVAELoss(500, groups=[1, 1, 1, 1], prior="laplace", warn_regime=False)(z, mu, lv)
-    b = tk.BetaTCVAELoss(500, prior="laplace", warn_regime=False)(z, mu, lv)
+    a = tk.HFVAELoss(dataset_size=500, groups=[1, 1, 1, 1], prior="laplace", warn_regime=False)(z, mu, lv)
+    b = tk.BetaTCVAELoss(dataset_size=500, prior="laplace", warn_regime=False)(z, mu, lv)
     assert torch.equal(a, b)
 
 
@@ -99,4 +99,4 @@ def test_bad_priors_are_refused():
     with pytest.raises(ValueError, match=r"log_prob\(z\) must return \[M\] or \[M, D\]"):
         tk.decompose(z, mu, lv, dataset_size=100, prior=type("Bad", (), {"log_prob": lambda self, v: v[:, :1]})())
     with pytest.raises(ValueError, match="prior must be one of"):
-        tk.BetaTCVAELoss(100, prior="flow")
+        tk.BetaTCVAELoss(dataset_size=100, prior="flow")

@@ -1,9 +1,10 @@
 """The public API's static types: mypy passes on tests/typecheck/usage_ok.py and reports exactly the
 errors marked on tests/typecheck/usage_bad.py (a misspelled option, a wrong type, a wrong return
-type), so the signatures a type checker sees cannot rot; the typed mirrors of EstimatorOptions
-(EstimatorKwargs, the losses' option fields) list the same fields."""
+type), so the signatures a type checker sees cannot rot; the typed mirror of EstimatorOptions
+(EstimatorKwargs) lists the same fields, and every entry point takes them through it."""
 
 import dataclasses
+import inspect
 import os
 import re
 import subprocess
@@ -14,7 +15,6 @@ from pathlib import Path
 import pytest
 
 import tcvae_kernels as tk
-from tcvae_kernels.loss import _OptionField
 
 HERE = Path(__file__).resolve().parent
 
@@ -68,10 +68,23 @@ def test_typed_mirrors_list_the_options():
     kwargs = {k: getattr(v, "__forward_arg__", v) for k, v in tk.EstimatorKwargs.__annotations__.items()}
     assert kwargs == fields  # same names, same annotations (as written), same order
     assert not tk.EstimatorKwargs.__required_keys__  # every option has a default
-    on_loss = [n for n, v in vars(tk.BetaTCVAELoss).items() if isinstance(v, _OptionField)]
-    assert on_loss == list(fields)
-    hints = typing.get_type_hints(tk.BetaTCVAELoss.__init__)
-    assert set(fields) <= set(hints)
+    for fn in (tk.log_qz, tk.decompose, tk.self_share, tk.total_correlation, tk.grouped_decompose,
+               tk.BetaTCVAELoss.__init__, tk.HFVAELoss.__init__):  # every entry point: options= and **Unpack
+        params = inspect.signature(fn).parameters
+        var = [p for p in params.values() if p.kind is p.VAR_KEYWORD]
+        assert len(var) == 1 and "options" in params, fn
+        assert typing.get_type_hints(fn)[var[0].name] == typing.Unpack[tk.EstimatorKwargs], fn
+        assert not set(fields) & set(params), fn  # no option re-typed as its own parameter
+
+
+def test_the_grouped_loss_takes_the_tc_loss_arguments():
+    """HFVAELoss forwards BetaTCVAELoss's arguments: the same names, defaults and types, plus its own
+    (groups, beta_within); all keyword-only."""
+    tc, hf = (inspect.signature(c.__init__).parameters for c in (tk.BetaTCVAELoss, tk.HFVAELoss))
+    own = {"groups", "beta_within"}
+    assert {n: (p.default, p.annotation) for n, p in hf.items() if n not in own} == \
+        {n: (p.default, p.annotation) for n, p in tc.items()}
+    assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for n, p in hf.items() if n != "self")
 
 
 def test_the_value_types_are_the_runtime_lists():

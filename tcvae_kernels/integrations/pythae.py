@@ -7,7 +7,7 @@ fused op (O(M·D) memory instead of pythae's [B, B, D] tensor).
     model = FusedBetaTCVAE(BetaTCVAEConfig(input_dim=(1, 64, 64), latent_dim=10, beta=6.0, use_mss=True))
     # train with pythae's trainers or pipelines as usual; they pass dataset_size
 
-Same constructor (plus ``backend=`` and ``bank_size=``), same ``forward`` and outputs; ``loss_function(recon_x, x, mu,
+Same constructor (plus ``backend=``, ``bank_size=`` and ``check_finite=``), same ``forward`` and outputs; ``loss_function(recon_x, x, mu,
 log_var, z, dataset_size)`` returns pythae's ``(loss, recon_loss, reg_loss)``: batch means of
 
     recon + α·MI + β·TC + γ·dim-KL,   recon,   α·MI + β·TC + γ·dim-KL
@@ -47,6 +47,7 @@ except ImportError as e:  # pragma: no cover
 
 from .._validation import _check_int
 from ..api import decompose
+from ..backends.base import check_backend_name
 from ..bank import ComponentBank
 
 __all__ = ["FusedBetaTCVAE"]
@@ -56,16 +57,20 @@ class FusedBetaTCVAE(BetaTCVAE):
     """pythae's β-TCVAE whose loss is computed with the fused op (see the module docstring).
 
     Args: as ``pythae.models.BetaTCVAE`` (``model_config``, ``encoder``, ``decoder``), plus
-    ``backend`` ("auto", "cpu", "cuda", "triton", "torch") for :func:`tcvae_kernels.decompose` and
-    ``bank_size`` (0: no component bank; else its size, ``model.bank``).
+    ``backend`` ("auto" or a name of ``tcvae_kernels.backend_names()``) and ``check_finite`` for
+    :func:`tcvae_kernels.decompose` (and the bank's push), and ``bank_size`` (0: no component bank;
+    else its size, ``model.bank``).
 
     Raises:
         ValueError: ``bank_size`` < 0. A bank with batch + bank_size > dataset_size raises at the loss.
     """
 
-    def __init__(self, model_config, encoder=None, decoder=None, backend: str = "auto", bank_size: int = 0):
+    def __init__(self, model_config, encoder=None, decoder=None, backend: str = "auto", bank_size: int = 0,
+                 check_finite: bool = False):
         super().__init__(model_config, encoder=encoder, decoder=decoder)
+        check_backend_name(backend)
         self.backend = backend
+        self.check_finite = bool(check_finite)
         _check_int("bank_size", bank_size, minimum=0)
         # not a registered submodule: pythae's saved model holds the networks alone (its AutoModel
         # reloads the weights strictly), so the bank stays out of state_dict and follows the batch
@@ -73,11 +78,12 @@ class FusedBetaTCVAE(BetaTCVAE):
         self._warned_dataset_size = False
 
     @classmethod
-    def from_pythae(cls, model: BetaTCVAE, backend: str = "auto", bank_size: int = 0) -> "FusedBetaTCVAE":
+    def from_pythae(cls, model: BetaTCVAE, backend: str = "auto", bank_size: int = 0,
+                    check_finite: bool = False) -> "FusedBetaTCVAE":
         """A FusedBetaTCVAE with the config, networks and weights of a pythae ``BetaTCVAE``."""
         out = cls(model.model_config, encoder=model.encoder if not model.model_config.uses_default_encoder else None,
                   decoder=model.decoder if not model.model_config.uses_default_decoder else None, backend=backend,
-                  bank_size=bank_size)
+                  bank_size=bank_size, check_finite=check_finite)
         out.load_state_dict(model.state_dict())
         return out
 
@@ -95,11 +101,11 @@ class FusedBetaTCVAE(BetaTCVAE):
         recon_loss = self._recon_loss(recon_x, x)
         bank = self.bank if int(dataset_size) != x.shape[0] else None  # not under pythae's fallback
         if bank is not None:
-            bank.to(mu.device)  # the bank follows the model, as a buffer would (no copy where it is)
+            bank.prepare(mu)  # the bank follows the batch, as a buffer would follow the model
         p = decompose(z, mu, log_var, dataset_size=int(dataset_size), estimator="mss" if self.use_mss else "mws",
-                      backend=self.backend, bank=bank)
+                      backend=self.backend, check_finite=self.check_finite, bank=bank)
         if bank is not None and self.training:  # after the estimate: no component meets its own query twice
-            bank.push(mu.detach(), log_var.detach())
+            bank.push(mu.detach(), log_var.detach(), check_finite=self.check_finite)
         reg = (self.alpha * p.mi + self.beta * p.tc + self.gamma * p.dim_kl).to(recon_loss.dtype)
         recon = recon_loss.mean(dim=0)
         loss = recon + reg

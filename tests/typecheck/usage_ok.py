@@ -14,10 +14,10 @@ s: torch.Tensor = tk.self_share(z, mu, lv, dataset_size=100, deterministic=True,
 kwargs: tk.EstimatorKwargs = {"dataset_size": 100, "estimator": "mws"}
 t2: torch.Tensor = tk.total_correlation(z, mu, lv, **kwargs)
 loss = tk.BetaTCVAELoss(dataset_size=100, beta=6.0, warmup_steps=10)
-estimator: str = loss.estimator
-loss.estimator = "mws"
-loss.dataset_size = None
-hf = tk.HFVAELoss(100, groups=[1, 1], beta_within=2.0, check_finite=True)
+estimator: str = loss.options.estimator
+loss.options = loss.options.replace(estimator="mws", dataset_size=None)
+hf = tk.HFVAELoss(dataset_size=100, groups=[1, 1], beta_within=2.0, check_finite=True)
+hf_last: tk.HFVAETerms | None = hf.last
 last = loss.last
 if last is not None:
     share: torch.Tensor = last.self_share
@@ -25,13 +25,13 @@ if last is not None:
 names: tuple[str, ...] = tk.backend_names()
 lap: tk.Decomposition = tk.decompose(z, mu, lv, dataset_size=100, prior="laplace")
 learned = tk.decompose(z, mu, lv, dataset_size=100, prior=torch.distributions.Laplace(0.0, 1.0))
-tk.BetaTCVAELoss(100, prior=torch.distributions.Normal(0.0, 2.0))
+tk.BetaTCVAELoss(dataset_size=100, prior=torch.distributions.Normal(0.0, 2.0))
 laplace: tk.Decomposition = tk.decompose(z, mu, lv, dataset_size=100, family="laplace", prior="laplace")
-tk.HFVAELoss(100, groups=[1, 1], family="laplace")
-family: str = loss.family
+tk.HFVAELoss(dataset_size=100, groups=[1, 1], family="laplace")
+family: str = loss.options.family
 bank = tk.ComponentBank(64)
 banked: tk.Decomposition = tk.decompose(z, mu, lv, dataset_size=1000, bank=bank)
 bank.push(mu, lv)
 n_held: int = len(bank)
-tk.BetaTCVAELoss(1000, bank_size=128)
-held: tk.ComponentBank | None = tk.HFVAELoss(1000, groups=[1, 1], bank=bank).bank
+tk.BetaTCVAELoss(dataset_size=1000, bank_size=128, options=None)
+held: tk.ComponentBank | None = tk.HFVAELoss(dataset_size=1000, groups=[1, 1], bank=bank).bank

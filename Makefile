@@ -15,7 +15,7 @@ SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu csrc/*.cuh)
 
 all: test
 
-# `make help`: one line per target (tests/test_layout.py checks each names a rule of this file).
+# `make help`: one line per target (tests/repository/test_layout.py checks each names a rule of this file).
 help:
 	@echo "make demo       set up .venv, cross-check every backend, train and compare 3 models"
 	@echo "make test       set up .venv, run the default test tier"
@@ -80,8 +80,8 @@ coverage: $(VENV)/.built
 # Suppressions (for Python and torch, never for this code) and why leaks are not checked:
 # tests/sanitizers.supp.
 SANITIZE_DIR   := build/sanitize
-SANITIZE_TESTS := tests/test_cpu_kernel.py tests/test_cuda_kernel.py tests/test_edge_cases.py \
-                  tests/test_backends.py tests/test_groups.py tests/test_regime.py
+SANITIZE_TESTS := tests/kernels/test_cpu_kernel.py tests/kernels/test_cuda_kernel.py tests/kernels/test_edge_cases.py \
+                  tests/kernels/test_backends.py tests/kernels/test_groups.py tests/estimates/test_regime.py
 SANITIZE_RT    := $(shell g++ -print-file-name=libasan.so):$(shell g++ -print-file-name=libubsan.so)
 sanitize: $(VENV)/.deps
 	rm -rf $(SANITIZE_DIR) && mkdir -p $(SANITIZE_DIR)

@@ -23,7 +23,7 @@
 # soon as it has them, so a call that times out still returns everything finished before it; every
 # stage's output also goes to log.txt. At most 8 files come back from a call: the first call writes
 # summary.md, log.txt, verify.txt, kernels.md, kernels.json, step.md, step.json.
-# --dry-run: the control flow on a machine without a GPU (tests/test_gpu_check.py runs it): every
+# --dry-run: the control flow on a machine without a GPU (tests/kernels/test_gpu_check.py runs it): every
 # stage runs its commands against the CPU at small sizes where they can run there (verify: check on
 # cpu; step: eager and fullgraph (what reduce-overhead compiles) on cpu, 3 steps with a bank), or says why it skips them (build: the test
 # session's build is used; kernels, sanitize: need a GPU).

@@ -4,7 +4,7 @@ alternating between the two, medians; and which heavy modules each leaves loaded
     python bench/import_time.py [--rounds 9]
 
 The target (bench/RESULTS.md, "Import time"): within 15 % of ``import torch``, and neither
-``torch._dynamo`` nor ``triton`` loaded (tests/test_compile.py checks the second).
+``torch._dynamo`` nor ``triton`` loaded (tests/estimates/test_compile.py checks the second).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Deliberately bad Triton kernels for ``bench/gpu_report.py --planted``: the tests compile them to
-show that the compiled-code checks can fail (tests/test_gpu_code.py)."""
+show that the compiled-code checks can fail (tests/kernels/test_gpu_code.py)."""
 
 import triton
 import triton.language as tl

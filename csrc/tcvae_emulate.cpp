@@ -97,7 +97,7 @@ TORCH_LIBRARY_IMPL(tcvae, CPU, m) {
 }  // namespace tcvae
 
 // The FMA-pipe exp2 of the CUDA kernels (tcvae_math.h), elementwise on a float32 CPU tensor: its
-// error bound is tested on every float32 input (tests/test_exp2_fma.py).
+// error bound is tested on every float32 input (tests/kernels/test_exp2_fma.py).
 namespace tcvae {
 namespace {
 at::Tensor exp2_fma_op(const at::Tensor& x) {

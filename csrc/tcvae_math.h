@@ -222,7 +222,7 @@ TCVAE_HD T slope(T u) {
 // as FlashAttention-4 does). Cody–Waite split x = n + f, n = rint(x), f in [-0.5, 0.5] (exact);
 // 2^f by the degree-6 polynomial kExp2Poly (Horner, under 1 ulp); times 2^n built in the exponent
 // field (exact while 2^n is normal). 12 instructions: max, 3 adds, a shift, 6 FMAs, a multiply.
-// Contract (tests/test_exp2_fma.py, every float32 input): at most 2 ulp from the correctly rounded
+// Contract (tests/kernels/test_exp2_fma.py, every float32 input): at most 2 ulp from the correctly rounded
 // 2^x for x in [-126, 64) (the kernels feed x2 < 64); for x < -126 a value in [0, 2^-126), which
 // flush-to-zero arithmetic (the GPU build's) reads as 0, as MUFU.EX2 returns; -inf gives such a
 // value; NaN propagates.

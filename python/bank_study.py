@@ -56,7 +56,7 @@ def correlated_posteriors(n: int, sigma: float, generator: torch.Generator) -> t
     """N Normal posteriors (mu [N, 8], logvar [N, 8], float64) in D = 8: five active latents whose
     means follow an AR(1) chain with ρ = 0.9 (corr(d, d') = 0.9^|d-d'|) and posterior std ``sigma``,
     three inactive ones (mean 0, variance 1: the prior). The data of the component bank's bias table
-    (this script, docs/estimators.md) and of its test (tests/test_bank.py)."""
+    (this script, docs/estimators.md) and of its test (tests/estimates/test_bank.py)."""
     active, d = 5, 8
     idx = torch.arange(active, dtype=torch.float64)
     corr = 0.9 ** (idx[:, None] - idx[None]).abs()

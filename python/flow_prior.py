@@ -8,7 +8,7 @@ with torch only: per dimension d, an invertible increasing map f_d from z_d to a
 base variable, ``log p(z) = sum_d log N(f_d(z_d); 0, 1) + log f_d'(z_d)`` (change of variables).
 It is a submodule of the loss, so ``loss_fn.parameters()`` holds it and one optimizer trains the
 encoder, decoder and prior together. Prints the penalty terms and the prior's log-likelihood of the
-batch's z as training goes; CI runs a few steps (tests/test_examples.py).
+batch's z as training goes; CI runs a few steps (tests/scripts/test_examples.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Disentanglement metrics: the standard six of Locatello et al. (2019) — β-VAE score, FactorVAE
 score, MIG, DCI, SAP, Modularity/Explicitness — with disentanglement_lib 1.5's algorithms and
-defaults (cross-checked against the real package in CI: ``tests/test_dlib_crosscheck.py``), plus
+defaults (cross-checked against the real package in CI: ``tests/evaluation/test_dlib_crosscheck.py``), plus
 Chen et al.'s sampling MIG. ``represent`` maps observations [n, ...] (numpy) to codes [n, D]
 (numpy); ``data`` is a :class:`tcvae_kernels.data.GroundTruthData` (complete grids such as
 ``Shapes``, or :class:`~tcvae_kernels.data.ObservedData` for incomplete ones); ``rng`` is a

@@ -7,7 +7,7 @@ The public functions (:func:`~tcvae_kernels.log_qz`, :func:`~tcvae_kernels.decom
 ``options=EstimatorOptions(...)``. The fields, their types, defaults and documentation are written
 here only. Adding an option is one edit here: the field with its ``Options:`` line, and the same
 name and type in :class:`EstimatorKwargs`, the static mirror type checkers need for ``**options``
-(PEP 692 unpacks only a TypedDict; tests/test_typing.py keeps the two equal); every function and
+(PEP 692 unpacks only a TypedDict; tests/estimates/test_typing.py keeps the two equal); every function and
 loss forwards ``**options`` and :func:`options_doc` fills their docstrings.
 """
 
@@ -93,7 +93,7 @@ class EstimatorOptions:
 class EstimatorKwargs(TypedDict, total=False):
     """The fields of :class:`EstimatorOptions` as keyword arguments: the public functions take
     ``**options: Unpack[EstimatorKwargs]``, so type checkers see every option (a misspelled one is an
-    error). Same names, types and meaning as the dataclass (tests/test_typing.py keeps them equal)."""
+    error). Same names, types and meaning as the dataclass (tests/estimates/test_typing.py keeps them equal)."""
 
     dataset_size: int | None
     estimator: Estimator

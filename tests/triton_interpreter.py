@@ -7,7 +7,7 @@ found with ``inspect.getmembers``) and restores it when the grid is done. Every 
 nothing is left to patch for a module whose globals the launch has already seen: with our
 kernels' helpers (_x2, _dw, the _dot0 ladders) that was half the interpreter's time. Here the
 first ``_patch_lang`` per globals dict in a launch does the work and the later ones return an
-empty scope; results are bitwise those of the unpatched interpreter (tests/test_triton.py)."""
+empty scope; results are bitwise those of the unpatched interpreter (tests/kernels/test_triton.py)."""
 
 from __future__ import annotations
 

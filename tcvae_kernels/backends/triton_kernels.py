@@ -57,7 +57,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 #: tests. "rows": forward, tiles [BLOCK_K, BLOCK_M], a thread owning BLOCK_M/(32·num_warps) queries;
 #: "cols": column backward, tiles [BLOCK_M, BLOCK_K], a thread owning BLOCK_K/(32·num_warps)
 #: components. Every entry compiles without local memory and without barriers in its loops for
-#: float32 at sm_80 and sm_90 (tests/test_gpu_code.py). maxnreg: ptxas otherwise stops at 128 or
+#: float32 at sm_80 and sm_90 (tests/kernels/test_gpu_code.py). maxnreg: ptxas otherwise stops at 128 or
 #: 192 registers and spills. Pruned (bench/gpu_report.py): rows 256×32 and cols 32×256 / 64×128 (local
 #: memory at 255 registers).
 CONFIGS = [

@@ -1,4 +1,4 @@
-"""Public API as a type checker sees it: this file must type-check (tests/test_typing.py)."""
+"""Public API as a type checker sees it: this file must type-check (tests/estimates/test_typing.py)."""
 
 import torch
 

@@ -1,6 +1,7 @@
 """The package's layout: no import hooks, no import cycles."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,7 +72,7 @@ def test_make_help_names_real_targets():
     """Every target `make help` lists is a rule of the Makefile, and every phony target is listed."""
     import re
 
-    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
     helped = re.findall(r'@echo "make ([\w-]+)', makefile)
     rules = set(re.findall(r"^([\w-]+):", makefile, flags=re.M))
     phony = set(re.search(r"^\.PHONY: (.*)$", makefile, flags=re.M).group(1).split())
@@ -99,3 +100,30 @@ def test_every_result_type_of_the_public_api_is_exported():
             results.add(ast.unparse(node.annotation).split(" | ")[0])
     assert {"Decomposition", "BetaTCVAETerms", "BetaVAETerms", "FactorVAETerms"} <= results  # the scan works
     assert results <= set(tk.__all__), results - set(tk.__all__)
+
+
+def _layout_block() -> str:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "contributing.md").read_text()
+    return re.search(r"## Layout\n\n```\n(.*?)```", text, re.S).group(1)
+
+
+def test_the_layout_map_is_the_tree():
+    """docs/contributing.md's layout map names every module of the package and every folder of
+    tests/, and every file or folder it names exists (under the top-level folder it is listed in)."""
+    repo = Path(__file__).resolve().parents[2]
+    block = _layout_block()
+    named = set(re.findall(r"[\w.]+\.(?:py|h|cu|cpp|sh|md)\b|\w+/", block))
+    for mod in (repo / "tcvae_kernels").rglob("*.py"):
+        assert mod.name in named, f"{mod.relative_to(repo)} is missing from the layout map"
+    for d in (repo / "tests").iterdir():
+        if d.is_dir() and not d.name.startswith((".", "_")):
+            assert f"{d.name}/" in named, f"tests/{d.name}/ is missing from the layout map"
+    top = None
+    for line in block.splitlines():
+        head = re.match(r"([\w./]+)/\s", line)
+        if head and not line.startswith(" "):
+            top = repo / head.group(1)
+            assert top.is_dir(), head.group(1)
+        for name in re.findall(r"(?<![\w/.])([\w]+\.(?:py|h|cu|cpp|sh|md))\b", line):
+            where = top if top is not None else repo
+            assert list(where.rglob(name)) or (repo / name).exists(), f"the layout map names {name}, which is not there"

@@ -111,7 +111,7 @@ def test_results_do_not_depend_on_the_thread_count(tmp_path):
     hashes = {}
     for threads in (1, 2, 3):
         run = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(inputs), str(threads),
-                              os.path.dirname(os.path.abspath(__file__))],
+                              os.path.dirname(os.path.dirname(os.path.abspath(__file__)))],
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
         used, digests = run.stdout.strip().splitlines()[-1].split(" ", 1)

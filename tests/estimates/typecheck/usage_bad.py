@@ -1,5 +1,5 @@
 """Misuse a type checker must reject: every line marked `# E: <code>` must get that error, and no
-other line any (tests/test_typing.py)."""
+other line any (tests/estimates/test_typing.py)."""
 
 import torch
 

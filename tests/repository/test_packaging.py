@@ -15,7 +15,7 @@ import venv
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 SMOKE = r"""
 import os, sys, torch, tcvae_kernels as tk

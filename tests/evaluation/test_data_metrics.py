@@ -16,7 +16,7 @@ from tcvae_kernels.estimators import log_weights
 
 from helpers import brute_force, fresh_seed
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 # ----------------------------------------------------------------------------- data
 

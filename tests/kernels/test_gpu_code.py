@@ -15,7 +15,7 @@ import torch
 from tcvae_kernels.backends import extension
 
 triton = pytest.importorskip("triton")
-sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+sys.path.append(os.path.join(os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")), "bench"))
 import gpu_report as gr  # noqa: E402  (bench/: contributor tooling, not in the package)
 
 try:

@@ -10,7 +10,7 @@ import torch
 
 from tcvae_kernels import families
 
-MATH_H = Path(__file__).resolve().parents[1] / "csrc" / "tcvae_math.h"
+MATH_H = Path(__file__).resolve().parents[2] / "csrc" / "tcvae_math.h"
 
 
 def test_each_family_mirrors_its_family_traits():

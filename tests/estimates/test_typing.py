@@ -1,5 +1,5 @@
-"""The public API's static types: mypy passes on tests/typecheck/usage_ok.py and reports exactly the
-errors marked on tests/typecheck/usage_bad.py (a misspelled option, a wrong type, a wrong return
+"""The public API's static types: mypy passes on tests/estimates/typecheck/usage_ok.py and reports exactly the
+errors marked on tests/estimates/typecheck/usage_bad.py (a misspelled option, a wrong type, a wrong return
 type), so the signatures a type checker sees cannot rot; the typed mirror of EstimatorOptions
 (EstimatorKwargs) lists the same fields, and every entry point takes them through it."""
 
@@ -25,8 +25,8 @@ def _mypy(paths: list[Path], cache: Path) -> dict[str, dict[int, set[str]]]:
     run = subprocess.run(
         [sys.executable, "-m", "mypy", "--follow-imports=silent", "--show-error-codes", "--no-error-summary",
          "--python-version=3.11", f"--cache-dir={cache}", *map(str, paths)],
-        capture_output=True, text=True, cwd=HERE.parent, timeout=600,
-        env={**os.environ, "MYPYPATH": str(HERE.parent)})
+        capture_output=True, text=True, cwd=HERE.parents[1], timeout=600,
+        env={**os.environ, "MYPYPATH": str(HERE.parents[1])})
     assert run.returncode in (0, 1), run.stdout[-3000:] + run.stderr[-3000:]
     errors: dict[str, dict[int, set[str]]] = {p.name: {} for p in paths}
     for m in re.finditer(r"^(?:.*/)?([\w.]+\.py):(\d+): error: .*\[([\w-]+)\]$", run.stdout, re.M):

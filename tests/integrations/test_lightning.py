@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("lightning")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
 # two processes (Lightning's DDP over Gloo) in the slow tier: the 2-rank Gloo path of the loss is the

@@ -105,7 +105,7 @@ def test_demo_program_accepts_every_loss(loss, tmp_path):
     import importlib.util
     import os
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
     spec = importlib.util.spec_from_file_location("train_tcvae", os.path.join(root, "python", "train_tcvae.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -1,4 +1,4 @@
-"""The disentanglement_lib 1.5 side of the cross-check (tests/test_dlib_crosscheck.py) and of
+"""The disentanglement_lib 1.5 side of the cross-check (tests/evaluation/test_dlib_crosscheck.py) and of
 bench/bench_metrics.py: its metric modules imported without TensorFlow (a stand-in module
 registered as ``gin.tf``; they need only gin-config 0.4.0, absl-py, six, numpy, scipy and
 scikit-learn), the gin bindings of its default configs, and its data interface over one of our

@@ -251,7 +251,7 @@ def test_torchrun_example_runs_on_cpu():
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
     # --standalone: torchrun binds a free port for its rendezvous itself
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            os.path.join(root, "python", "distributed_tcvae.py"), "--steps", "50"]

@@ -12,6 +12,8 @@ it); :func:`callback`'s users read a value every so many calls and return at onc
 from __future__ import annotations
 
 import itertools
+import os
+import sys
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -66,9 +68,6 @@ def _callback_fake(tensors, ints, key):
 def user_stacklevel() -> int:
     """``warnings.warn``'s stacklevel that points at the first frame outside this package and torch:
     the user's call of the loss, eager or compiled (a callback runs under torch's op machinery)."""
-    import os
-    import sys
-
     roots = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (sys.modules["tcvae_kernels"], torch))
     if "torch._inductor" in sys.modules:  # compiled: the graph's code is a module in inductor's cache
         from torch._inductor.runtime.cache_dir_utils import cache_dir

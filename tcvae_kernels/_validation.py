@@ -123,11 +123,9 @@ def check_weight(name: str, value) -> float:
 
 
 def check_batch(z, mu, logvar) -> None:
-    """A batch of the losses: z, mu, logvar 2-D tensors of one shape [M, D] (ValueError naming the argument)."""
-    for name, t in (("z", z), ("mu", mu), ("logvar", logvar)):
-        if not isinstance(t, torch.Tensor) or t.ndim != 2:
-            raise ValueError(f"{name} must be a 2-D tensor [M, D]")
-    if not (z.shape == mu.shape == logvar.shape):
+    """A batch of the losses: :func:`check_inputs`, and z of mu's shape [M, D] (query i drawn from row i)."""
+    check_inputs(z, mu, logvar)
+    if z.shape != mu.shape:
         raise ValueError(f"z, mu, logvar must share one shape [M, D], got {tuple(z.shape)}, {tuple(mu.shape)}, "
                          f"{tuple(logvar.shape)}")
 

@@ -12,9 +12,10 @@ from typing import NamedTuple, Union, Unpack
 import torch
 
 from ._host import check_finite
-from ._validation import autocast_active, check_estimator_args, check_family, check_inputs, normalize_groups
-from .bank import check_bank, check_bank_fits
+from ._validation import autocast_active, check_estimator_args, check_inputs, normalize_groups
+from .bank import check_bank_fits
 from .dispatch import select_backend
+from .distributed import gather_components
 from .estimators import LogWeights, log_weights
 from .options import EstimatorKwargs, EstimatorOptions, options_doc, resolve_options
 from .reference import Prior, PriorArg, log_density, log_qz_x_and_log_pz  # noqa: F401  (Prior: tk.Prior)
@@ -151,12 +152,9 @@ def _log_qz_acc(z, mu, logvar, opts: EstimatorOptions, *, need_own_component=Fal
     components are those of the global batch (tcvae_kernels.distributed); with a materialized bank,
     those and the bank's (:func:`_with_bank`)."""
     if opts.process_group is not None and z.ndim == 2 and z.shape[0] == 0:
-        from .distributed import gather_components  # an empty rank: raise on every rank, in the collective
-
-        gather_components(mu, logvar, opts.process_group)
+        gather_components(mu, logvar, opts.process_group)  # an empty rank: raise on every rank, in the collective
     m, k, _ = check_inputs(z, mu, logvar)
-    check_family(opts.family)
-    check_bank(opts.bank, opts.family)
+    opts.validate()
     if need_own_component and m > k:
         raise ValueError(
             f"the decomposition needs each query z_i drawn from component i (M <= K), got M={m} queries "
@@ -167,8 +165,6 @@ def _log_qz_acc(z, mu, logvar, opts: EstimatorOptions, *, need_own_component=Fal
         check_finite((z, mu, logvar), ("z", "mu", "logvar"))
     offset = 0
     if opts.process_group is not None:
-        from .distributed import gather_components
-
         mu, logvar, offset = gather_components(mu, logvar, opts.process_group)
     bank = opts.bank if opts.bank is not None and opts.bank.materialized else None
     k = mu.shape[0] + (bank.size if bank is not None else 0)
@@ -193,7 +189,7 @@ def _log_qz_acc(z, mu, logvar, opts: EstimatorOptions, *, need_own_component=Fal
 
 @options_doc
 def log_qz(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, groups: Groups | None = None,
-           options: EstimatorOptions | None = None, **kwargs: Unpack[EstimatorKwargs]) -> LogQz | LogQzGroups:
+           options: EstimatorOptions | None = None, **estimator_options: Unpack[EstimatorKwargs]) -> LogQz | LogQzGroups:
     """Minibatch estimates of log q(z_i) and log q(z_id).
 
     ``log_qz[i] = logsumexp_j(sum_d l[i,j,d] + w[i,j])``, ``log_qz_dims[i,d] = logsumexp_j(l[i,j,d] + w[i,j])``
@@ -230,7 +226,7 @@ def log_qz(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, groups: G
         >>> out.log_qz.shape, out.log_qz_dims.shape
         (torch.Size([4]), torch.Size([4, 2]))
     """
-    opts = resolve_options(options, dict(kwargs))
+    opts = resolve_options(options, dict(estimator_options))
     out = z.dtype if not (isinstance(z, torch.Tensor) and autocast_active(z)) else torch.promote_types(z.dtype, torch.float32)
     lqz, lqzd, lqg, *_ = _under_autocast(_log_qz_acc)(z, mu, logvar, opts, groups=groups)
     if lqg is None:
@@ -274,7 +270,7 @@ def _grouped_decompose(z, mu, logvar, opts: EstimatorOptions, groups, prior: Pri
 
 @options_doc
 def decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, prior: PriorArg = "normal",
-              options: EstimatorOptions | None = None, **kwargs: Unpack[EstimatorKwargs]) -> Decomposition:
+              options: EstimatorOptions | None = None, **estimator_options: Unpack[EstimatorKwargs]) -> Decomposition:
     """β-TCVAE decomposition of the batch: ``(mi, tc, dim_kl)`` scalar tensors, differentiable.
 
     ``MI = mean_i(log q(z_i|x_i) - log q(z_i))``, ``TC = mean_i(log q(z_i) - sum_d log q(z_id))``,
@@ -307,12 +303,12 @@ def decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, prior:
         >>> [t.dim() for t in parts]  # mi, tc, dim_kl: scalars
         [0, 0, 0]
     """
-    return _decompose(z, mu, logvar, resolve_options(options, dict(kwargs)), prior)[0]
+    return _decompose(z, mu, logvar, resolve_options(options, dict(estimator_options)), prior)[0]
 
 
 @options_doc
 def self_share(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, options: EstimatorOptions | None = None,
-               **kwargs: Unpack[EstimatorKwargs]) -> torch.Tensor:
+               **estimator_options: Unpack[EstimatorKwargs]) -> torch.Tensor:
     """The estimator's regime per query: the share of the minibatch estimate of q(z_i) that query
     i's own component carries, ``self_share[i] = exp(log q(z_i|x_i) + w_self - log q(z_i))`` in (0, 1]
     ([M], accumulation dtype; z_i drawn from component i, M <= K).
@@ -333,12 +329,12 @@ def self_share(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, optio
         self_share [M], in (0, 1], in the accumulation dtype (a diagnostic; differentiable like the
         rest).
     """
-    return _decompose(z, mu, logvar, resolve_options(options, dict(kwargs)))[1]
+    return _decompose(z, mu, logvar, resolve_options(options, dict(estimator_options)))[1]
 
 
 @options_doc
 def total_correlation(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *,
-                      options: EstimatorOptions | None = None, **kwargs: Unpack[EstimatorKwargs]) -> torch.Tensor:
+                      options: EstimatorOptions | None = None, **estimator_options: Unpack[EstimatorKwargs]) -> torch.Tensor:
     """``TC = mean_i(log q(z_i) - sum_d log q(z_id))``, a differentiable scalar (accumulation dtype).
 
     Args:
@@ -348,7 +344,7 @@ def total_correlation(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *
     Returns:
         TC, a differentiable scalar tensor in the accumulation dtype.
     """
-    return _total_correlation(z, mu, logvar, resolve_options(options, dict(kwargs)))
+    return _total_correlation(z, mu, logvar, resolve_options(options, dict(estimator_options)))
 
 
 @_under_autocast
@@ -360,7 +356,7 @@ def _total_correlation(z, mu, logvar, opts: EstimatorOptions) -> torch.Tensor:
 @options_doc
 def grouped_decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, groups: Groups,
                       prior: PriorArg = "normal", options: EstimatorOptions | None = None,
-                      **kwargs: Unpack[EstimatorKwargs]) -> GroupedDecomposition:
+                      **estimator_options: Unpack[EstimatorKwargs]) -> GroupedDecomposition:
     """HFVAE decomposition (Esmaeili et al. 2019) for a partition of the dimensions into groups:
 
     ``MI = mean_i(log q(z_i|x_i) - log q(z_i))``,
@@ -382,4 +378,4 @@ def grouped_decompose(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *
     Raises:
         ValueError: groups that are not a partition of the D dimensions (naming the problem).
     """
-    return _grouped_decompose(z, mu, logvar, resolve_options(options, dict(kwargs)), groups, prior)[0]
+    return _grouped_decompose(z, mu, logvar, resolve_options(options, dict(estimator_options)), groups, prior)[0]

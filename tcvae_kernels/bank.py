@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._host import check_finite as host_check_finite
 from ._validation import FLOAT_DTYPES, Family, _check_int, autocast_active, check_family
 
 _STORAGE = ("mu", "logvar")
@@ -179,8 +180,6 @@ class ComponentBank(nn.Module):
         if self.materialized:
             self.check_like(mu, "bank.push: mu")
         if check_finite:
-            from ._host import check_finite as host_check_finite
-
             host_check_finite((mu, logvar), ("bank.push: mu", "bank.push: logvar"),
                               "check_finite=True; a non-finite component would poison every later estimate")
         if not self.materialized:

@@ -27,9 +27,17 @@ import torch
 
 from .progress import progress as _progress
 from .api import log_qz
-from .families import get_family
+from ._docs import fill_doc
+from .families import Family, get_family
 from .reference import log_density, log_prior
 
+
+
+#: the arguments every chunked estimate here shares, documented once
+_common_doc = fill_doc(common="""        chunk: queries per call of the fused op (K = N components each): memory O((chunk + N)·D).
+        backend: as for :func:`tcvae_kernels.log_qz`.
+        progress: a progress line per chunk.
+        family: the posterior family, "normal" or "laplace" (logvar then holds the log-scale).""")
 
 class Estimate(NamedTuple):
     """A Monte Carlo estimate and its standard error."""
@@ -55,7 +63,7 @@ def _check(mu, logvar):
         raise ValueError(f"mu and logvar must both be [N, D], got {tuple(mu.shape)} and {tuple(logvar.shape)}")
 
 
-def sample_posteriors(mu, logvar, samples: int, generator: torch.Generator | None = None, *, family: str = "normal"):
+def sample_posteriors(mu, logvar, samples: int, generator: torch.Generator | None = None, *, family: Family = "normal"):
     """Samples of the aggregate posterior q(z) = (1/N)·Σ_n q(z | x_n), which every dataset-level
     estimate here draws: idx uniform over the N posteriors, then the family's sampler
     (:meth:`tcvae_kernels.families.PosteriorFamily.sample`): ``z = mu + exp(logvar / 2)·ε`` with
@@ -84,18 +92,16 @@ def sample_posteriors(mu, logvar, samples: int, generator: torch.Generator | Non
 
 
 @torch.no_grad()
+@_common_doc
 def mixture_log_density(z, mu, logvar, *, chunk: int = 1024, backend: str = "auto", progress: bool = False,
-                        family: str = "normal"):
+                        family: Family = "normal"):
     """log q(z_s) and log q(z_sd) under the uniform mixture of the N posteriors (the fused op with
     ``estimator="uniform"``, K = N), chunk by chunk of queries.
 
     Args:
         z: queries [S, D].
         mu, logvar: the N components [N, D].
-        chunk: queries per call of the fused op (K = N components each): memory O((chunk + N)·D).
-        backend: as for :func:`tcvae_kernels.log_qz`.
-        progress: a progress line per chunk.
-        family: the posterior family, "normal" or "laplace".
+{common}
 
     Returns:
         ``(log_qz [S], log_qz_dims [S, D])``, z's dtype.
@@ -115,8 +121,9 @@ def _estimate(x: torch.Tensor) -> Estimate:
 
 
 @torch.no_grad()
+@_common_doc
 def decomposition_from_samples(z, idx, mu, logvar, *, chunk: int = 1024, backend: str = "auto",
-                               progress: bool = False, family: str = "normal", prior="normal") -> FullDecomposition:
+                               progress: bool = False, family: Family = "normal", prior="normal") -> FullDecomposition:
     """The data set's MI, TC and dim-KL from given samples of the aggregate posterior:
     ``MI = E[log q(z|x) - log q(z)]``, ``TC = E[log q(z) - Σ_d log q(z_d)]``,
     ``dim_KL = E[Σ_d log q(z_d) - log p(z)]`` with q the mixture of all N posteriors, p the prior.
@@ -125,10 +132,7 @@ def decomposition_from_samples(z, idx, mu, logvar, *, chunk: int = 1024, backend
         z: samples [S, D], z_s drawn from q(z | x_idx[s]).
         idx: [S], the posterior each sample was drawn from.
         mu, logvar: the N encoder posteriors [N, D].
-        chunk: queries per call of the fused op (K = N components each): memory O((chunk + N)·D).
-        backend: as for :func:`tcvae_kernels.log_qz`.
-        progress: a progress line per chunk.
-        family: the posterior family, "normal" or "laplace".
+{common}
         prior: p(z), as for :func:`tcvae_kernels.decompose` ("normal", "laplace" or a ``log_prob`` object).
 
     Returns:
@@ -145,8 +149,9 @@ def decomposition_from_samples(z, idx, mu, logvar, *, chunk: int = 1024, backend
     return FullDecomposition(_estimate(log_qzx - lq), _estimate(lq - sum_dims), _estimate(sum_dims - log_pz), z.shape[0])
 
 
+@_common_doc
 def full_decomposition(mu, logvar, *, samples: int = 10000, generator=None, chunk: int = 1024,
-                       backend: str = "auto", progress: bool = False, family: str = "normal",
+                       backend: str = "auto", progress: bool = False, family: Family = "normal",
                        prior="normal") -> FullDecomposition:
     """Monte Carlo estimates (with standard errors) of MI, TC and dim-KL over the whole data set:
     :func:`sample_posteriors` then :func:`decomposition_from_samples`.
@@ -155,10 +160,7 @@ def full_decomposition(mu, logvar, *, samples: int = 10000, generator=None, chun
         mu, logvar: the encoder posteriors of the N data points [N, D].
         samples: Monte Carlo samples S.
         generator: a CPU ``torch.Generator`` (None: the global RNG).
-        chunk: queries per call of the fused op (K = N components each): memory O((chunk + N)·D).
-        backend: as for :func:`tcvae_kernels.log_qz`.
-        progress: a progress line per chunk.
-        family: the posterior family, "normal" or "laplace" (logvar then holds the log-scale).
+{common}
         prior: p(z) of dim-KL, as for :func:`tcvae_kernels.decompose`.
 
     Returns:
@@ -179,18 +181,16 @@ def full_decomposition(mu, logvar, *, samples: int = 10000, generator=None, chun
 
 
 @torch.no_grad()
+@_common_doc
 def marginal_entropies(mu, logvar, *, samples: int = 10000, generator=None, chunk: int = 1024,
-                       backend: str = "auto", progress: bool = False, family: str = "normal") -> torch.Tensor:
+                       backend: str = "auto", progress: bool = False, family: Family = "normal") -> torch.Tensor:
     """H(z_d), the entropy of each dimension of the aggregate posterior, by Monte Carlo with all N
     components.
 
     Args:
         mu, logvar: the N encoder posteriors [N, D].
         samples, generator: as :func:`full_decomposition`.
-        chunk: queries per call of the fused op (K = N components each): memory O((chunk + N)·D).
-        backend: as for :func:`tcvae_kernels.log_qz`.
-        progress: a progress line per chunk.
-        family: the posterior family, "normal" or "laplace".
+{common}
 
     Returns:
         [D], float64 (nats).
@@ -201,9 +201,10 @@ def marginal_entropies(mu, logvar, *, samples: int = 10000, generator=None, chun
 
 
 @torch.no_grad()
+@_common_doc
 def conditional_entropies(mu, logvar, factors, factor_sizes: Sequence[int], *, samples: int = 10000,
                           generator=None, chunk: int = 1024, backend: str = "auto",
-                          progress: bool = False, family: str = "normal") -> torch.Tensor:
+                          progress: bool = False, family: Family = "normal") -> torch.Tensor:
     """H(z_d | v_k): for each factor k and value v, the entropy of the mixture of the posteriors of
     the points with v_k = v (Monte Carlo, ``samples`` samples per value), weighted by the empirical
     p(v_k = v). With :func:`marginal_entropies`, the mutual informations I(z_d; v_k) of the MIG.
@@ -214,10 +215,7 @@ def conditional_entropies(mu, logvar, factors, factor_sizes: Sequence[int], *, s
         factor_sizes: K values, the number of values of each factor.
         samples: Monte Carlo samples per factor value.
         generator: a CPU ``torch.Generator`` (None: the global RNG).
-        chunk: queries per call of the fused op (K = N components each): memory O((chunk + N)·D).
-        backend: as for :func:`tcvae_kernels.log_qz`.
-        progress: a progress line per chunk.
-        family: the posterior family, "normal" or "laplace".
+{common}
 
     Returns:
         [K, D], float64 (nats).

@@ -45,6 +45,14 @@ class PosteriorFamily:
             return -(z - mu).abs() * torch.exp(-p) - p - LOG_2
         return -0.5 * ((z - mu) ** 2 * torch.exp(-p) + p + LOG_2PI)
 
+    def abs_partials(self, diff: torch.Tensor, inv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(|∂l/∂mu|, |∂l/∂p|)`` elementwise for ``diff = z - mu`` and ``inv = e^-p`` (broadcasting):
+        normal ``(|diff·inv|, |0.5·diff²·inv - 0.5|)``, laplace ``(inv, ||diff|·inv - 1|)`` (the
+        subgradient's magnitude at diff = 0 taken as inv). The tolerance rule's gradient mass."""
+        if self.name == "laplace":
+            return inv, (diff.abs() * inv - 1.0).abs()
+        return (diff * inv).abs(), (0.5 * diff * diff * inv - 0.5).abs()
+
     def scale(self, p: torch.Tensor) -> torch.Tensor:
         """The scale of unit noise: ``e^{p/2}`` (σ, normal) or ``e^p`` (b's scale, laplace)."""
         return torch.exp(p) if self.name == "laplace" else torch.exp(0.5 * p)

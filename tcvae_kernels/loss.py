@@ -54,6 +54,7 @@ class _LossState(LazyModuleMixin, nn.Module):
 
     def initialize_parameters(self, z, mu, logvar) -> None:
         """The first call's set-up (see the class docstring)."""
+        check_batch(z, mu, logvar)
         dev = z.device
         if self.step.device != dev:
             self.step = self.step.to(dev)
@@ -396,8 +397,9 @@ class HFVAELoss(BetaTCVAELoss):
             lists ``[[0, 3], [1, 2, 4]]``.
         beta_within: weight of TC_within (``beta`` weighs TC_between; ``warmup_steps`` ramps β,
             β_within and γ).
-        alpha, beta, gamma, warmup_steps, warn_regime, prior, bank_size, options, estimator_options:
-            as for :class:`BetaTCVAELoss` (every argument a keyword).
+
+    Every other argument is :class:`BetaTCVAELoss`'s (same names, defaults and meaning; all keywords),
+    the estimator options included.
 
     Raises:
         ValueError: a malformed partition; otherwise as :class:`BetaTCVAELoss`.

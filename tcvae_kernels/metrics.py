@@ -54,13 +54,16 @@ The scikit-learn based metrics need ``pip install tcvae_kernels[metrics]``.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
 import torch
 
 from . import dataset_estimates as _dataset
+from ._docs import fill_doc
 from .data import _integers
+from .families import Family
 from .progress import progress as _progress
 
 #: Docstring paragraphs several functions share, written once: :func:`_doc` puts each in place of
@@ -87,11 +90,8 @@ _TRAIN_TEST_DOC = """{title} of sampled codes, as disentanglement_lib's ``{libra
     """
 
 
-def _doc(fn):
-    """Fills the ``{sampling}`` and ``{codes}`` placeholders of ``fn``'s docstring (:data:`_SHARED_DOC`)."""
-    for name, text in _SHARED_DOC.items():
-        fn.__doc__ = fn.__doc__.replace("{" + name + "}", text)
-    return fn
+#: fills the ``{sampling}`` and ``{codes}`` placeholders of a docstring (:data:`_SHARED_DOC`)
+_doc = fill_doc(**_SHARED_DOC)
 
 
 def _train_test_doc(title: str, library: str, from_codes: Callable, extra: str):
@@ -134,7 +134,7 @@ def _average(gaps: np.ndarray, h_v: np.ndarray, average: str) -> float:
 
 def mig_from_posteriors(mu, logvar, factors, factor_sizes, *, samples: int = 10000, generator=None,
                         backend: str = "auto", progress: bool = False, average: str = "all",
-                        family: str = "normal") -> dict:
+                        family: Family = "normal") -> dict:
     """Sampling MIG (Chen et al. 2018) from the encoder posteriors of data points with known factors.
 
     Args:
@@ -531,8 +531,6 @@ def modularity_explicitness_from_codes(codes_train, factors_train, codes_test, f
     std = np.where(std > 0, std, 1.0)
     xt, xe = (codes_train - mean) / std, (codes_test - mean) / std
     roc_train, roc_test = [], []
-    import warnings
-
     with _single_threaded(), warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # lbfgs' ConvergenceWarning at 100 iterations
         for j in range(factors_train.shape[1]):

@@ -3,19 +3,20 @@
 The public functions (:func:`~tcvae_kernels.log_qz`, :func:`~tcvae_kernels.decompose`,
 :func:`~tcvae_kernels.total_correlation`, :func:`~tcvae_kernels.grouped_decompose`) and the losses
 (:class:`~tcvae_kernels.BetaTCVAELoss`, :class:`~tcvae_kernels.HFVAELoss`) take the fields of
-:class:`EstimatorOptions` as keywords (``**options: Unpack[EstimatorKwargs]``), or one
+:class:`EstimatorOptions` as keywords (``**estimator_options: Unpack[EstimatorKwargs]``), or one
 ``options=EstimatorOptions(...)``. The fields, their types, defaults and documentation are written
 here only. Adding an option is one edit here: the field with its ``Options:`` line, and the same
-name and type in :class:`EstimatorKwargs`, the static mirror type checkers need for ``**options``
+name and type in :class:`EstimatorKwargs`, the static mirror type checkers need for ``**estimator_options``
 (PEP 692 unpacks only a TypedDict; tests/estimates/test_typing.py keeps the two equal); every function and
-loss forwards ``**options`` and :func:`options_doc` fills their docstrings.
+loss forwards ``**estimator_options`` and :func:`options_doc` fills their docstrings.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, TypedDict, TypeVar, Unpack
+from typing import Any, TypedDict, Unpack
 
+from ._docs import fill_doc
 from ._validation import Family, check_estimator, check_family
 from .backends.base import check_backend_name
 from .bank import ComponentBank, check_bank
@@ -84,15 +85,13 @@ class EstimatorOptions:
         Raises:
             TypeError: a keyword that is no option.
             ValueError: as :meth:`validate`."""
-        unknown = sorted(set(changes) - set(OPTION_NAMES))
-        if unknown:
-            raise TypeError(f"unexpected option(s) {unknown}; the options are {list(OPTION_NAMES)}")
+        _check_option_names(changes)
         return dataclasses.replace(self, **changes).validate()
 
 
 class EstimatorKwargs(TypedDict, total=False):
     """The fields of :class:`EstimatorOptions` as keyword arguments: the public functions take
-    ``**options: Unpack[EstimatorKwargs]``, so type checkers see every option (a misspelled one is an
+    ``**estimator_options: Unpack[EstimatorKwargs]``, so type checkers see every option (a misspelled one is an
     error). Same names, types and meaning as the dataclass (tests/estimates/test_typing.py keeps them equal)."""
 
     dataset_size: int | None
@@ -109,27 +108,26 @@ OPTION_NAMES = tuple(f.name for f in dataclasses.fields(EstimatorOptions))
 _OPTIONS_DOC = EstimatorOptions.__doc__.split("Options:", 1)[1].strip("\n").rstrip()
 
 
-def resolve_options(options: EstimatorOptions | None, given: dict[str, Any]) -> EstimatorOptions:
-    """``options=`` or the option keywords ``given`` (not both) as one EstimatorOptions; raises
-    TypeError on a keyword that is no option."""
+def _check_option_names(given) -> None:
     unknown = sorted(set(given) - set(OPTION_NAMES))
     if unknown:
         raise TypeError(f"unexpected keyword argument(s) {unknown}; the options are {list(OPTION_NAMES)}")
+
+
+def resolve_options(options: EstimatorOptions | None, given: dict[str, Any]) -> EstimatorOptions:
+    """``options=`` or the option keywords ``given`` (not both) as one EstimatorOptions; raises
+    TypeError on a keyword that is no option."""
+    _check_option_names(given)
     if options is None:
         return EstimatorOptions(**given)
     if not isinstance(options, EstimatorOptions):
         raise TypeError(f"options must be a tcvae_kernels.EstimatorOptions, got {type(options).__name__}")
     if given:
         raise TypeError(f"pass either options= or the keywords {sorted(given)}, not both "
-                        "(dataclasses.replace(options, ...) changes some fields of an options object)")
+                        "(options.replace(...) changes some fields of an options object)")
     return options
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def options_doc(fn: F) -> F:
-    """Fills the ``{options}`` placeholder of ``fn``'s docstring with the fields' documentation."""
-    fn.__doc__ = (fn.__doc__ or "").replace(
-        "{options}", _OPTIONS_DOC + "\n        options: an EstimatorOptions holding the fields above (instead of them).")
-    return fn
+#: fills the ``{options}`` placeholder of a docstring with the fields' documentation
+options_doc = fill_doc(
+    options=_OPTIONS_DOC + "\n        options: an EstimatorOptions holding the fields above (instead of them).")

@@ -159,6 +159,7 @@ def gradient_l1_mass(z, mu, logvar, weights, up_q, up_d, log_qz, log_qz_dims, ch
     m, d = z.shape
     k = mu.shape[0]
     iv = torch.exp(-logvar)
+    fam = get_family(family)
     mass_mu = torch.zeros_like(mu)
     mass_lv = torch.zeros_like(mu)
     mass_z = 0.0
@@ -175,12 +176,8 @@ def gradient_l1_mass(z, mu, logvar, weights, up_q, up_d, log_qz, log_qz_dims, ch
             g[..., dims] += (up_g[s:e, gi, None].double() * r)[..., None]
         g = g.abs()
         diff = z[s:e, None, :] - mu[None]
-        if family == "laplace":
-            t_mu = g * iv[None]
-            t_lv = g * (diff.abs() * iv[None] - 1.0).abs()
-        else:
-            t_mu = g * (diff * iv[None]).abs()
-            t_lv = g * (0.5 * diff * diff * iv[None] - 0.5).abs()
+        a_mu, a_lv = fam.abs_partials(diff, iv[None])
+        t_mu, t_lv = g * a_mu, g * a_lv
         mass_z = max(mass_z, t_mu.sum(1).max().item())
         mass_mu += t_mu.sum(0)
         mass_lv += t_lv.sum(0)

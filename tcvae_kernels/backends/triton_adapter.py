@@ -3,6 +3,9 @@ so a missing triton only makes this backend unavailable)."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import torch
 
 from .base import Backend, needs_grad, op_grad_components, register_backend
@@ -16,21 +19,15 @@ class TritonBackend(Backend):
     auto_priority = {"cuda": 50}  # after cuda (bench/RESULTS.md); CPU tensors only when asked for
 
     def unavailable_reason(self):
-        import importlib.util
-
         if importlib.util.find_spec("triton") is None:
             return "triton is not installed (pip install triton)"
         return None
 
     def devices(self):
-        import os
-
         out = ["cuda"] if torch.cuda.is_available() else []
         return out + (["cpu"] if os.environ.get("TRITON_INTERPRET", "0") == "1" else [])
 
     def not_supported_reasons(self, z, mu, logvar):
-        import os
-
         why = []
         if z.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
             why.append("backend 'triton' runs on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1, "

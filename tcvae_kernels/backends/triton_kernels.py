@@ -36,6 +36,7 @@ import math
 import os
 
 import torch
+from torch.library import wrap_triton
 import triton
 import triton.language as tl
 
@@ -496,8 +497,6 @@ def _launch_config(name: str, deterministic: bool) -> dict | None:
 
 def _launch(name, grid, *args, deterministic: bool = False, **const):
     """Launch kernel ``name`` with :func:`_launch_config`'s config, else through its autotuner."""
-    from torch.library import wrap_triton
-
     raw, kind, fixed = KERNELS[name]
     const = {**fixed, **const}
     cfg = _launch_config(name, deterministic)

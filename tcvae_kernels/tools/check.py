@@ -14,6 +14,7 @@ import torch
 from ..backends.base import backend_names
 from ..dispatch import backend_reasons
 from ..estimators import log_weights
+from ..families import FAMILIES
 from ..progress import progress
 from ..testing import check_backend, random_inputs
 
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
     p.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES))
     p.add_argument("--seed", type=int, default=None, help="default: fresh")
-    p.add_argument("--families", nargs="+", default=["normal", "laplace"], choices=["normal", "laplace"],
+    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES,
                    help="posterior families (default: both)")
     a = p.parse_args(argv)
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(2**31)

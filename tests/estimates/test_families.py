@@ -43,3 +43,16 @@ def test_samples_have_the_family_s_density(name):
     dens = fam.log_density(grid, torch.tensor(0.5, dtype=torch.float64), torch.tensor(-0.3, dtype=torch.float64)).exp()
     # normalised, to the trapezoid rule's error: O(h²) for the normal, O(h·peak) ~ 1e-5 at the Laplace kink
     assert abs(torch.trapezoid(dens, grid).item() - 1.0) < 5e-5
+
+
+@pytest.mark.parametrize("name", families.FAMILIES)
+def test_abs_partials_are_the_density_s_gradients(name):
+    fam = families.get_family(name)
+    g = torch.Generator().manual_seed(1)
+    z, mu, p = (torch.randn(50, dtype=torch.float64, generator=g) for _ in range(3))
+    mu.requires_grad_(True)
+    p.requires_grad_(True)
+    d_mu, d_p = torch.autograd.grad(fam.log_density(z, mu, p).sum(), (mu, p))
+    a_mu, a_p = fam.abs_partials((z - mu).detach(), torch.exp(-p).detach())
+    torch.testing.assert_close(a_mu, d_mu.abs(), rtol=1e-14, atol=0)
+    torch.testing.assert_close(a_p, d_p.abs(), rtol=1e-14, atol=1e-15)

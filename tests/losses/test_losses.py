@@ -112,3 +112,13 @@ def test_demo_program_accepts_every_loss(loss, tmp_path):
     res = mod.main(["--loss", loss, "--steps", "2", "--steps-per-epoch", "2", "--batch-size", "8",
                     "--latent-dim", "4", "--no-eval", "--out", str(tmp_path)])
     assert res["loss"] == loss and res["steps"] == 2 and math.isfinite(res["history"][0]["recon"])
+
+
+@pytest.mark.parametrize("make", [lambda: tk.BetaVAELoss(), lambda: tk.BetaTCVAELoss(dataset_size=100)])
+def test_a_bad_first_call_gets_a_clear_error(make):
+    """The first call's set-up (moving the state to the batch's device) checks the batch first."""
+    x = torch.zeros(4, 2)
+    with pytest.raises(TypeError, match="z must be a torch.Tensor"):
+        make()([[0.0, 0.0]] * 4, x, x)
+    with pytest.raises(ValueError, match="share one shape"):
+        make()(torch.zeros(3, 2), x, x)

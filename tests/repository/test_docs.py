@@ -3,6 +3,7 @@ runs (a block that cannot run here starts with ``# not run: <why>``), the docstr
 examples pass doctest, and every public name has a docstring for the API reference (`make docs`
 builds the site with warnings as errors; CI runs it)."""
 
+import dataclasses
 import doctest
 import inspect
 import importlib
@@ -89,7 +90,10 @@ def test_public_function_documents_its_arguments_and_result(name, fn):
     """Every public function's docstring has an Args section naming each parameter (the estimator
     options through their filled-in block) and a Returns section."""
     doc = inspect.getdoc(fn) or ""
-    params = [p for p in inspect.signature(fn).parameters if p not in ("kwargs", "options")]
+    sig = inspect.signature(fn).parameters
+    params = [n for n, p in sig.items() if p.kind is not p.VAR_KEYWORD]
+    if any(p.kind is p.VAR_KEYWORD for p in sig.values()):  # **estimator_options: each option by name
+        params += [f.name for f in dataclasses.fields(tk.EstimatorOptions)]
     if params:
         assert "Args:" in doc, name
         args = doc.split("Args:", 1)[1].split("Returns:", 1)[0]

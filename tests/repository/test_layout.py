@@ -108,12 +108,14 @@ def _layout_block() -> str:
 
 
 def test_the_layout_map_is_the_tree():
-    """docs/contributing.md's layout map names every module of the package and every folder of
-    tests/, and every file or folder it names exists (under the top-level folder it is listed in)."""
+    """docs/contributing.md's layout map names every module of the package, every script of python/
+    and bench/ and every folder of tests/, and every file or folder it names exists (under the
+    top-level folder it is listed in)."""
     repo = Path(__file__).resolve().parents[2]
     block = _layout_block()
     named = set(re.findall(r"[\w.]+\.(?:py|h|cu|cpp|sh|md)\b|\w+/", block))
-    for mod in (repo / "tcvae_kernels").rglob("*.py"):
+    for mod in [*(repo / "tcvae_kernels").rglob("*.py"), *(repo / "python").glob("*.py"), *(repo / "bench").glob("*.py"),
+                *(repo / "bench").glob("*.sh")]:
         assert mod.name in named, f"{mod.relative_to(repo)} is missing from the layout map"
     for d in (repo / "tests").iterdir():
         if d.is_dir() and not d.name.startswith((".", "_")):

@@ -23,3 +23,4 @@ tk.BetaTCVAELoss(dataset_size=100, family="gauss")  # E: arg-type
 tk.ComponentBank(16, family="gaussian")  # E: arg-type
 tk.EstimatorOptions(dataset_size=100, estimator="foo")  # E: arg-type
 tk.decompose(z, mu, lv, dataset_size=100, prior="flow")  # E: arg-type
+tk.dataset_estimates.full_decomposition(mu, lv, family="gauss")  # E: arg-type

@@ -45,6 +45,7 @@ from ..backends.base import backend_names
 from ..bank import ComponentBank
 from ..dispatch import backend_reasons
 from ..estimators import log_weights, weight_matrix
+from . import plain_text
 from ..progress import progress
 from ..reference import LOG_2PI, log_density
 from ..testing import random_inputs
@@ -442,7 +443,7 @@ def device_name(device: str) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tcvae_kernels bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m tcvae_kernels bench", description=plain_text(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--full", action="store_true",
                    help=f"sizes M={FULL_SIZES}, D={FULL_DIMS} (CUDA: M={GPU_FULL_SIZES}, D={GPU_FULL_DIMS})")

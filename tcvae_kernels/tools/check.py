@@ -16,6 +16,7 @@ from ..dispatch import backend_reasons
 from ..estimators import log_weights
 from ..families import FAMILIES
 from ..progress import progress
+from . import plain_text
 from ..testing import check_backend, random_inputs
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -68,7 +69,7 @@ def run_checks(backends, devices, dtypes, cases, seed, out=None, families=("norm
                     wname, err, allowed = res.worst()
                     ratio = err / allowed if allowed > 0 else float("inf")
                     if worst is None or ratio > worst[0]:
-                        worst = (ratio, f"{wname} {err:.1e} / {allowed:.1e} ({m}x{k}x{d} {est} {kind})")
+                        worst = (ratio, f"{wname} error {err:.1e} (bound {allowed:.1e}; {m}x{k}x{d} {est} {kind})")
                 if family != "normal":
                     dtype_name = f"{dtype_name} {family}"
                 if skipped:
@@ -88,7 +89,8 @@ def run_checks(backends, devices, dtypes, cases, seed, out=None, families=("norm
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tcvae_kernels check", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m tcvae_kernels check", description=plain_text(__doc__),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--all", action="store_true", help="every dtype and more sizes (slower)")
     p.add_argument("--backends", nargs="+", default=None, choices=backend_names(), help="default: all available")
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")

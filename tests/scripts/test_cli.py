@@ -84,3 +84,20 @@ def test_bench_components_is_the_bank_shape(capsys):
     with pytest.raises(SystemExit):  # argparse: K below a batch size
         bench_main(["--sizes", "50", "--components", "40"])
     assert "--components 40 must be >= every batch size" in capsys.readouterr().err
+
+
+def test_the_command_line_says_what_it_can_do(capsys):
+    from tcvae_kernels.__main__ import COMMANDS, main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS)
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"tcvae_kernels {tk.__version__}"
+    assert main(["chek"]) == 2 and "unknown command 'chek'" in capsys.readouterr().err
+    assert main([]) == 2 and "a command is missing" in capsys.readouterr().err
+    for command in COMMANDS:  # subcommand help is plain text (no reStructuredText markup)
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0
+        text = capsys.readouterr().out
+        assert "usage: python -m tcvae_kernels " + command in text and "``" not in text and ":func:" not in text

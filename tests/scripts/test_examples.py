@@ -78,3 +78,17 @@ def test_bank_study_runs_every_part(tmp_path):
     text = (tmp_path / "study.md").read_text()
     assert "(a) Bias" in text and "(d) Cost" in text
     assert study.main(["--render", str(tmp_path / "study.json")]) == {}
+
+
+def test_quickstart_explains_its_first_run_in_one_line(capsys, monkeypatch):
+    """python/quickstart.py: no warning, the estimator's regime in one line, then the banked estimate."""
+    import sys
+    import warnings
+
+    monkeypatch.setattr(sys, "argv", ["quickstart.py", "--batch", "32", "--dim", "3", "--dataset-size", "2000",
+                                      "--backend", "cpu", "--device", "cpu"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _load("quickstart").main()
+    out = capsys.readouterr().out
+    assert "self share" in out and "with a bank of 480 earlier posteriors: TC = " in out

@@ -10,6 +10,7 @@ import tcvae_kernels  # noqa: E402
 
 project = "tcvae_kernels"
 author = "tcvae_kernels developers"
+copyright = "2026, tcvae_kernels developers"
 release = tcvae_kernels.__version__
 extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.mathjax"]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}

@@ -30,14 +30,16 @@ help:
 
 $(VENV)/.deps: requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(VPY) -m pip install --quiet --upgrade pip "setuptools<85" wheel
 	$(VPY) -m pip install --quiet -r requirements.txt
 	$(VPY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@
 
-# (Re)build the extension whenever a C++/CUDA source or setup.py changes.
+# (Re)build the extension whenever a C++/CUDA source or setup.py changes. editable_mode=compat: a
+# path entry for the source tree, which mypy and IDEs resolve (setuptools' default editable mode is an
+# import hook they cannot follow); setuptools < 85 keeps that mode.
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
-	$(VPY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	$(VPY) -m pip install --quiet --no-build-isolation --no-deps --config-settings editable_mode=compat -e .
 	touch $@
 
 venv: $(VENV)/.built

@@ -63,6 +63,19 @@ def test_misuse_is_caught(mypy_errors):
     assert mypy_errors["usage_bad.py"] == want
 
 
+@pytest.mark.slow
+def test_the_development_install_resolves_for_type_checkers(tmp_path):
+    """mypy, run outside the source tree with no MYPYPATH, finds tcvae_kernels in this environment and
+    its types (the Makefile's editable install is a path entry, not an import hook it cannot follow)."""
+    pytest.importorskip("mypy")
+    (tmp_path / "use.py").write_text("import tcvae_kernels as tk\nreveal_type(tk.BetaTCVAELoss().last)\n")
+    env = {k: v for k, v in os.environ.items() if k != "MYPYPATH"}
+    run = subprocess.run([sys.executable, "-m", "mypy", "--follow-imports=silent", "--python-version=3.11",
+                          f"--cache-dir={tmp_path / 'cache'}", "use.py"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=600)
+    assert run.returncode == 0 and "tcvae_kernels.loss.BetaTCVAETerms" in run.stdout, run.stdout[-2000:]
+
+
 def test_typed_mirrors_list_the_options():
     fields = {f.name: f.type for f in dataclasses.fields(tk.EstimatorOptions)}
     kwargs = {k: getattr(v, "__forward_arg__", v) for k, v in tk.EstimatorKwargs.__annotations__.items()}

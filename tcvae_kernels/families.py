@@ -72,7 +72,7 @@ class PosteriorFamily:
 
 
 NORMAL = PosteriorFamily("normal", 0, "the log-variance log σ²", slope=2.0, const=0.5)
-LAPLACE = PosteriorFamily("laplace", 1, "the log-scale b = log(scale) (not a log-variance: the variance is 2·e^{2b})",
+LAPLACE = PosteriorFamily("laplace", 1, "the log-scale b = log(scale) (not a log-variance: the variance is 2·exp(2b))",
                           slope=1.0, const=1.0)
 #: name -> family, in the order of ``Family`` (tests: the same names, indices and coefficients as FamilyTraits)
 FAMILY_OBJECTS: dict[str, PosteriorFamily] = {f.name: f for f in (NORMAL, LAPLACE)}

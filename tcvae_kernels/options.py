@@ -34,7 +34,7 @@ class EstimatorOptions:
         family: the posterior family of the components: "normal" (the third argument is the
             log-variance log σ²) or "laplace" (the third argument is the log-scale b = log(scale) of
             the authors' ``-dist laplace``, passed as it is: not a log-variance, a Laplace's variance
-            is 2·e^{2b}); ``l = -|z - mu|·e^{-b} - b - log 2`` (:mod:`tcvae_kernels.reference`).
+            is ``2·exp(2b)``); ``l = -|z - mu|·exp(-b) - b - log 2`` (:mod:`tcvae_kernels.reference`).
         backend: "auto" or a registered backend name ("torch", "cpu", "cuda", "triton"; see
             ``tcvae_kernels.backend_names()``).
         check_finite: raise ValueError on NaN/inf inputs (a device sync on GPUs); otherwise

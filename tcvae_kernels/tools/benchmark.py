@@ -400,32 +400,46 @@ def render(records, meta) -> str:
 
 
 def plot(records, meta, path):
+    """Time (one panel per mode) and, for the last mode, peak extra memory against M: one colour per
+    method, solid and dashed lines for the first two D values (markers for the others), the legend
+    beside the panels, the measured sizes as plain tick labels. None without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FixedLocator, NullLocator
     except ImportError:
         return None
     modes = [m for m in ("fwd", "fwdbwd") if m in meta["modes"]]
-    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
-    markers = "os^vD<>p"
-    for ax, mode in zip(axes[0], modes):
-        for i, meth in enumerate(m for m in meta["methods"] if m != "exp"):
+    methods = [m for m in meta["methods"] if m != "exp"]
+    colours = plt.get_cmap("tab10").colors
+    panels = [(mode, "seconds") for mode in modes] + [(modes[-1], "peak_bytes")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.6, 4.4), squeeze=False)
+    sizes = sorted({r["M"] for r in records if "seconds" in r})
+    for ax, (mode, what) in zip(axes[0], panels):
+        for i, meth in enumerate(methods):
             for j, d in enumerate(meta["dims"]):
-                pts = sorted(
-                    (r["M"], r["seconds"]) for r in records
-                    if r.get("method") == meth and r.get("mode") == mode and r.get("D") == d and "seconds" in r
-                )
+                pts = sorted((r["M"], r[what]) for r in records if r.get("method") == meth and r.get("mode") == mode
+                             and r.get("D") == d and what in r)
+                scale = 1e3 if what == "seconds" else 1 / 2**20
+                pts = [(m, v * scale) for m, v in pts if v * scale > 0]
                 if pts:
-                    ax.loglog([p[0] for p in pts], [p[1] * 1e3 for p in pts], marker=markers[j % len(markers)],
-                              color=f"C{i}", linestyle="-" if j == 0 else "--", label=f"{meth} D={d}")
+                    ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker="os^vD"[j % 5], markersize=4,
+                              color=colours[i % len(colours)], linestyle=("-", "--", ":")[min(j, 2)],
+                              label=f"{meth}, D={d}")
+        ax.xaxis.set_major_locator(FixedLocator(sizes))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([f"{m:,}" for m in sizes])
         ax.set_xlabel("batch size M" + (" (= K)" if meta.get("components") is None else f" (K = {meta['components']:,})"))
-        ax.set_ylabel("median time [ms]")
-        ax.set_title({"fwd": "forward", "fwdbwd": "forward + backward"}[mode] + f" ({meta['device_name']})", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+        ax.set_ylabel("median time (ms)" if what == "seconds" else "peak extra memory (MiB; 0 not drawn)")
+        ax.set_title({"fwd": "forward", "fwdbwd": "forward + backward"}[mode] + (" time" if what == "seconds"
+                                                                                   else " memory"), fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0][0].get_figure().legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=8,
+                                    frameon=False)
+    fig.suptitle(f"{meta['device_name']}, {meta.get('dtype', 'float32')}, {meta.get('threads', '')} threads", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

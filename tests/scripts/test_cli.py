@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,3 +102,16 @@ def test_the_command_line_says_what_it_can_do(capsys):
         assert exit_.value.code == 0
         text = capsys.readouterr().out
         assert "usage: python -m tcvae_kernels " + command in text and "``" not in text and ":func:" not in text
+
+
+def test_the_methods_figure_is_drawn_from_the_recorded_tables(tmp_path):
+    """bench/replot.py reads every cell of RESULTS.md's "All methods" tables (2 modes × 8 shapes × 5
+    methods) and draws them with the bench command's plot (time panels and a memory panel)."""
+    pytest.importorskip("matplotlib")
+    from helpers import load_script
+
+    replot = load_script("replot", "bench")
+    records, meta = replot.records_from_results((Path(replot.HERE) / "RESULTS.md").read_text())
+    assert len(records) == 80 and meta["methods"] == ["eager", "compile", "keops", "cpu", "torch"]
+    assert {r["D"] for r in records} == {10, 32} and "Xeon" in meta["device_name"]
+    assert replot.main(["--out", str(tmp_path / "m.png")]) == 0 and (tmp_path / "m.png").stat().st_size > 10000

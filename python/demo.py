@@ -230,8 +230,14 @@ def pictures(models: dict, images, shapes, a, out: str, seed: int, results: dict
     # traversals: one image, each latent (sorted by variance of its mean) from -2.5 to 2.5
     base = torch.from_numpy(shapes.images(shapes.factors_to_index(np.array([[2, 5, 0, 16, 16]])))).to(a.device)
     vals = torch.linspace(-2.5, 2.5, 7, device=a.device)
-    fig, axes = plt.subplots(a.latent_dim, len(names) * len(vals), figsize=(len(names) * len(vals) * 0.55 + 0.6,
-                                                                             a.latent_dim * 0.55 + 0.6))
+    cols = len(names) * (len(vals) + 1) - 1  # an empty column between the models
+    fig, grid = plt.subplots(a.latent_dim, cols, figsize=(cols * 0.62 + 0.8, a.latent_dim * 0.62 + 1.1),
+                             gridspec_kw=dict(width_ratios=([1] * len(vals) + [0.35]) * (len(names) - 1) + [1] * len(vals)))
+    for r in range(a.latent_dim):
+        for c in range(1, len(names)):
+            grid[r, c * (len(vals) + 1) - 1].axis("off")
+    axes = np.stack([np.concatenate([grid[r, c * (len(vals) + 1):c * (len(vals) + 1) + len(vals)]
+                                     for c in range(len(names))]) for r in range(a.latent_dim)])
     for c, name in enumerate(names):
         model = models[name]
         with torch.no_grad():
@@ -249,38 +255,51 @@ def pictures(models: dict, images, shapes, a, out: str, seed: int, results: dict
                     ax.set_xticks([])
                     ax.set_yticks([])
                     if k == 0:
-                        ax.set_ylabel(f"z{d}", fontsize=6)
-        axes[0, c * len(vals) + len(vals) // 2].set_title(name, fontsize=9)
-    fig.tight_layout(pad=0.2)
+                        ax.set_ylabel(f"z{d}", fontsize=9, rotation=0, ha="right", va="center")
+                    if r == a.latent_dim - 1:
+                        ax.set_xlabel(f"{vals[k].item():+.1f}", fontsize=8)
+        axes[0, c * len(vals) + len(vals) // 2].set_title(name, fontsize=11)
+    fig.suptitle("Traversals: one image's code, each latent (rows, most varied first) set from -2.5 to +2.5",
+                 fontsize=10)
+    fig.tight_layout(pad=0.3)
     paths = [os.path.join(out, "traversals.png")]
-    fig.savefig(paths[-1], dpi=70)
+    fig.savefig(paths[-1], dpi=80)
     plt.close(fig)
     # factor x latent mutual information
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 2.4))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.0))
     for ax, name in zip(axes, names):
         res = results[name]
         im = ax.imshow(np.array(res["mi_matrix"]), cmap="viridis", aspect="auto", vmin=0)
-        ax.set_yticks(range(len(shapes.factor_names)), shapes.factor_names, fontsize=7)
-        ax.set_xticks(range(a.latent_dim), [f"z{d}" for d in range(a.latent_dim)], fontsize=6)
-        ax.set_title(f"{name}: MIG {res['mig_sampling']:.2f} / {res['mig_histogram']:.2f}", fontsize=8)
-        fig.colorbar(im, ax=ax)
+        ax.set_yticks(range(len(shapes.factor_names)), shapes.factor_names, fontsize=9)
+        ax.set_xticks(range(a.latent_dim), [f"z{d}" for d in range(a.latent_dim)], fontsize=8)
+        ax.set_xlabel("latent", fontsize=9)
+        ax.set_title(f"{name}\nMIG {res['mig_sampling']:.2f} (sampling), {res['mig_histogram']:.2f} (histogram)",
+                     fontsize=10)
+        fig.colorbar(im, ax=ax).set_label("I(factor; latent) (nats)", fontsize=9)
+    fig.suptitle("Mutual information of each ground-truth factor with each latent (MIG: the gap between a "
+                 "factor's two most informative latents, normalised, averaged)", fontsize=10)
     fig.tight_layout()
     paths.append(os.path.join(out, "mutual_information.png"))
-    fig.savefig(paths[-1], dpi=80)
+    fig.savefig(paths[-1], dpi=90)
     plt.close(fig)
     # MI / TC / dim-KL during training (minibatch MSS estimates) and the estimator's self share
-    fig, axes = plt.subplots(1, 4, figsize=(14, 2.8))
-    for ax, key in zip(axes, ("mi", "tc", "dim_kl", "self_share")):
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+    titles = {"mi": ("index-code MI", "nats"), "tc": ("total correlation", "nats"),
+              "dim_kl": ("dimension-wise KL", "nats"), "self_share": ("self share", "share of q(z_i), 0-1")}
+    for ax, key in zip(axes, titles):
         for name in names:
             h = results[name]["history"]
             ax.plot([e["step"] for e in h], [e[key] for e in h], label=name)
-        ax.set_title(f"{key} (minibatch estimate)", fontsize=9)
-        ax.set_xlabel("step")
+        ax.set_title(titles[key][0], fontsize=10)
+        ax.set_ylabel(titles[key][1], fontsize=9)
+        ax.set_xlabel("training step", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    fig.suptitle("Minibatch (MSS) estimates during training", fontsize=10, y=0.99)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.93),
+               ncol=len(names), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.84), w_pad=2.0)
     paths.append(os.path.join(out, "decomposition.png"))
-    fig.savefig(paths[-1], dpi=80)
+    fig.savefig(paths[-1], dpi=90)
     plt.close(fig)
     return paths
 

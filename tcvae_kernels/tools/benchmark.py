@@ -400,9 +400,10 @@ def render(records, meta) -> str:
 
 
 def plot(records, meta, path):
-    """Time (one panel per mode) and, for the last mode, peak extra memory against M: one colour per
-    method, solid and dashed lines for the first two D values (markers for the others), the legend
-    beside the panels, the measured sizes as plain tick labels. None without matplotlib."""
+    """Time (one panel per mode) and, for the last mode, peak extra memory against M, two panels a row
+    (readable at a page's width): one colour per method, solid and dashed lines for the first two D
+    values, the legend in a panel of its own, the measured sizes as plain tick labels. None without
+    matplotlib."""
     try:
         import matplotlib
 
@@ -415,7 +416,9 @@ def plot(records, meta, path):
     methods = [m for m in meta["methods"] if m != "exp"]
     colours = plt.get_cmap("tab10").colors
     panels = [(mode, "seconds") for mode in modes] + [(modes[-1], "peak_bytes")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.6, 4.4), squeeze=False)
+    rows = (len(panels) + 2) // 2  # the panels and the legend, two a row
+    fig, grid = plt.subplots(rows, 2, figsize=(10, 4.2 * rows), squeeze=False)
+    axes = [list(grid.flat)]
     sizes = sorted({r["M"] for r in records if "seconds" in r})
     for ax, (mode, what) in zip(axes[0], panels):
         for i, meth in enumerate(methods):
@@ -436,10 +439,12 @@ def plot(records, meta, path):
         ax.set_title({"fwd": "forward", "fwdbwd": "forward + backward"}[mode] + (" time" if what == "seconds"
                                                                                    else " memory"), fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
-    axes[0][0].get_figure().legend(*axes[0][0].get_legend_handles_labels(), loc="center right", fontsize=8,
-                                    frameon=False)
-    fig.suptitle(f"{meta['device_name']}, {meta.get('dtype', 'float32')}, {meta.get('threads', '')} threads", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
+    for ax in axes[0][len(panels):]:
+        ax.axis("off")
+    axes[0][len(panels)].legend(*axes[0][0].get_legend_handles_labels(), loc="center", fontsize=10, frameon=False,
+                                ncol=2)
+    fig.suptitle(f"{meta['device_name']}, {meta.get('dtype', 'float32')}, {meta.get('threads', '')} threads", fontsize=11)
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -6,7 +6,7 @@ Public API::
     decompose(z, mu, logvar, *, dataset_size, ...) -> Decomposition(mi, tc, dim_kl)
     total_correlation(z, mu, logvar, *, dataset_size, ...) -> scalar
     self_share(z, mu, logvar, *, dataset_size, ...) -> [M]: the estimator's regime (loss.last.self_share)
-    EstimatorOptions(dataset_size, estimator, backend, ...): the options above, as one object (options=)
+    EstimatorOptions(*, dataset_size, estimator, backend, ...): the options above, as one object (options=)
     ComponentBank(size): detached components of recent batches, more components for the estimates (bank=)
     BetaTCVAELoss(*, alpha=1.0, beta=6.0, gamma=1.0, ..., **estimator_options): the options as keywords (dataset_size=N, ...)
     BetaVAELoss(beta), FactorVAELoss(gamma, latent_dim=...), HFVAELoss(*, groups, ..., **estimator_options)

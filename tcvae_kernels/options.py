@@ -23,9 +23,9 @@ from .bank import ComponentBank, check_bank
 from .estimators import Estimator
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class EstimatorOptions:
-    """How log q(z) is estimated.
+    """How log q(z) is estimated; every field a keyword (``EstimatorOptions(dataset_size=N)``).
 
     Options:
         dataset_size: N, the number of training examples (required by "mss" and "mws").

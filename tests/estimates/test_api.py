@@ -242,3 +242,10 @@ def test_loss_holds_its_options_and_validates_changes():
     assert loss.options.estimator == "mws"  # a refused change leaves the options as they were
     with pytest.raises(TypeError, match="positional"):
         tk.BetaTCVAELoss(100)  # every argument is a keyword: no silent alpha=100
+
+
+def test_options_are_keywords_only():
+    """EstimatorOptions, like the losses, takes keywords only: field order is not part of the API."""
+    with pytest.raises(TypeError):
+        tk.EstimatorOptions(1000)  # type: ignore[misc]
+    assert tk.EstimatorOptions(dataset_size=1000).dataset_size == 1000

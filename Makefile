@@ -11,7 +11,7 @@ export MAX_JOBS ?= 2
 
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu csrc/*.cuh)
 
-.PHONY: all help venv build demo test test-slow test-all coverage sanitize docs bench clean
+.PHONY: all help venv build demo test test-slow test-all test-disent coverage sanitize docs bench clean
 
 all: test
 
@@ -21,6 +21,7 @@ help:
 	@echo "make test       set up .venv, run the default test tier"
 	@echo "make test-slow  the slow tier (heavy repetitions of the default tier's paths)"
 	@echo "make test-all   both tiers"
+	@echo "make test-disent the disent drop-in's tests in a Python 3.12 venv (.venv-disent; skipped without 3.12)"
 	@echo "make coverage   line coverage of tcvae_kernels/ by the default tier and by both"
 	@echo "make sanitize   the C++ code's tests under ASan + UBSan (build/sanitize)"
 	@echo "make docs       the documentation site into docs/_build/html (warnings are errors)"
@@ -67,6 +68,24 @@ test-slow: $(VENV)/.built
 	$(PYTEST) -m slow tests
 
 test-all: test test-slow
+
+# The disent drop-in: disent needs Python >= 3.12, so its tests run in their own venv (torch, disent,
+# pytest) with the package from this tree (the abi3 extension built by `make build` loads there too).
+PYTHON312 ?= $(shell for p in python3.12 $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12 \
+                /root/.pyenv/versions/3.12*/bin/python3.12; do "$$p" -c '' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
+DISENT_VENV := .venv-disent
+$(DISENT_VENV)/.deps:
+	$(PYTHON312) -m venv $(DISENT_VENV)
+	$(DISENT_VENV)/bin/python -m pip install --quiet torch==2.14.1 disent==0.9.3 pytest
+	touch $@
+ifeq ($(PYTHON312),)
+test-disent:
+	@echo "test-disent: skipped, no Python 3.12 found (disent needs Python >= 3.12)"
+else
+test-disent: $(VENV)/.built $(DISENT_VENV)/.deps
+	PYTHONPATH=$(CURDIR):$(CURDIR)/tests $(DISENT_VENV)/bin/python -m pytest -q -p no:cacheprovider -o addopts="" \
+	  --confcutdir=tests/integrations tests/integrations/test_disent.py
+endif
 
 # Line coverage of tcvae_kernels/ by the default tier and by both tiers (docs/contributing.md).
 coverage: $(VENV)/.built

@@ -130,7 +130,8 @@ def _shipped_modules() -> list[str]:
 
 #: what users import or run: the package, its commands (``python -m tcvae_kernels check|bench``) and
 #: the documented integration (README.md, docs/getting-started.md)
-ENTRY_POINTS = ("tcvae_kernels", "tcvae_kernels.__main__", "tcvae_kernels.integrations.pythae")
+ENTRY_POINTS = ("tcvae_kernels", "tcvae_kernels.__main__", "tcvae_kernels.integrations.pythae",
+                "tcvae_kernels.integrations.disent")
 
 
 def test_the_wheel_ships_only_what_the_package_runs():

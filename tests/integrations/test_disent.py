@@ -1,7 +1,8 @@
 """The disent drop-in (tcvae_kernels.integrations.disent) against the real disent 0.9.3: disent's TC
 is the MWS estimate less (D − 1)·log(N·M), exactly (values and gradients, float64); the framework's
 TC term is the fused estimate with disent's weighting; it trains a few steps on disent's XYObject
-data under a Lightning Trainer, reading N from the dataloader. disent needs Python >= 3.12: skipped
+data under a Lightning Trainer, reading N from the dataloader; disent's own framework checks
+(training, checkpoint reload, pickling) pass on it as on the original. disent needs Python >= 3.12: skipped
 elsewhere (make test-disent runs it in a Python 3.12 venv)."""
 
 import math
@@ -78,3 +79,47 @@ def test_it_trains_on_disent_data_reading_n_from_the_dataloader():
               enable_model_summary=False).fit(fw, loader)
     assert fw._dataset_size() == len(data)
     assert any(not torch.equal(a, b) for a, b in zip(before, fw.parameters()))
+
+
+def _disent_style(framework_cls, x_shape=None):
+    """The set-up of disent's own framework tests (tests/test_frameworks.py in nmichlo/disent)."""
+    from disent.dataset import DisentDataset
+    from disent.dataset.data import XYObjectData
+    from disent.dataset.sampling import GroundTruthSingleSampler
+    from disent.dataset.transform import ToImgTensorF32
+    from disent.model import AutoEncoder
+    from disent.model.ae import DecoderLinear, EncoderLinear
+    from torch.utils.data import DataLoader
+
+    data = XYObjectData()
+    loader = DataLoader(DisentDataset(data, GroundTruthSingleSampler(), transform=ToImgTensorF32()), batch_size=4,
+                        shuffle=True, num_workers=0)
+    shape = x_shape or data.x_shape
+    fw = framework_cls(model=AutoEncoder(encoder=EncoderLinear(x_shape=shape, z_size=6, z_multiplier=2),
+                                         decoder=DecoderLinear(x_shape=shape, z_size=6)), cfg=framework_cls.cfg())
+    return fw, loader
+
+
+@pytest.mark.parametrize("framework_cls", [BetaTcVae, FusedBetaTcVae], ids=["disent", "fused"])
+def test_disent_s_framework_checks_pass(framework_cls, tmp_path):
+    """disent's test_frameworks, test_framework_checkpointing and test_framework_pickling for its
+    BetaTcVae, run on the original and on the drop-in alike."""
+    import pickle
+
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    fw, loader = _disent_style(framework_cls)
+    pickle.dumps(fw)
+    L.Trainer(logger=False, enable_checkpointing=False, max_steps=256, fast_dev_run=True,
+              enable_progress_bar=False).fit(fw, loader)
+    pickle.dumps(fw)
+    fw, loader = _disent_style(framework_cls)
+    trainer = L.Trainer(default_root_dir=tmp_path, enable_checkpointing=True, callbacks=[ModelCheckpoint(
+        dirpath=tmp_path, save_last=True)], max_steps=2, fast_dev_run=False, enable_progress_bar=False)
+    trainer.fit(fw, loader)
+    checkpoints = list(tmp_path.glob("*.ckpt"))
+    assert len(checkpoints) == 2
+    for c in checkpoints:
+        assert isinstance(framework_cls.load_from_checkpoint(c), framework_cls)
+    pickle.dumps(_disent_style(framework_cls, x_shape=(64, 64, 3))[0])

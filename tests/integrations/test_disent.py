@@ -123,3 +123,23 @@ def test_disent_s_framework_checks_pass(framework_cls, tmp_path):
     for c in checkpoints:
         assert isinstance(framework_cls.load_from_checkpoint(c), framework_cls)
     pickle.dumps(_disent_style(framework_cls, x_shape=(64, 64, 3))[0])
+
+
+def test_disent_s_whole_regulariser_in_the_paper_s_terms():
+    """disent's BetaTcVae (sampled KL, summed over dims) = BetaTCVAELoss(alpha=β, beta=2β−1, gamma=β,
+    estimator="mws") − (β − 1)(D − 1)·log(N·M): the documented mapping, in float64."""
+    from disent.model import AutoEncoder
+    from disent.model.ae import DecoderLinear, EncoderLinear
+
+    b, m, d, n = 4.0, 48, 5, 3000
+    fw = BetaTcVae(model=AutoEncoder(encoder=EncoderLinear(x_shape=(3, 8, 8), z_size=d, z_multiplier=2),
+                                     decoder=DecoderLinear(x_shape=(3, 8, 8), z_size=d)),
+                   cfg=BetaTcVae.cfg(beta=b, kl_loss_mode="approx", loss_reduction="mean_sum"))
+    g = torch.Generator().manual_seed(5)
+    loc, scale = torch.randn(m, d, dtype=torch.float64, generator=g), torch.rand(m, d, dtype=torch.float64, generator=g) + 0.3
+    post, prior = torch.distributions.Normal(loc, scale), torch.distributions.Normal(torch.zeros_like(loc), torch.ones_like(scale))
+    z = post.rsample()
+    theirs, _ = fw.compute_ave_reg_loss([post], [prior], [z])
+    ours = tk.BetaTCVAELoss(alpha=b, beta=2 * b - 1, gamma=b, estimator="mws", dataset_size=n, warn_regime=False)(
+        z, loc, (scale * scale).log())
+    torch.testing.assert_close(ours - (b - 1) * (d - 1) * math.log(n * m), theirs.to(torch.float64), rtol=1e-12, atol=1e-10)

@@ -2,8 +2,9 @@
 is the MWS estimate less (D − 1)·log(N·M), exactly (values and gradients, float64); the framework's
 TC term is the fused estimate with disent's weighting; it trains a few steps on disent's XYObject
 data under a Lightning Trainer, reading N from the dataloader; disent's own framework checks
-(training, checkpoint reload, pickling) pass on it as on the original. disent needs Python >= 3.12: skipped
-elsewhere (make test-disent runs it in a Python 3.12 venv)."""
+(training, checkpoint reload, pickling) pass on it as on the original; disent's whole regulariser is
+BetaTCVAELoss(alpha=β, beta=2β−1, gamma=β, "mws") less its constant (the documented mapping).
+disent needs Python >= 3.12: skipped elsewhere (make test-disent runs it in a Python 3.12 venv)."""
 
 import math
 
